@@ -1,0 +1,193 @@
+"""Running a restoration model on images: device, dtype, tiling with seam-free blending, OOM retry.
+
+``Restorer`` is the one inference path: ``irae restore`` streams files through
+it and ``irae benchmark`` measures it.  It is file-agnostic: images go in as
+float tensors in [0, 1] on the CPU and come back the same way; only tiles of
+at most ``tile`` x ``tile`` pixels are ever on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import IraeError
+from .tasks import Task
+
+AUTO_TILE = 1024
+MIN_TILE = 64
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise IraeError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise IraeError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise IraeError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise IraeError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on GPUs that support it and fp32 elsewhere (bf16 on a CPU is slower, not faster)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise IraeError(f"unknown dtype {name!r}; use auto, fp32, bf16 or fp16")
+    if name == "fp16" and device.type == "cpu":
+        raise IraeError("fp16 is not supported on the CPU; use --dtype fp32 or bf16")
+    return DTYPES[name]
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering [0, size); the last one ends at ``size``."""
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step))
+    starts.append(size - tile)
+    return starts
+
+
+def blend_ramp(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
+    """1-D weights rising linearly across the overlap on sides that border another tile."""
+    w = torch.ones(length, dtype=torch.float32)
+    if overlap > 0:
+        ramp = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
+        if ramp_start:
+            w[:overlap] = torch.minimum(w[:overlap], ramp)
+        if ramp_end:
+            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
+    return w
+
+
+@dataclass
+class RunStats:
+    tiles: int = 0
+    oom_retries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Restorer:
+    """A model plus how to run it: ``restorer(images, masks) -> restored images``."""
+
+    def __init__(self, model: torch.nn.Module, task: Task, *, task_params: dict | None = None,
+                 device: str | torch.device = "auto", dtype: str = "auto", tile: int | str = "auto",
+                 tile_overlap: int = 32, batch_size: int = 4) -> None:
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            # fp32 means fp32: TF32 convolutions cost the flows ~1e-3 of round-trip precision.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        self.task = task
+        self.task_params = task_params if task_params is not None else task.default_task_params()
+        self.model = model.eval().to(self.device)
+        self.multiple = int(getattr(model, "size_multiple", 1))
+        self.channels = int(model.config.channels)
+        if tile == "auto":
+            tile = AUTO_TILE
+        tile = int(tile)
+        if tile < 0:
+            raise IraeError(f"--tile must be auto, 0 (whole image) or a size >= {MIN_TILE}, not {tile}")
+        if 0 < tile < MIN_TILE:
+            raise IraeError(f"--tile {tile} is too small; use at least {MIN_TILE}")
+        self.tile = tile - tile % self.multiple if tile else 0
+        if tile_overlap < 0 or (self.tile and 2 * tile_overlap >= self.tile):
+            raise IraeError(f"--tile-overlap {tile_overlap} must be >= 0 and less than half the tile ({self.tile})")
+        self.overlap = tile_overlap
+        self.batch_size = max(1, int(batch_size))
+        self.stats = RunStats()
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, h, w) on CPU -> restored (N, C, h, w) float32 on CPU, halving the batch on CUDA OOM."""
+        n = x.shape[0]
+        chunk = min(n, self.batch_size)
+        out = []
+        i = 0
+        while i < n:
+            part = x[i:i + chunk]
+            try:
+                with torch.inference_mode(), self._autocast():
+                    y = self.model(part.to(self.device, non_blocking=True)).float()
+                out.append(y.to("cpu"))
+                i += chunk
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                self.stats.oom_retries += 1
+                self.stats.notes.append(f"out of memory: batch halved to {chunk}")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return torch.cat(out)
+
+    def _adapt_channels(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == self.channels:
+            return x
+        if x.shape[1] == 1 and self.channels == 3:
+            return x.expand(-1, 3, -1, -1)
+        raise IraeError(f"model takes {self.channels} channels, image has {x.shape[1]}")
+
+    def _restore_same_size(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) model input of one size -> restored, tiled when larger than a tile."""
+        n, c, h, w = x.shape
+        tile = self.tile
+        while True:
+            try:
+                return self._restore_tiled(x, tile) if tile and (h > tile or w > tile) else self._run_model(x)
+            except torch.OutOfMemoryError:
+                new_tile = (tile or max(h, w)) // 2
+                new_tile -= new_tile % self.multiple
+                if new_tile < max(MIN_TILE, 2 * self.overlap + self.multiple):
+                    raise IraeError(f"out of device memory even with {tile}px tiles; use --device cpu") from None
+                self.stats.oom_retries += 1
+                self.stats.notes.append(f"out of memory: tile halved to {new_tile}")
+                tile = new_tile
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _restore_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        n, c, h, w = x.shape
+        th, tw = min(tile, h), min(tile, w)
+        ys, xs = tile_starts(h, th, self.overlap), tile_starts(w, tw, self.overlap)
+        boxes = [(y, x0) for y in ys for x0 in xs]
+        out = torch.zeros(n, c, h, w)
+        weight = torch.zeros(1, 1, h, w)
+        # All tiles of all images in the batch share one shape, so they batch together.
+        crops = torch.cat([x[:, :, y:y + th, x0:x0 + tw] for y, x0 in boxes])
+        restored = self._run_model(crops)
+        self.stats.tiles += len(boxes) * n
+        for k, (y, x0) in enumerate(boxes):
+            wy = blend_ramp(th, self.overlap, y > 0, y + th < h)
+            wx = blend_ramp(tw, self.overlap, x0 > 0, x0 + tw < w)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            out[:, :, y:y + th, x0:x0 + tw] += restored[k * n:(k + 1) * n] * wt
+            weight[:, :, y:y + th, x0:x0 + tw] += wt
+        return out / weight
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore a batch (N, C, H, W) of equal-sized images in [0, 1]; returns float32 on the CPU."""
+        images = images.float().cpu()
+        x = self.task.model_input(images, masks, self.task_params)
+        y = self._restore_same_size(self._adapt_channels(x))
+        if images.shape[1] == 1 and y.shape[1] == 3:
+            y = y.mean(dim=1, keepdim=True)
+        return self.task.finish(y, images, masks)

@@ -1,0 +1,49 @@
+"""Model configurations: plain dataclasses that round-trip through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IRAEConfig:
+    arch: str = "irae"
+    channels: int = 3
+    width: int = 64
+    depth: int = 16  # K flow steps per level
+    levels: int = 2
+    clamp: float = 0.5  # coupling log-scale bound c; 0 = additive coupling
+    spectral_norm: bool = False  # spectral-normalise the coupling nets' hidden convs
+    seed: int = 0  # fixes the 1x1 convs' initial rotations
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """Non-invertible comparator: a colour DnCNN-style residual CNN (no batch norm)."""
+
+    arch: str = "cnn"
+    channels: int = 3
+    width: int = 96
+    depth: int = 18  # conv layers in total
+    seed: int = 0
+
+
+CONFIG_TYPES = {"irae": IRAEConfig, "cnn": CNNConfig}
+
+
+def config_to_json(config) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def config_from_dict(d: dict):
+    arch = d.get("arch")
+    if arch not in CONFIG_TYPES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(CONFIG_TYPES)}")
+    cls = CONFIG_TYPES[arch]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {arch} config fields: {', '.join(sorted(unknown))}")
+    return cls(**d)

@@ -1,0 +1,231 @@
+"""Glow-style flow blocks that stay invertible in practice, not only on paper.
+
+Each block has ``forward`` (data -> latent) and ``inverse`` (latent -> data).
+The published IRAE design has three numerical hazards (see README, "Model
+core"); the blocks here avoid each one by construction:
+
+* ActNorm never initialises itself.  ``initialize`` is explicit, runs once and
+  its state (``initialized``) lives in the state dict, so loading trained
+  weights and calling ``forward`` can never re-initialise them.
+* The 1x1 convolution is orthogonal (``Q0 @ matrix_exp(A - A^T)``): its
+  condition number is 1 whatever training does, and its inverse is a
+  transpose, cached for inference.
+* The coupling scale is ``exp(c * tanh(h / c))``, so neither direction can
+  multiply or divide by more than ``exp(c)``; the coupling network's convs are
+  spectrally normalised so rounding errors are not amplified step after step
+  (the "exploding inverse" effect).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# ActNorm's data-dependent scale is clamped: a near-constant channel would
+# otherwise get a huge gain, which the inverse turns into a huge error.
+ACTNORM_MAX_LOG_SCALE = math.log(20.0)
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine normalisation with explicit, one-time initialisation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        if bool(self.initialized):
+            raise RuntimeError("ActNorm is already initialised; refusing to overwrite trained state")
+        x = x.detach().double()
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3), unbiased=False)
+        log_scale = (-torch.log(std.clamp_min(1e-6))).clamp(-ACTNORM_MAX_LOG_SCALE, ACTNORM_MAX_LOG_SCALE)
+        self.bias.copy_(-mean.view_as(self.bias))
+        self.log_scale.copy_(log_scale.view_as(self.log_scale))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.bias) * torch.exp(self.log_scale)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return z * torch.exp(-self.log_scale) - self.bias
+
+
+class InvConv1x1(nn.Module):
+    """Orthogonal 1x1 convolution: W = matrix_exp(A - A^T).
+
+    A starts random, so W starts as a random rotation (Glow's start).  The
+    matrix is built in float64 from A alone, so W^T is its inverse to float64
+    precision whatever dtype the model runs in.  Outside autograd the pair (W, W^T) is
+    cached and rebuilt only when A changes (tracked by its version counter,
+    which optimiser steps and ``load_state_dict`` both bump).
+    """
+
+    def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(channels, channels, generator=generator))
+        self._cache: tuple | None = None
+
+    def weight64(self) -> torch.Tensor:
+        skew = self.a.double() - self.a.double().t()
+        return torch.linalg.matrix_exp(skew)
+
+    def _weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled() and self.a.requires_grad:
+            w = self.weight64().to(like.dtype)
+            return w, w.t()
+        key = (self.a._version, self.a.data_ptr(), like.device, like.dtype)
+        if self._cache is None or self._cache[0] != key:
+            w = self.weight64().detach()
+            self._cache = (key, w.to(like.dtype), w.t().contiguous().to(like.dtype))
+        return self._cache[1], self._cache[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, _ = self._weights(x)
+        return F.conv2d(x, w[:, :, None, None])
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        _, w_inv = self._weights(z)
+        return F.conv2d(z, w_inv[:, :, None, None])
+
+    @torch.no_grad()
+    def condition_number(self) -> float:
+        return float(torch.linalg.cond(self.weight64()))
+
+
+def _sn(conv: nn.Conv2d, enabled: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(conv) if enabled else conv
+
+
+class CouplingNet(nn.Module):
+    """3x3 conv -> ActNorm -> ReLU -> 1x1 conv -> ActNorm -> ReLU -> zero 3x3 conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, width: int, spectral: bool) -> None:
+        super().__init__()
+        self.conv1 = _sn(nn.Conv2d(in_ch, width, 3, padding=1), spectral)
+        self.norm1 = ActNorm(width)
+        self.conv2 = _sn(nn.Conv2d(width, width, 1), spectral)
+        self.norm2 = ActNorm(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv3.weight)
+        nn.init.zeros_(self.conv3.bias)
+        self.spectral = spectral
+
+    def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
+        h = self.conv1(x)
+        if init:
+            self.norm1.initialize(h)
+        h = F.relu(self.norm1(h))
+        h = self.conv2(h)
+        if init:
+            self.norm2.initialize(h)
+        h = F.relu(self.norm2(h))
+        return self.conv3(h)
+
+
+class AffineCoupling(nn.Module):
+    """z_a = x_a * exp(c * tanh(h_s / c)) + h_t, with (h_t, h_s) = net(x_b).
+
+    ``clamp`` = 0 gives an additive (volume-preserving) coupling.
+    """
+
+    def __init__(self, channels: int, width: int, clamp: float, spectral: bool) -> None:
+        super().__init__()
+        self.half = channels // 2
+        self.clamp = float(clamp)
+        self.net = CouplingNet(channels - self.half, 2 * self.half, width, spectral)
+
+    def _shift_logscale(self, x_b: torch.Tensor, init: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x_b, init=init)
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        if self.clamp <= 0:
+            return shift, torch.zeros_like(raw)
+        return shift, self.clamp * torch.tanh(raw / self.clamp)
+
+    def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
+        x_a, x_b = x[:, : self.half], x[:, self.half :]
+        shift, log_s = self._shift_logscale(x_b, init)
+        return torch.cat([x_a * torch.exp(log_s) + shift, x_b], dim=1)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        z_a, x_b = z[:, : self.half], z[:, self.half :]
+        shift, log_s = self._shift_logscale(x_b)
+        return torch.cat([(z_a - shift) * torch.exp(-log_s), x_b], dim=1)
+
+
+class FlowStep(nn.Module):
+    def __init__(self, channels: int, width: int, clamp: float, spectral: bool, generator=None) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(channels)
+        self.invconv = InvConv1x1(channels, generator)
+        self.coupling = AffineCoupling(channels, width, clamp, spectral)
+
+    def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
+        if init:
+            self.actnorm.initialize(x)
+        return self.coupling(self.invconv(self.actnorm(x)), init=init)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(z)))
+
+
+def squeeze(x: torch.Tensor) -> torch.Tensor:
+    return F.pixel_unshuffle(x, 2)
+
+
+def unsqueeze(x: torch.Tensor) -> torch.Tensor:
+    return F.pixel_shuffle(x, 2)
+
+
+class MultiLevelFlow(nn.Module):
+    """Per level: squeeze -> K steps -> split half the channels off as a latent.
+
+    The last level emits all of its channels.  ``forward`` returns the list of
+    latents, finest first; ``inverse`` takes that list back.
+    """
+
+    def __init__(self, in_channels: int, width: int, depth: int, levels: int, clamp: float,
+                 spectral: bool, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList()
+        ch = in_channels
+        for level in range(levels):
+            ch *= 4
+            self.levels.append(nn.ModuleList(
+                FlowStep(ch, width, clamp, spectral, generator) for _ in range(depth)))
+            if level < levels - 1:
+                ch -= ch // 2
+
+    def forward(self, x: torch.Tensor, init: bool = False) -> list[torch.Tensor]:
+        latents = []
+        for i, steps in enumerate(self.levels):
+            x = squeeze(x)
+            for step in steps:
+                x = step(x, init=init)
+            if i < len(self.levels) - 1:
+                z, x = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2 :]
+                latents.append(z)
+        latents.append(x)
+        return latents
+
+    def inverse(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        x = latents[-1]
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.levels) - 1:
+                x = torch.cat([latents[i], x], dim=1)
+            for step in reversed(self.levels[i]):
+                x = step.inverse(x)
+            x = unsqueeze(x)
+        return x
+
+    def actnorms(self) -> list[ActNorm]:
+        return [m for m in self.modules() if isinstance(m, ActNorm)]
+
+    def invconvs(self) -> list[InvConv1x1]:
+        return [m for m in self.modules() if isinstance(m, InvConv1x1)]

@@ -1,0 +1,69 @@
+"""IRAE: restore(y) = D^-1(E(y)), a bijection between degraded and clean images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import IRAEConfig
+from .flows import MultiLevelFlow
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple (replicate where the side is too short to reflect)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+class IRAE(nn.Module):
+    invertible = True
+
+    def __init__(self, config: IRAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        # One seeded generator fixes the 1x1 convs' random rotations, so two
+        # models built from the same config are identical before training.
+        g = torch.Generator().manual_seed(config.seed)
+        kw = dict(width=config.width, depth=config.depth, levels=config.levels,
+                  clamp=config.clamp, spectral=config.spectral_norm, generator=g)
+        self.encoder = MultiLevelFlow(config.channels, **kw)
+        self.decoder = MultiLevelFlow(config.channels, **kw)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** self.config.levels
+
+    @property
+    def is_initialized(self) -> bool:
+        return all(bool(a.initialized) for f in (self.encoder, self.decoder) for a in f.actnorms())
+
+    @torch.no_grad()
+    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor) -> None:
+        """Set every ActNorm from one batch of data, once: E from degraded, D from clean."""
+        if self.is_initialized:
+            raise RuntimeError("model is already initialised; initialise only once, before training")
+        self.encoder(self._prepare(degraded)[0], init=True)
+        self.decoder(self._prepare(clean)[0], init=True)
+
+    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, hw = pad_to_multiple(x, self.size_multiple)
+        return x - 0.5, hw
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Restore: degraded -> clean."""
+        y, (h, w) = self._prepare(y)
+        return (self.decoder.inverse(self.encoder(y)) + 0.5)[..., :h, :w]
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Degrade: clean -> degraded, the exact inverse of ``forward`` on padded sizes."""
+        x, (h, w) = self._prepare(x)
+        return (self.encoder.inverse(self.decoder(x)) + 0.5)[..., :h, :w]
+
+    @torch.no_grad()
+    def condition_numbers(self) -> list[float]:
+        return [c.condition_number() for f in (self.encoder, self.decoder) for c in f.invconvs()]

@@ -1,0 +1,177 @@
+"""Weights files: safetensors only (no pickle anywhere), self-describing, sha256-checked.
+
+A weights file holds the state dict and string metadata:
+
+* ``format`` = ``irae-weights``, ``format_version``
+* ``arch`` and ``config`` (JSON of the model config) -- enough to rebuild the model
+* ``task`` (denoise / jpeg / inpaint) and ``task_params`` (JSON, e.g. inpainting fill value)
+* ``irae_version`` and ``training`` (JSON summary written by ``irae train``)
+
+Shipped weights are listed in ``weights/index.json`` with their sha256, which is
+checked on every load by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import WeightsError
+from .model import config_from_dict, config_to_json, create_model
+
+FORMAT = "irae-weights"
+FORMAT_VERSION = "1"
+WEIGHTS_DIR = Path(os.environ.get("IRAE_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
+INDEX_FILE = "index.json"
+
+
+@dataclass
+class LoadedWeights:
+    model: torch.nn.Module
+    path: Path
+    sha256: str
+    task: str
+    task_params: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, *, task: str, task_params: dict | None = None,
+                 training: dict | None = None) -> str:
+    """Write ``model`` atomically (temp file + rename) and return the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": model.config.arch,
+        "config": config_to_json(model.config),
+        "task": task,
+        "task_params": json.dumps(task_params or {}, sort_keys=True),
+        "irae_version": __version__,
+        "training": json.dumps(training or {}, sort_keys=True),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha256_file(path)
+
+
+def read_index(weights_dir: Path | None = None) -> dict:
+    index_path = (weights_dir or WEIGHTS_DIR) / INDEX_FILE
+    if not index_path.exists():
+        return {}
+    try:
+        return json.loads(index_path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{index_path}: not valid JSON ({e}); restore it from the repository") from e
+
+
+def default_weights_for(task: str, weights_dir: Path | None = None) -> str | None:
+    """Name of the shipped weights that are the default for ``task``, if any."""
+    for name, entry in read_index(weights_dir).items():
+        if entry.get("task") == task and entry.get("default", False):
+            return name
+    return None
+
+
+def resolve(name_or_path: str | Path, weights_dir: Path | None = None) -> tuple[Path, str | None]:
+    """A registry name or a file path -> (path, expected sha256 or None)."""
+    weights_dir = weights_dir or WEIGHTS_DIR
+    index = read_index(weights_dir)
+    key = str(name_or_path)
+    if key in index:
+        return weights_dir / index[key]["file"], index[key]["sha256"]
+    path = Path(name_or_path)
+    if not path.exists():
+        known = ", ".join(sorted(index)) or "none shipped yet"
+        raise WeightsError(f"{path}: weights file not found (registered names: {known}); "
+                           f"train one with 'irae train' or pass an existing .safetensors path")
+    for entry in index.values():  # a shipped file passed by path is checked too
+        if (weights_dir / entry["file"]).resolve() == path.resolve():
+            return path, entry["sha256"]
+    return path, None
+
+
+def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu",
+                 expect_task: str | None = None, weights_dir: Path | None = None) -> LoadedWeights:
+    path, expected_sha = resolve(name_or_path, weights_dir)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, not a .safetensors weights file")
+    sha = sha256_file(path)
+    if expected_sha is not None and sha != expected_sha:
+        raise WeightsError(f"{path}: sha256 {sha[:12]}… does not match the registry ({expected_sha[:12]}…); "
+                           f"the file is corrupt or was replaced — restore it from the repository")
+    try:
+        state = load_file(str(path), device="cpu")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: not a readable safetensors file ({reason}); "
+                           f"it may be truncated — download or train it again") from e
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: safetensors file without irae metadata (format={meta.get('format')!r}); "
+                           f"only files written by 'irae train' can be loaded")
+    try:
+        config = config_from_dict(json.loads(meta["config"]))
+        if config.arch != meta.get("arch"):
+            raise ValueError(f"metadata arch {meta.get('arch')!r} disagrees with config arch {config.arch!r}")
+        model = create_model(config)
+    except (KeyError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: unusable model description in metadata ({e})") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise WeightsError(f"{path}: tensors do not match the {config.arch} config in its metadata ({first})") from e
+    task = meta.get("task", "")
+    if expect_task is not None and task != expect_task:
+        raise WeightsError(f"{path}: weights were trained for task {task!r}, not {expect_task!r}; "
+                           f"pass weights for {expect_task!r} or change --task")
+    if not getattr(model, "is_initialized", True):
+        raise WeightsError(f"{path}: model's ActNorm layers were never initialised; the file is not a trained model")
+    model.eval().to(device)
+    return LoadedWeights(model=model, path=path, sha256=sha, task=task,
+                         task_params=json.loads(meta.get("task_params", "{}")),
+                         training=json.loads(meta.get("training", "{}")), metadata=meta)
+
+
+def register(name: str, path: Path, *, task: str, default: bool = True, card: str | None = None,
+             weights_dir: Path | None = None) -> None:
+    """Add or update a shipped weights entry in weights/index.json (used when shipping)."""
+    weights_dir = weights_dir or WEIGHTS_DIR
+    index = read_index(weights_dir)
+    if default:
+        for entry in index.values():
+            if entry.get("task") == task:
+                entry["default"] = False
+    index[name] = {"file": Path(path).name, "sha256": sha256_file(Path(path)), "task": task,
+                   "default": default, **({"card": card} if card else {})}
+    (weights_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
