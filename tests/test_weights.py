@@ -1,0 +1,124 @@
+"""Weights files: safetensors round trip, metadata, registry sha256, and one-line errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from irae_cli.errors import WeightsError
+from irae_cli.model import create_model
+from irae_cli.weights import default_weights_for, load_weights, register, save_weights
+
+
+@pytest.fixture()
+def tiny_file(tmp_path, photos):
+    model = create_model("tiny").eval()
+    model.initialize(photos + 0.1 * torch.randn_like(photos), photos)
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path, task="denoise", training={"steps": 3})
+    return model, path
+
+
+def test_save_load_identical_outputs_and_metadata(tiny_file, photos):
+    model, path = tiny_file
+    loaded = load_weights(path)
+    meta = loaded.metadata
+    assert meta["arch"] == "irae" and meta["task"] == "denoise"
+    assert json.loads(meta["config"])["width"] == 16
+    assert loaded.training == {"steps": 3}
+    with torch.no_grad():
+        assert torch.equal(loaded.model(photos), model(photos))
+
+
+def test_load_never_reinitialises(tiny_file, photos):
+    model, path = tiny_file
+    loaded = load_weights(path)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    with torch.no_grad():
+        loaded.model(photos * 5)
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())
+    with pytest.raises(RuntimeError):
+        loaded.model.initialize(photos, photos)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "nope.safetensors")
+
+
+def test_not_safetensors(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_text("hello, I am text")
+    with pytest.raises(WeightsError, match=r"x\.safetensors: not a readable safetensors"):
+        load_weights(path)
+
+
+def test_truncated(tiny_file):
+    _, path = tiny_file
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="truncated") as e:
+        load_weights(path)
+    assert "\n" not in str(e.value)
+
+
+def test_safetensors_without_irae_metadata(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(WeightsError, match="without irae metadata"):
+        load_weights(path)
+
+
+def test_config_that_does_not_match_tensors(tiny_file, tmp_path):
+    model, path = tiny_file
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "width": 32})
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(WeightsError, match="do not match"):
+        load_weights(bad)
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "arch": "resnet"})
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(WeightsError, match="unknown architecture"):
+        load_weights(bad)
+
+
+def test_wrong_task(tiny_file):
+    _, path = tiny_file
+    with pytest.raises(WeightsError, match="not 'jpeg'"):
+        load_weights(path, expect_task="jpeg")
+
+
+def test_registry_sha256_checked(tiny_file, tmp_path):
+    _, path = tiny_file
+    register("my-denoise", path, task="denoise", weights_dir=tmp_path)
+    assert default_weights_for("denoise", weights_dir=tmp_path) == "my-denoise"
+    assert load_weights("my-denoise", weights_dir=tmp_path).sha256
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="does not match the registry"):
+        load_weights("my-denoise", weights_dir=tmp_path)
+    with pytest.raises(WeightsError, match="does not match the registry"):
+        load_weights(path, weights_dir=tmp_path)  # a shipped file passed by path is checked too
+
+
+def test_uninitialised_model_is_refused(tmp_path):
+    path = tmp_path / "raw.safetensors"
+    save_weights(create_model("tiny"), path, task="denoise")
+    with pytest.raises(WeightsError, match="never initialised"):
+        load_weights(path)
+
+
+def test_cnn_round_trip(tmp_path, photos):
+    model = create_model("cnn-tiny").eval()
+    path = tmp_path / "cnn.safetensors"
+    save_weights(model, path, task="denoise")
+    loaded = load_weights(path)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(photos), model(photos))
