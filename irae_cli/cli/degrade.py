@@ -1,0 +1,136 @@
+"""`irae degrade`: reproducible degraded test sets with a manifest (the work is in ``degrade_set``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import EXIT_SOME_FAILED
+from ._common import parse_list, parse_range, user_errors
+
+
+def _ranges(text: str | None, name: str) -> list[tuple[float, float]] | None:
+    """'15,25,0-55' -> [(15, 15), (25, 25), (0, 55)]."""
+    if text is None:
+        return None
+    parts = [p for p in text.split(",") if p.strip()]
+    return [parse_range(p, float, name) for p in parts] or None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("degrade")
+    def degrade(
+        clean: Path = typer.Argument(..., help="Clean image file or folder (never written to).", show_default=False),
+        out: Path = typer.Argument(..., help="Output folder for the set; must be new or empty.", show_default=False),
+        task: str = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.", show_default=False),
+        sigma: Optional[str] = typer.Option(
+            None, "--sigma", help="denoise: noise levels on the 0-255 scale, comma-separated; a range such as "
+                                  "0-55 draws sigma per image (recorded). Default: 15,25,50.", show_default=False),
+        noise_protocol: Optional[str] = typer.Option(
+            None, "--noise-protocol", help="denoise: clip = 8-bit PNG (clipped, rounded: a real noisy file); "
+                                           "float = unclipped float32 .npy (C,H,W) as in papers. Default: clip.",
+            show_default=False),
+        quality: Optional[str] = typer.Option(
+            None, "--quality", help="jpeg: qualities, comma-separated. Default: 10,20,30,40.", show_default=False),
+        subsampling: Optional[str] = typer.Option(
+            None, "--subsampling", help="jpeg: chroma subsampling 4:2:0, 4:2:2 or 4:4:4. Default: 4:2:0.",
+            show_default=False),
+        double_quality: Optional[int] = typer.Option(
+            None, "--double-quality", help="jpeg: compress at this quality first (double JPEG).", show_default=False),
+        mask: Optional[str] = typer.Option(
+            None, "--mask", help="inpaint: mask kinds box, boxes, strokes, comma-separated. Default: box,strokes.",
+            show_default=False),
+        hole_ratio: Optional[str] = typer.Option(
+            None, "--hole-ratio", help="inpaint: hole area fraction range, e.g. 0.1-0.3. Default: 0.05-0.4.",
+            show_default=False),
+        hole_bins: Optional[str] = typer.Option(
+            None, "--hole-bins", help="inpaint: one level per bin, e.g. 0.1-0.2,0.2-0.3 (folders box-10-20, ...).",
+            show_default=False),
+        seed: int = typer.Option(0, "--seed", help="Global seed; each image's seed comes from (seed, path, level)."),
+        recursive: bool = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
+                                       help="Walk subfolders (a test set is usually a tree)."),
+        include: Optional[list[str]] = typer.Option(None, "--include", help="Only files matching this glob "
+                                                    "(repeatable; matches the relative path or the name)."),
+        exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Leave out files matching this glob "
+                                                    "(repeatable)."),
+        workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", "-j",
+                                    help="Images processed in parallel; results do not depend on it."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty OUT, replacing files."),
+        skip_existing: bool = typer.Option(False, "--skip-existing",
+                                           help="Write into a non-empty OUT, keeping files that are already "
+                                                "identical (a file that differs is an error)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the plan; write nothing."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors still print."),
+    ) -> None:
+        """Make a degraded test set from clean images: OUT/clean/, one folder per level, OUT/manifest.jsonl.
+
+        Outputs are byte-identical across runs, file orders and worker counts for the same seed.
+        """
+        with user_errors():
+            from ..degrade_set import make_test_set
+
+            show = not quiet and sys.stderr.isatty()
+            failed: set = set()
+            progress = None
+            if show:
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                progress = Progress(TextColumn("degrading"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            bar = None
+
+            def on_start(total: int) -> None:
+                nonlocal bar
+                if progress is not None:
+                    progress.start()
+                    bar = progress.add_task("degrade", total=total)
+
+            def on_file(src, failures: list[str]) -> None:
+                if failures:
+                    failed.add(src.rel)
+                for line in failures:
+                    if progress is not None:
+                        progress.console.print(f"irae: error: {line}", markup=False, highlight=False, soft_wrap=True)
+                    else:
+                        print(f"irae: error: {line}", file=sys.stderr, flush=True)
+                if progress is not None:
+                    progress.advance(bar)
+
+            try:
+                result = make_test_set(
+                    clean, out, task=task, seed=seed, sigma=_ranges(sigma, "--sigma"),
+                    noise_protocol=noise_protocol,
+                    quality=(parse_list(quality, int, "--quality") or None) if quality is not None else None,
+                    subsampling=subsampling, double_quality=double_quality,
+                    masks=[m.strip() for m in mask.split(",") if m.strip()] if mask is not None else None,
+                    hole_ratio=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
+                    hole_bins=_ranges(hole_bins, "--hole-bins"), recursive=recursive, include=include,
+                    exclude=exclude, workers=workers, overwrite=overwrite, skip_existing=skip_existing,
+                    dry_run=dry_run, on_start=on_start, on_file=on_file)
+            finally:
+                if progress is not None:
+                    progress.stop()
+
+            n_img, n_lvl = len(result.sources), len(result.levels)
+            if dry_run:
+                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into {out}")
+                for level in result.levels:
+                    print(f"  {level.name}: {level.task} {level.params}")
+                return
+            failed_images = len(failed)
+            if not quiet:
+                made = len(result.records) - result.carried
+                kept = f", {result.kept} identical file(s) kept" if result.kept else ""
+                carried = f" ({result.carried} from the earlier manifest)" if result.carried else ""
+                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in {out}: "
+                      f"{result.written} file(s) written{kept}; {result.manifest} lists {len(result.records)} "
+                      f"output(s){carried}", file=sys.stderr)
+            if result.failures:
+                print(f"irae: {len(result.failures)} problem(s) with {failed_images} of {n_img} image(s), listed "
+                      f"above; the manifest lists only complete outputs", file=sys.stderr)
+                raise typer.Exit(EXIT_SOME_FAILED)

@@ -1,0 +1,89 @@
+"""`irae restore`: restore a file or a folder tree of images with trained weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import user_errors
+
+EPILOG = """Examples:
+
+  irae restore --task denoise photos/ restored/ --weights w.safetensors
+
+  irae restore --task jpeg scans/ out/ --skip-existing --report run.jsonl
+
+  irae restore --task inpaint damaged/ out/ --masks masks/ --weights inpaint.safetensors
+
+Exit codes: 0 all restored, 1 some files failed (the rest were done), 2 usage error (nothing done)."""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("restore", epilog=EPILOG)
+    def restore_cli(
+        input: Path = typer.Argument(..., help="An image file or a folder of images.", show_default=False),
+        output: Path = typer.Argument(..., help="Output folder (mirrors INPUT's tree), or a file for a single "
+                                      "input.", show_default=False),
+        task: str = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint."),
+        weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Shipped weights name or a "
+                                              ".safetensors path (default: the shipped weights for the task)."),
+        recursive: bool = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
+                                       help="Walk subfolders (the output mirrors the tree)."),
+        include: list[str] = typer.Option([], "--include", help="Only files matching this glob (repeatable)."),
+        exclude: list[str] = typer.Option([], "--exclude", help="Leave out files matching this glob "
+                                          "(repeatable)."),
+        masks: Optional[Path] = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
+                                             "relative paths, any image extension; 255 = missing."),
+        mask_from: Optional[str] = typer.Option(None, "--mask-from", help="inpaint: 'alpha' takes the holes "
+                                                "from transparent pixels."),
+        out_format: str = typer.Option("auto", "--format", "-f", help="auto, same, png, jpg, webp or tiff; auto "
+                                       "= same as the input, but PNG for JPEG inputs of --task jpeg."),
+        quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality of the outputs."),
+        png_level: int = typer.Option(1, "--png-level", help="PNG compression 0-9 (1 is fast, 9 is small)."),
+        suffix: str = typer.Option("", "--suffix", help="Added to output names, e.g. _restored."),
+        skip_existing: bool = typer.Option(False, "--skip-existing", help="Resume: leave existing outputs "
+                                           "alone."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on capable GPUs, else fp32), fp32, bf16 "
+                                  "or fp16."),
+        tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; 0 = whole "
+                                 "image; auto = 1024, halved on out-of-memory."),
+        tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles, blended "
+                                         "linearly."),
+        batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images (or tiles) of equal size per "
+                                       "batch."),
+        workers: int = typer.Option(0, "--workers", "-j", help="Threads for decoding and for encoding "
+                                    "(0 = auto)."),
+        report: Optional[Path] = typer.Option(None, "--report", help="Write one JSON line per image here."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
+    ) -> None:
+        """Restore a file or a folder of images (denoise, remove JPEG artefacts, inpaint holes).
+
+        Outputs mirror INPUT's folder tree; existing outputs are never replaced
+        unless --overwrite (or left alone with --skip-existing); colour is
+        restored while alpha, bit depth, ICC profile and EXIF are kept.
+        """
+        with user_errors():
+            from ..errors import IraeError
+            from ..pipeline import RestoreOptions, restore
+
+            if tile != "auto":
+                try:
+                    tile_value: int | str = int(tile)
+                except ValueError:
+                    raise IraeError(f"--tile {tile!r}: use auto, 0 (whole image) or a size in pixels") from None
+            else:
+                tile_value = "auto"
+            opts = RestoreOptions(
+                task=task, weights=weights, device=device, dtype=dtype, tile=tile_value,
+                tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, format=out_format.lower(),
+                quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
+                include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
+                report=report, dry_run=dry_run, masks=masks, mask_from=mask_from)
+            summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
+        raise typer.Exit(summary.exit_code)

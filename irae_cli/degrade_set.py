@@ -1,0 +1,582 @@
+"""Degraded test sets made from image files, with a manifest: ``irae degrade`` without the CLI.
+
+Layout of OUT (all paths in the manifest are relative to OUT, '/'-separated)::
+
+    clean/<rel>.png             the clean image the degradations were applied to
+    <level>/<rel>.png           denoise (clip protocol) and inpaint (holes filled with grey)
+    <level>/<rel>.npy           denoise, float protocol: float32 (C, H, W), unclipped, 1.0 = white
+    <level>/<rel>.jpg           jpeg
+    masks/<level>/<rel>.png     inpaint masks, 8-bit grayscale, 255 = missing, 0 = known
+    manifest.jsonl              one JSON object per degraded file, sorted by id
+
+``<rel>`` is the input's path relative to CLEAN without its extension.  Level
+names: ``sigma25`` (or ``sigma0-55`` for a blind range), ``q10`` (``-444`` /
+``-422`` for other chroma subsampling, ``-dq90`` for double JPEG whose first
+pass was at 90), ``box`` / ``boxes`` / ``strokes`` (``box-10-20`` with hole-ratio
+bins, in percent).
+
+Each image is read once, rounded to 8 bits (so 16-bit inputs are quantised
+before anything else) and degraded per level with a ``torch.Generator`` seeded
+by ``derive_seed(seed, rel, level)``: outputs are a function of the seed, the
+relative path and the level only, never of file order or worker count.  Every
+PNG is written by Pillow with ``compress_level=6`` and no metadata, so the
+bytes are reproducible for a given Pillow/zlib build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from . import degrade as D
+from .errors import ImageError, IraeError
+from .imageio import Source, atomic_write_bytes, discover, read_image
+from .tasks import INPAINT_FILL, TASKS, get_task
+
+MANIFEST_NAME = "manifest.jsonl"
+MANIFEST_VERSION = 1
+PNG_COMPRESS_LEVEL = 6
+CLEAN_DIR = "clean"
+MASK_DIR = "masks"
+
+DEFAULT_SIGMAS = [(15.0, 15.0), (25.0, 25.0), (50.0, 50.0)]
+DEFAULT_QUALITIES = [10, 20, 30, 40]
+DEFAULT_SUBSAMPLING = "4:2:0"
+DEFAULT_MASKS = list(TASKS["inpaint"].train_defaults["masks"])
+DEFAULT_HOLE_RATIO = tuple(TASKS["inpaint"].train_defaults["hole_range"])
+NOISE_PROTOCOLS = ("clip", "float")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One degradation setting; every image gets one output per level."""
+
+    name: str  # folder name under OUT and first part of each id
+    task: str
+    params: dict  # fixed parameters; per-image draws are added in the manifest
+
+
+@dataclass
+class TestSetResult:
+    out: Path
+    levels: list[Level]
+    sources: list[Source]
+    records: list[dict] = field(default_factory=list)  # manifest lines, sorted by id
+    failures: list[str] = field(default_factory=list)  # one line per failed file
+    written: int = 0  # files written in this run
+    kept: int = 0  # files already there with identical bytes (--skip-existing)
+    carried: int = 0  # lines kept from an earlier manifest in OUT (outputs this run did not make)
+    manifest: Path | None = None  # None for a dry run
+
+
+# --------------------------------------------------------------------------- levels
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def build_levels(task: str, *, sigma: list[tuple[float, float]] | None = None, noise_protocol: str | None = None,
+                 quality: list[int] | None = None, subsampling: str | None = None,
+                 double_quality: int | None = None, masks: list[str] | None = None,
+                 hole_ratio: tuple[float, float] | None = None,
+                 hole_bins: list[tuple[float, float]] | None = None) -> list[Level]:
+    """Levels for ``task`` from the user's options; options of another task are a usage error."""
+    t = get_task(task)
+    given = {"--sigma": sigma, "--noise-protocol": noise_protocol, "--quality": quality,
+             "--subsampling": subsampling, "--double-quality": double_quality, "--mask": masks,
+             "--hole-ratio": hole_ratio, "--hole-bins": hole_bins}
+    own = {"denoise": {"--sigma", "--noise-protocol"},
+           "jpeg": {"--quality", "--subsampling", "--double-quality"},
+           "inpaint": {"--mask", "--hole-ratio", "--hole-bins"}}[t.name]
+    stray = [k for k, v in given.items() if v is not None and k not in own]
+    if stray:
+        raise IraeError(f"{' and '.join(stray)} cannot be used with --task {t.name} "
+                        f"(its options: {', '.join(sorted(own))})")
+
+    levels: list[Level] = []
+    if t.name == "denoise":
+        protocol = noise_protocol or "clip"
+        if protocol not in NOISE_PROTOCOLS:
+            raise IraeError(f"--noise-protocol {protocol!r}: use clip (8-bit PNG) or float (.npy float32)")
+        for lo, hi in sigma or DEFAULT_SIGMAS:
+            if lo < 0:
+                raise IraeError(f"--sigma: {lo:g} is negative")
+            name = f"sigma{_num(lo)}" if lo == hi else f"sigma{_num(lo)}-{_num(hi)}"
+            params = {"sigma": lo} if lo == hi else {"sigma_range": [lo, hi]}
+            levels.append(Level(name, "denoise", {**params, "protocol": protocol}))
+    elif t.name == "jpeg":
+        sub = subsampling or DEFAULT_SUBSAMPLING
+        if sub not in D.SUBSAMPLING:
+            raise IraeError(f"--subsampling {sub!r}: use one of {', '.join(D.SUBSAMPLING)}")
+        for q in [*(quality or DEFAULT_QUALITIES), *([double_quality] if double_quality is not None else [])]:
+            if not 1 <= q <= 100:
+                raise IraeError(f"JPEG quality {q} is outside 1-100")
+        for q in quality or DEFAULT_QUALITIES:
+            name = f"q{q}"
+            if sub != DEFAULT_SUBSAMPLING:
+                name += "-" + sub.replace(":", "")
+            if double_quality is not None:
+                name += f"-dq{double_quality}"
+            levels.append(Level(name, "jpeg", {"quality": int(q), "subsampling": sub,
+                                               "double_quality": double_quality}))
+    else:
+        kinds = masks or DEFAULT_MASKS
+        for kind in kinds:
+            if kind not in D.MASK_KINDS:
+                raise IraeError(f"--mask {kind!r}: use one of {', '.join(D.MASK_KINDS)}")
+        if hole_bins and hole_ratio is not None:
+            raise IraeError("give --hole-ratio or --hole-bins, not both")
+        ranges = hole_bins or [hole_ratio or DEFAULT_HOLE_RATIO]
+        for lo, hi in ranges:
+            if not 0 < hi <= 1 or lo > hi:
+                raise IraeError(f"hole ratio {lo:g}-{hi:g}: give fractions of the image, e.g. 0.1-0.3 for 10-30 %")
+        for kind in kinds:
+            for lo, hi in ranges:
+                name = f"{kind}-{_num(lo * 100)}-{_num(hi * 100)}" if hole_bins else kind
+                levels.append(Level(name, "inpaint", {"mask": kind, "hole_range": [lo, hi],
+                                                      "fill": INPAINT_FILL}))
+    unique: dict[str, Level] = {}
+    for level in levels:
+        unique.setdefault(level.name, level)  # "--sigma 25,25" means one level
+    return list(unique.values())
+
+
+# --------------------------------------------------------------------------- encoding
+
+def png_bytes(x: torch.Tensor) -> bytes:
+    """8-bit PNG of (C, H, W) in [0, 1] (clipped and rounded), no metadata: same pixels -> same bytes."""
+    buf = io.BytesIO()
+    D.to_pil(x).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def npy_bytes(x: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32)), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _mask_png(mask: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask[0].numpy().astype(np.uint8) * 255, "L").save(
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def _u8(x: torch.Tensor) -> np.ndarray:
+    arr = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy()
+    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def _is_same_png(data: bytes, x: torch.Tensor) -> bool:
+    """True when ``data`` is a PNG that, read as it is, has exactly the pixels of ``x``.
+
+    Then the original bytes serve as the clean copy (its sha256 is the source
+    file's).  An EXIF-rotated, palette, alpha, 16-bit or transparent-colour PNG
+    fails the test and is re-encoded instead.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format != "PNG" or img.mode not in ("RGB", "L") or "transparency" in img.info:
+            return False
+        arr = np.asarray(img)
+    except Exception:  # noqa: BLE001 - read_image already decoded it; any doubt means re-encode
+        return False
+    ref = _u8(x)
+    return arr.shape == ref.shape and bool(np.array_equal(arr, ref))
+
+
+def _jpeg(x: torch.Tensor, quality: int, subsampling: str, double_quality: int | None) -> bytes:
+    if double_quality is not None:
+        x = D.from_pil(Image.open(io.BytesIO(D.jpeg_bytes(x, double_quality, subsampling))))
+    return D.jpeg_bytes(x, quality, subsampling)
+
+
+def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, bytes, bytes | None, dict]:
+    """-> (suffix, degraded bytes, mask PNG bytes or None, parameters for the manifest)."""
+    p = level.params
+    if level.task == "denoise":
+        if "sigma" in p:
+            sigma = float(p["sigma"])
+            params = {"sigma": sigma}
+        else:
+            lo, hi = p["sigma_range"]
+            sigma = D.uniform(lo, hi, g)
+            params = {"sigma": sigma, "sigma_range": [lo, hi]}
+        y = D.add_gaussian_noise(x, sigma, g)
+        params["protocol"] = p["protocol"]
+        if p["protocol"] == "float":
+            return ".npy", npy_bytes(y), None, params
+        return ".png", png_bytes(D.quantize_u8(y)), None, params
+    if level.task == "jpeg":
+        gray = x.shape[0] == 1
+        params = {"quality": p["quality"], "subsampling": None if gray else p["subsampling"],
+                  "double_quality": p["double_quality"], "encoder": "pillow"}
+        return ".jpg", _jpeg(x, p["quality"], p["subsampling"], p["double_quality"]), None, params
+    lo, hi = p["hole_range"]
+    try:
+        mask = D.mask_in_range(p["mask"], x.shape[-2], x.shape[-1], g, (lo, hi))
+    except ValueError as e:
+        raise ImageError(str(e)) from None
+    fill = float(p["fill"])
+    params = {"mask": p["mask"], "hole_range": [lo, hi], "hole_ratio": mask.float().mean().item(), "fill": fill,
+              "fill_u8": int(torch.round(torch.tensor(fill * 255.0)).item())}
+    return ".png", png_bytes(D.apply_holes(x, mask, fill)), _mask_png(mask), params
+
+
+# --------------------------------------------------------------------------- one image
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Writer:
+    """Writes into OUT under the run's policy and counts what it did."""
+
+    def __init__(self, out: Path, policy: str):
+        self.out, self.policy = out, policy  # policy: "new" | "overwrite" | "skip"
+
+    def put(self, rel: str, data: bytes) -> bool:
+        """Write OUT/rel; -> True if written, False if an identical file was kept."""
+        path = self.out / rel
+        if self.policy == "skip" and path.exists():
+            try:
+                same = path.read_bytes() == data
+            except OSError as e:
+                raise ImageError(f"{path}: exists but cannot be read ({e.strerror}); remove it or use --overwrite"
+                                 ) from None
+            if not same:
+                raise ImageError(f"{path}: exists with different content (other settings, seed or library "
+                                 f"version); remove it, use --overwrite, or choose a new output folder")
+            return False
+        try:
+            atomic_write_bytes(path, data, overwrite=self.policy == "overwrite")
+        except OSError as e:
+            raise ImageError(f"{path}: cannot write ({e.strerror or e}); check free space and permissions") from None
+        return True
+
+
+def _process(src: Source, levels: list[Level], seed: int, writer: _Writer,
+             versions: dict) -> tuple[list[dict], list[str], int, int]:
+    """All levels of one image -> (records, failure lines, written, kept)."""
+    written = kept = 0
+    try:
+        data = src.path.read_bytes()
+    except OSError as e:
+        return [], [f"{src.path}: cannot read ({e.strerror or e}); check it exists and is readable"], 0, 0
+    try:
+        x, _meta = read_image(src.path)
+    except ImageError as e:
+        return [], [str(e)], 0, 0
+    # Degrade exactly what the clean file holds: 16-bit inputs are rounded to 8 bits first.
+    x = D.quantize_u8(x)
+    stem = src.rel.with_suffix("").as_posix()
+    rel_key = src.rel.as_posix()
+    clean_rel = f"{CLEAN_DIR}/{stem}.png"
+    clean_bytes = data if _is_same_png(data, x) else png_bytes(x)
+    try:
+        if writer.put(clean_rel, clean_bytes):
+            written += 1
+        else:
+            kept += 1
+    except ImageError as e:
+        return [], [str(e)], written, kept
+    clean_sha = _sha256(clean_bytes)
+
+    records, failures = [], []
+    for level in levels:
+        image_seed = D.derive_seed(seed, rel_key, level.name)
+        g = torch.Generator().manual_seed(image_seed)
+        try:
+            suffix, degraded, mask, params = _degrade(level, x, g)
+            deg_rel = f"{level.name}/{stem}{suffix}"
+            mask_rel = f"{MASK_DIR}/{level.name}/{stem}.png" if mask is not None else None
+            for rel, blob in ((deg_rel, degraded), (mask_rel, mask)):
+                if rel is None:
+                    continue
+                if writer.put(rel, blob):
+                    written += 1
+                else:
+                    kept += 1
+        except ImageError as e:
+            failures.append(f"{src.path} [{level.name}]: {e}" if str(src.path) not in str(e) else str(e))
+            continue
+        records.append({
+            "manifest_version": MANIFEST_VERSION,
+            "id": f"{level.name}/{stem}",
+            "task": level.task,
+            "level": level.name,
+            "source": rel_key,
+            "clean": clean_rel,
+            "degraded": deg_rel,
+            "mask": mask_rel,
+            "params": params,
+            "seed": image_seed,
+            "base_seed": seed,
+            "width": int(x.shape[-1]),
+            "height": int(x.shape[-2]),
+            "channels": int(x.shape[0]),
+            "clean_sha256": clean_sha,
+            "degraded_sha256": _sha256(degraded),
+            "mask_sha256": _sha256(mask) if mask is not None else None,
+            "versions": versions,
+        })
+    return records, failures, written, kept
+
+
+# --------------------------------------------------------------------------- the run
+
+def library_versions() -> dict:
+    """Versions that decide the bytes of a test set (libjpeg and zlib encode the files)."""
+    import PIL
+    from PIL import features
+
+    def feature(name: str) -> str | None:
+        try:
+            return features.version(name)
+        except Exception:  # noqa: BLE001 - an unknown feature name on an old Pillow is just unknown
+            return None
+
+    return {"irae": __version__, "torch": torch.__version__, "pillow": PIL.__version__, "numpy": np.__version__,
+            "libjpeg": feature("jpg"), "libjpeg_turbo": feature("libjpeg_turbo"), "zlib": feature("zlib")}
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _check_paths(clean: Path, out: Path, policy: str) -> None:
+    if not clean.exists():
+        raise IraeError(f"{clean}: no such file or folder")
+    real_clean, real_out = os.path.realpath(clean), os.path.realpath(out)
+    if clean.is_dir() and _inside(real_out, real_clean):
+        raise IraeError(f"output folder {out} is inside the clean folder {clean}; choose an output folder "
+                        f"outside it (irae never writes into CLEAN)")
+    if _inside(real_clean, real_out):
+        raise IraeError(f"the clean input {clean} is inside the output folder {out}; choose another output "
+                        f"folder (irae never writes into CLEAN)")
+    if out.exists() and not out.is_dir():
+        raise IraeError(f"{out}: exists and is not a folder")
+    if policy == "new" and out.is_dir() and any(os.scandir(out)):
+        raise IraeError(f"{out}: output folder is not empty; use --overwrite to replace files, "
+                        f"--skip-existing to keep identical ones, or choose a new folder")
+
+
+def _check_collisions(sources: list[Source]) -> None:
+    seen: dict[str, Source] = {}
+    for src in sources:
+        key = src.rel.with_suffix("").as_posix().casefold()
+        if key in seen:
+            a, b = seen[key].rel.as_posix(), src.rel.as_posix()
+            raise IraeError(f"{a} and {b} would both be written as {CLEAN_DIR}/{src.rel.with_suffix('').as_posix()}"
+                            f".png; rename one or leave one out with --exclude")
+        seen[key] = src
+
+
+def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 0,
+                  sigma: list[tuple[float, float]] | None = None, noise_protocol: str | None = None,
+                  quality: list[int] | None = None, subsampling: str | None = None,
+                  double_quality: int | None = None, masks: list[str] | None = None,
+                  hole_ratio: tuple[float, float] | None = None, hole_bins: list[tuple[float, float]] | None = None,
+                  recursive: bool = True, include: list[str] | None = None, exclude: list[str] | None = None,
+                  workers: int = 1, overwrite: bool = False, skip_existing: bool = False, dry_run: bool = False,
+                  on_start: Callable[[int], None] | None = None,
+                  on_file: Callable[[Source, list[str]], None] | None = None) -> TestSetResult:
+    """Degrade every image under ``clean`` at every level into ``out`` and write ``out/manifest.jsonl``.
+
+    Usage problems (bad options, missing input, non-empty ``out`` without
+    ``overwrite``/``skip_existing``, ``out`` and ``clean`` nested, two inputs
+    mapping to one output) raise IraeError before anything is written.  A file
+    that cannot be read or written is reported through ``on_file(source,
+    failure lines)`` (called in the caller's thread, once per image, in
+    completion order) and listed in ``result.failures``; the others go on.
+    """
+    levels = build_levels(task, sigma=sigma, noise_protocol=noise_protocol, quality=quality,
+                          subsampling=subsampling, double_quality=double_quality, masks=masks,
+                          hole_ratio=hole_ratio, hole_bins=hole_bins)
+    if overwrite and skip_existing:
+        raise IraeError("give --overwrite or --skip-existing, not both")
+    if workers < 1:
+        raise IraeError(f"--workers {workers}: give 1 or more")
+    clean, out = Path(clean), Path(out)
+    policy = "overwrite" if overwrite else "skip" if skip_existing else "new"
+    _check_paths(clean, out, policy)
+    sources = discover(clean, recursive=recursive, include=include or None, exclude=exclude or None, skip=[out])
+    if not sources:
+        hint = "" if recursive else " (add -r to look in subfolders)"
+        raise IraeError(f"{clean}: no images found{hint}; readable types: png, jpg, webp, tif, bmp")
+    _check_collisions(sources)
+    previous: list[dict] = []
+    if policy != "new" and (out / MANIFEST_NAME).is_file():
+        try:
+            previous = read_manifest(out / MANIFEST_NAME)
+        except IraeError as e:
+            raise IraeError(f"{e}; move the old manifest away to start a new one") from None
+    result = TestSetResult(out=out, levels=levels, sources=sources)
+    if dry_run:
+        return result
+
+    writer = _Writer(out, policy)
+    versions = library_versions()
+    if on_start:
+        on_start(len(sources))
+
+    def done(src: Source, outcome: tuple[list[dict], list[str], int, int]) -> None:
+        records, failures, written, kept = outcome
+        result.records.extend(records)
+        result.failures.extend(failures)
+        result.written += written
+        result.kept += kept
+        if on_file:
+            on_file(src, failures)
+
+    if workers == 1:
+        for src in sources:
+            done(src, _process(src, levels, seed, writer, versions))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irae-degrade")
+        try:
+            futures = {pool.submit(_process, src, levels, seed, writer, versions): src for src in sources}
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # running images finish; their writes are atomic
+            raise
+        pool.shutdown()
+
+    # Lines of an earlier manifest stay when this run did not remake that output and its files are
+    # unchanged: adding a level to a set (or a run that refused to replace a file) keeps the set described.
+    made = {r["id"] for r in result.records}
+    for entry in previous:
+        if entry["id"] not in made and _files_match(entry, out):
+            result.records.append(entry)
+            result.carried += 1
+    result.records.sort(key=lambda r: r["id"])
+    text = "".join(json.dumps(r) + "\n" for r in result.records)
+    result.manifest = out / MANIFEST_NAME
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_bytes(result.manifest, text.encode(), overwrite=True)
+    except ImageError as e:
+        raise IraeError(str(e)) from None
+    return result
+
+
+# --------------------------------------------------------------------------- reading manifests
+
+_REQUIRED = {"id": str, "task": str, "level": str, "source": str, "clean": str, "degraded": str, "params": dict,
+             "seed": int, "clean_sha256": str, "degraded_sha256": str}
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_rel(value: str, where: str, key: str) -> None:
+    p = Path(value)
+    if p.is_absolute() or value.startswith("/") or ".." in p.parts or "\\" in value or not value:
+        raise IraeError(f"{where}: {key} {value!r} must be a relative path inside the set ('/'-separated, no '..')")
+
+
+def _file_problem(entry: dict, root: Path) -> str | None:
+    """Why the files of a manifest line are not the ones it describes, or None when they are."""
+    for key in ("clean", "degraded", "mask"):
+        if entry.get(key) is None:
+            continue
+        file = root / entry[key]
+        try:
+            digest = _sha256(file.read_bytes())
+        except OSError:
+            return f"{file} is missing or unreadable"
+        if digest != entry[f"{key}_sha256"]:
+            return f"{file} does not match its sha256 (changed since the set was made)"
+    return None
+
+
+def _files_match(entry: dict, root: Path) -> bool:
+    return _file_problem(entry, root) is None
+
+
+def read_manifest(path: str | Path, *, verify: bool = False) -> list[dict]:
+    """Read and validate a ``manifest.jsonl`` (or the set folder holding one).
+
+    Returns one dict per degraded file, in file order (sorted by ``id``).  Stable
+    keys (manifest_version 1):
+
+    - ``id`` (unique, ``<level>/<rel without extension>``), ``task``
+      (denoise|jpeg|inpaint), ``level``, ``source`` (input path relative to CLEAN)
+    - ``clean``, ``degraded``, ``mask`` (None unless inpaint): paths relative to
+      the folder holding the manifest, '/'-separated
+    - ``params``: denoise ``sigma`` (used, 0-255 scale), ``sigma_range`` (blind
+      levels), ``protocol`` (clip|float); jpeg ``quality``, ``subsampling``
+      (None for grayscale), ``double_quality``, ``encoder``; inpaint ``mask``
+      (kind), ``hole_range``, ``hole_ratio`` (measured), ``fill``, ``fill_u8``
+    - ``seed`` (the image's generator seed), ``base_seed``, ``width``, ``height``,
+      ``channels``, ``clean_sha256``, ``degraded_sha256``, ``mask_sha256``,
+      ``versions`` (irae, torch, pillow, numpy, libjpeg, libjpeg_turbo, zlib)
+
+    Unknown keys are kept (newer minor additions).  Raises IraeError naming the
+    line on malformed input; with ``verify`` also checks that every file exists
+    and matches its sha256.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise IraeError(f"{path}: no manifest here; make a set with 'irae degrade'") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise IraeError(f"{path}: cannot read manifest ({e})") from None
+    entries: list[dict] = []
+    ids: set[str] = set()
+    for n, line in enumerate(lines, 1):
+        where = f"{path}:{n}"
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise IraeError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(entry, dict):
+            raise IraeError(f"{where}: expected a JSON object")
+        version = entry.get("manifest_version", 1)
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise IraeError(f"{where}: manifest_version {version!r} is newer than this irae understands "
+                            f"({MANIFEST_VERSION}); upgrade irae")
+        for key, typ in _REQUIRED.items():
+            if not isinstance(entry.get(key), typ) or (typ is int and isinstance(entry.get(key), bool)):
+                raise IraeError(f"{where}: missing or invalid {key!r}")
+        if entry["task"] not in TASKS:
+            raise IraeError(f"{where}: unknown task {entry['task']!r}")
+        mask = entry.get("mask")
+        if (mask is None) == TASKS[entry["task"]].needs_mask:
+            raise IraeError(f"{where}: task {entry['task']} {'needs' if mask is None else 'has no'} mask")
+        if mask is not None and not isinstance(mask, str):
+            raise IraeError(f"{where}: invalid 'mask'")
+        for key in ("clean", "degraded", "mask"):
+            if entry.get(key) is not None:
+                _check_rel(entry[key], where, key)
+        for key in ("clean_sha256", "degraded_sha256", "mask_sha256"):
+            value = entry.get(key)
+            if (value is not None or (key == "mask_sha256" and mask is not None)) and not (
+                    isinstance(value, str) and _SHA.fullmatch(value)):
+                raise IraeError(f"{where}: invalid {key!r}")
+        if entry["id"] in ids:
+            raise IraeError(f"{where}: duplicate id {entry['id']!r}")
+        ids.add(entry["id"])
+        if verify:
+            problem = _file_problem(entry, path.parent)
+            if problem:
+                raise IraeError(f"{where}: {problem}")
+        entries.append(entry)
+    return entries

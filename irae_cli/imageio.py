@@ -1,0 +1,546 @@
+"""Image files in and out: discovery, decoding with metadata, masks, atomic encoding.
+
+``read_image`` returns the colour planes as a float tensor in [0, 1] plus an
+``ImageMeta`` that remembers what the file was (mode, bit depth, alpha, ICC
+profile, EXIF); ``write_image`` takes that meta back so grayscale stays
+grayscale, alpha is carried through untouched, 16-bit stays 16-bit and the
+colour profile and EXIF survive.  Every write goes to a temp file in the
+target folder and is renamed into place, so an interrupted run never leaves a
+half-written image.
+
+Pillow decodes 16-bit colour PNGs to 8 bits and cannot write them, so those
+are read with torchvision and written by a small PNG encoder here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+              ".bmp": "BMP"}
+# Pillow refuses headers above twice its own limit; anything above that is treated as a decompression bomb.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# Mask files and alpha-as-mask: a value at or above half scale means "missing" (255 = missing in 8-bit files).
+MASK_THRESHOLD = 0.5
+ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GRAY_MODES = ("L", "LA", "I;16", "I;16B", "I;16L", "I", "1")
+
+
+@dataclass
+class ImageMeta:
+    mode: str  # Pillow mode of the file as decoded ("RGB", "L", "RGBA", "I;16", ...)
+    bits: int  # 8 or 16 per channel
+    alpha: np.ndarray | None = None  # H x W, uint8 or uint16 like the image, carried through untouched
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str | None = None  # Pillow format name of the source
+
+    @property
+    def gray(self) -> bool:
+        return self.mode in _GRAY_MODES
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    rel: Path  # relative to the input root (file name alone for a single-file input)
+
+
+def _matches(rel: Path, patterns: list[str]) -> bool:
+    text = rel.as_posix()
+    return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(rel.name, p) for p in patterns)
+
+
+def discover(root: str | Path, *, recursive: bool = False, include: list[str] | None = None,
+             exclude: list[str] | None = None, skip: list[str | Path] | None = None) -> list[Source]:
+    """Image files under ``root`` (or ``root`` itself), sorted by relative path.
+
+    Symlinked folders are followed once (a loop is never entered twice);
+    folders in ``skip`` (e.g. an output folder inside the input) are left out.
+    Hidden temp files of an interrupted write (``.name.irae-tmp-*``) never match.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [Source(root, Path(root.name))]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    skip_real = {os.path.realpath(p) for p in (skip or [])}
+    seen_dirs: set[str] = set()
+    found: list[Source] = []
+
+    def walk(folder: Path) -> None:
+        real = os.path.realpath(folder)
+        if real in seen_dirs or real in skip_real:
+            return
+        seen_dirs.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive:
+                    walk(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                rel = path.relative_to(root)
+                if include and not _matches(rel, include):
+                    continue
+                if exclude and _matches(rel, exclude):
+                    continue
+                found.append(Source(path, rel))
+
+    walk(root)
+    return found
+
+
+def _decode_failure(path: Path, e: Exception) -> ImageError:
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        return ImageError(f"{path}: empty file (0 bytes); not an image")
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(f"{path}: not an image file Pillow can read (wrong extension or corrupt header)")
+    reason = str(e).split("\n")[0] or type(e).__name__
+    return ImageError(f"{path}: cannot decode image ({reason}); the file may be truncated or not an image")
+
+
+def _open(path: Path, load: bool = True) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Our own size check below is the limit; Pillow's warning threshold is lower.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(f"{path}: {img.width}x{img.height} is larger than {MAX_PIXELS // 10**6} MP; "
+                                 f"refusing to decode (possible decompression bomb)")
+            if load:
+                img.load()
+        return img
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: image header claims a huge size (possible decompression bomb); skipped") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found (a broken link?)") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied; make it readable") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image file") from None
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
+        raise _decode_failure(path, e) from None
+
+
+def _png_ihdr(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG file, or None when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (H, W, ...) array, as ImageOps.exif_transpose does."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def _exif_without_orientation(img: Image.Image) -> tuple[bytes | None, int]:
+    """(EXIF bytes without the orientation tag, orientation); ``img``'s own EXIF is left as it is."""
+    source = img.getexif()
+    orientation = int(source.get(ORIENTATION, 1) or 1)
+    if not len(source):
+        return None, orientation
+    exif = Image.Exif()
+    exif.load(source.tobytes())  # a copy: exif_transpose still has to see the tag on ``img``
+    if ORIENTATION in exif:
+        del exif[ORIENTATION]  # the pixels are stored upright in the output
+    return (exif.tobytes() if len(exif) else None), orientation
+
+
+def _read_png16_colour(path: Path) -> tuple[torch.Tensor, ImageMeta]:
+    """16-bit RGB / RGBA / gray+alpha PNG, kept at 16 bits (Pillow would truncate it to 8)."""
+    import torchvision.io as tio
+
+    img = _open(path, load=False)
+    info = dict(img.info)
+    exif, orientation = _exif_without_orientation(img)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29+ points to torchcodec
+            data = tio.decode_png(tio.read_file(str(path)), mode=tio.ImageReadMode.UNCHANGED)
+    except RuntimeError as e:
+        raise _decode_failure(path, e) from None
+    arr = data.permute(1, 2, 0).numpy()
+    if arr.dtype != np.uint16:  # torchvision versions without 16-bit support hand back 8 bits
+        arr = arr.astype(np.uint16) * 257
+    arr = _orient(arr, orientation)
+    c = arr.shape[2]
+    colour = arr[:, :, : (3 if c >= 3 else 1)]
+    alpha = np.ascontiguousarray(arr[:, :, -1]) if c in (2, 4) else None
+    mode = ("RGB" if c >= 3 else "L") + ("A" if alpha is not None else "")
+    planes = colour.transpose(2, 0, 1).astype(np.float32) / 65535.0
+    meta = ImageMeta(mode=mode, bits=16, alpha=alpha, icc_profile=info.get("icc_profile"), exif=exif, format="PNG")
+    return torch.from_numpy(np.ascontiguousarray(planes)), meta
+
+
+def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Use the embedded CMYK profile when there is one; a naive conversion otherwise."""
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - a broken profile falls back to the plain conversion
+            pass
+    return img.convert("RGB")
+
+
+def read_image(path: str | Path) -> tuple[torch.Tensor, ImageMeta]:
+    """Decode ``path`` -> (C, H, W) float32 in [0, 1] with C = 1 or 3, and its meta.
+
+    EXIF orientation is applied (the pixels come back upright and the tag is
+    dropped from the meta); palette images become RGB(A); CMYK becomes RGB;
+    alpha is split off into ``meta.alpha``.  Any failure is an ``ImageError``
+    with one line naming the file.
+    """
+    path = Path(path)
+    ihdr = _png_ihdr(path)
+    if ihdr is not None and ihdr[0] == 16 and ihdr[1] in (2, 4, 6):
+        try:
+            return _read_png16_colour(path)
+        except (ImportError, AttributeError):
+            pass  # no torchvision PNG decoder: Pillow reads it at 8 bits
+    img = _open(path)
+    fmt = img.format
+    icc = img.info.get("icc_profile")
+    exif_bytes, orientation = _exif_without_orientation(img)
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    alpha = None
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float32)
+        bits = 16
+        planes = np.clip(arr, 0, 65535)[None] / 65535.0
+        mode = "I;16"
+    else:
+        bits = 8
+        if mode == "P" or mode == "PA":
+            img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
+        elif mode == "CMYK":
+            img = _cmyk_to_rgb(img, icc)
+            icc = None  # a CMYK profile does not describe the RGB pixels
+        elif mode == "YCbCr":
+            img = img.convert("RGB")
+        elif mode == "1":
+            img = img.convert("L")
+        elif mode in ("RGBa", "La"):  # premultiplied alpha
+            img = img.convert("RGBA" if mode == "RGBa" else "LA")
+        elif mode not in ("RGB", "RGBA", "L", "LA"):
+            raise ImageError(f"{path}: unsupported pixel mode {mode!r}; convert it to RGB or grayscale first")
+        if img.mode in ("RGBA", "LA"):
+            alpha = np.asarray(img.getchannel("A")).copy()
+            img = img.convert("RGB" if img.mode == "RGBA" else "L")
+        arr = np.asarray(img).astype(np.float32) / 255.0
+        planes = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        mode = img.mode if alpha is None else img.mode + "A"
+    meta = ImageMeta(mode=mode, bits=bits, alpha=alpha, icc_profile=icc, exif=exif_bytes, format=fmt)
+    return torch.from_numpy(np.ascontiguousarray(planes)), meta
+
+
+def image_size(path: str | Path) -> tuple[int, int, int] | None:
+    """(channels, height, width) as ``read_image`` would return them, from the header only; None if unreadable."""
+    path = Path(path)
+    try:
+        img = _open(path, load=False)
+        w, h = img.size
+        exif = img.getexif()
+        if int(exif.get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):
+            w, h = h, w
+        return (1 if img.mode in _GRAY_MODES else 3), h, w
+    except (ImageError, OSError):
+        return None
+
+
+# --- masks ---------------------------------------------------------------------------------------
+
+def find_mask(mask_root: str | Path, rel: Path) -> Path | None:
+    """The mask for input ``rel``: same relative path under ``mask_root``, any image extension."""
+    folder = Path(mask_root) / rel.parent
+    exact = folder / rel.name
+    if exact.is_file():
+        return exact
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    for name in names:
+        p = Path(name)
+        if p.stem == rel.stem and p.suffix.lower() in IMAGE_EXTENSIONS and (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_mask(path: str | Path, size: tuple[int, int], image: str | Path = "") -> torch.Tensor:
+    """Mask file -> bool (1, H, W), True = missing (values >= half scale; 255 in 8-bit files).
+
+    ``size`` is the image's (H, W); a mask of another size is an ``ImageError``.
+    """
+    path = Path(path)
+    img = _open(path)
+    if int(img.getexif().get(ORIENTATION, 1) or 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        missing = np.asarray(img).astype(np.float32) >= MASK_THRESHOLD * 65535
+    else:
+        if img.mode == "P":
+            img = img.convert("RGB")
+        missing = np.asarray(img.convert("L")) >= round(MASK_THRESHOLD * 255)
+    h, w = missing.shape
+    if (h, w) != tuple(size):
+        about = f" but {image} is {size[1]}x{size[0]}" if image else f", expected {size[1]}x{size[0]}"
+        raise ImageError(f"{path}: mask is {w}x{h}{about}; masks must have the image's size")
+    return torch.from_numpy(missing.copy())[None]
+
+
+def mask_from_alpha(meta: ImageMeta, path: str | Path = "") -> torch.Tensor:
+    """Transparent pixels (alpha below half) are the holes: bool (1, H, W), True = missing."""
+    if meta.alpha is None:
+        raise ImageError(f"{path}: has no alpha channel; --mask-from alpha needs transparent holes "
+                         f"(or give mask files with --masks)")
+    full = 65535 if meta.alpha.dtype == np.uint16 else 255
+    return torch.from_numpy(np.asarray(meta.alpha).astype(np.float32) < MASK_THRESHOLD * full)[None]
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def output_suffix(source_suffix: str, fmt: str = "same") -> str:
+    """File extension for an output: ``same`` keeps a writable input extension (PNG otherwise)."""
+    if fmt == "same":
+        return source_suffix if source_suffix.lower() in PIL_FORMAT else ".png"
+    if fmt == "jpeg":
+        fmt = "jpg"
+    if fmt == "tif":
+        fmt = "tiff"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use same, {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def _icc_fits(icc: bytes | None, channels: int) -> bool:
+    """An ICC profile is only embedded when its colour space matches the pixels written."""
+    if not icc or len(icc) < 20:
+        return False
+    space = icc[16:20]
+    return space == (b"GRAY" if channels == 1 else b"RGB ")
+
+
+def _alpha8(alpha: np.ndarray) -> np.ndarray:
+    if alpha.dtype == np.uint8:
+        return alpha
+    return np.round(alpha.astype(np.float32) / 257.0).astype(np.uint8)
+
+
+def _to_pil(x: torch.Tensor, meta: ImageMeta, out_format: str) -> Image.Image:
+    x = x.detach().float().clamp(0, 1).cpu()
+    sixteen = meta.bits == 16 and out_format in ("PNG", "TIFF") and x.shape[0] == 1 and meta.alpha is None
+    if sixteen:
+        arr = np.round(x[0].numpy() * 65535.0).astype(np.uint16)
+        return Image.fromarray(arr)
+    arr = np.round(x.numpy() * 255.0).astype(np.uint8)
+    img = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0))
+    if meta.alpha is not None and out_format in ("PNG", "WEBP", "TIFF"):
+        if img.mode == "L" and out_format == "WEBP":
+            img = img.convert("RGB")
+        img.putalpha(Image.fromarray(_alpha8(meta.alpha)))
+    return img
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png16(arr: np.ndarray, *, icc_profile: bytes | None = None, exif: bytes | None = None,
+                 compress_level: int = 1) -> bytes:
+    """(H, W, C) uint16 with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) -> 16-bit PNG bytes."""
+    h, w, c = arr.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = arr.astype(">u2").reshape(h, w * c).view(np.uint8)
+    bpp = 2 * c
+    # "Sub" filter on every row: cheap with numpy and compresses far better than no filter.
+    filtered = rows.copy()
+    filtered[:, bpp:] = rows[:, bpp:] - rows[:, :-bpp]
+    raw = np.empty((h, 1 + rows.shape[1]), np.uint8)
+    raw[:, 0] = 1
+    raw[:, 1:] = filtered
+    out = [_PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))]
+    if icc_profile:
+        out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
+    if exif:
+        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    out.append(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), compress_level)))
+    out.append(_png_chunk(b"IEND", b""))
+    return b"".join(out)
+
+
+def encode_image(x: torch.Tensor, meta: ImageMeta, suffix: str, *, quality: int = 95,
+                 png_compress_level: int = 1) -> bytes:
+    """Encode (C, H, W) in [0, 1] for a file ending in ``suffix``; returns the bytes."""
+    fmt = PIL_FORMAT.get(suffix.lower())
+    if fmt is None:
+        raise ImageError(f"cannot write {suffix!r} files; use one of png, jpg, webp, tiff")
+    channels = int(x.shape[0])
+    icc = meta.icc_profile if _icc_fits(meta.icc_profile, channels) else None
+    if fmt == "PNG" and meta.bits == 16 and (channels == 3 or meta.alpha is not None):
+        planes = np.round(x.detach().float().clamp(0, 1).cpu().numpy() * 65535.0).astype(np.uint16)
+        arr = planes.transpose(1, 2, 0)
+        if meta.alpha is not None:
+            alpha = meta.alpha if meta.alpha.dtype == np.uint16 else meta.alpha.astype(np.uint16) * 257
+            arr = np.concatenate([arr, alpha[:, :, None]], axis=2)
+        return encode_png16(arr, icc_profile=icc, exif=meta.exif, compress_level=png_compress_level)
+    img = _to_pil(x, meta, fmt)
+    kwargs: dict = {}
+    if icc and fmt != "BMP":
+        kwargs["icc_profile"] = icc
+    if meta.exif and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
+        kwargs["exif"] = meta.exif
+    if fmt == "PNG":
+        kwargs["compress_level"] = png_compress_level
+    elif fmt == "JPEG":
+        kwargs["quality"] = quality
+        if img.mode == "RGBA":  # JPEG has no alpha; keep the colour
+            img = img.convert("RGB")
+    elif fmt == "WEBP":
+        kwargs["quality"] = quality
+    elif fmt == "TIFF":
+        kwargs["compression"] = "tiff_deflate"
+    elif fmt == "BMP" and img.mode == "LA":
+        img = img.convert("RGBA")
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=fmt, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ImageError(f"cannot encode {img.mode} image as {fmt} ({e}); choose another --format") from None
+    return buf.getvalue()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write via a temp file in the same folder and rename; refuses to replace a file unless ``overwrite``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists: never clobbers a file that appeared meanwhile
+            except FileExistsError:
+                raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
+            except OSError:
+                if path.exists() or path.is_symlink():
+                    raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
+                os.replace(tmp, path)  # filesystems without hard links
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied; choose a writable output folder") from None
+    except ImageError:
+        raise
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write ({e.strerror or e}); check the output folder") from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def write_image(path: str | Path, x: torch.Tensor, meta: ImageMeta, *, quality: int = 95,
+                png_compress_level: int = 1, overwrite: bool = False) -> None:
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(x, meta, path.suffix, quality=quality,
+                                          png_compress_level=png_compress_level), overwrite=overwrite)
+
+
+# --- CUDA JPEG decoding --------------------------------------------------------------------------
+
+def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, int]] | None:
+    """Bytes, meta and (C, H, W) of a plain baseline/progressive RGB or gray JPEG for nvJPEG; None otherwise.
+
+    Only the header is parsed here; anything unusual (CMYK, odd modes) is left to Pillow.
+    """
+    path = Path(path)
+    try:
+        img = _open(path, load=False)
+    except ImageError:
+        return None
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None
+    exif, orientation = _exif_without_orientation(img)
+    w, h = img.size
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    meta = ImageMeta(mode=img.mode, bits=8, icc_profile=img.info.get("icc_profile"), exif=exif, format="JPEG")
+    return data, meta, (1 if img.mode == "L" else 3, h, w)
+
+
+def decode_jpegs_cuda(blobs: list[bytes], gray: list[bool], device: torch.device) -> list[torch.Tensor]:
+    """Batched nvJPEG decode -> list of (C, H, W) float32 CPU tensors in [0, 1], EXIF orientation applied."""
+    import torchvision.io as tio
+
+    out = []
+    for want_gray in (False, True):
+        idx = [i for i, g in enumerate(gray) if g == want_gray]
+        if not idx:
+            continue
+        mode = tio.ImageReadMode.GRAY if want_gray else tio.ImageReadMode.RGB
+        data = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in idx]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = tio.decode_jpeg(data, mode=mode, device=device, apply_exif_orientation=True)
+        out.extend(zip(idx, decoded))
+    out.sort(key=lambda t: t[0])
+    return [t.float().div_(255.0).cpu() for _, t in out]

@@ -1,0 +1,551 @@
+"""Restore a file or a folder tree: plan, decode in the background, batch by size, restore, write in the background.
+
+``plan_restore`` maps every input to its output and finds the problems that
+must stop a run before any work (two inputs onto one output, an output that
+would replace an input, outputs that already exist).  ``restore`` runs the
+plan: reader threads decode ahead of the model, images of equal size are
+grouped into batches for the ``Restorer`` (which tiles large images), and
+writer threads encode and rename the results into place, so the device never
+waits on one file at a time and memory stays bounded on huge folders.  A bad
+file costs one line on stderr and one ``failed`` line in the report; the run
+goes on and ends with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError
+from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
+                      image_size, output_suffix)
+
+OUTPUT_FORMATS = ("auto", "same", *FORMATS)
+# A batch never holds more than this many pixels (large images go one at a time and are tiled).
+BATCH_PIXELS = 32 * 2**20
+# Decoded images waiting for a batch partner; beyond this the fullest bucket is run as it is.
+BUFFER_PIXELS = 256 * 2**20
+LIST_LIMIT = 10  # how many paths an error message lists before "and N more"
+
+
+@dataclass
+class RestoreOptions:
+    task: str = "denoise"
+    weights: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    tile: int | str = "auto"
+    tile_overlap: int = 32
+    batch_size: int = 4
+    workers: int = 0  # 0 = auto: I/O threads for reading and as many for writing
+    format: str = "auto"  # auto = same, except JPEG inputs of the jpeg task become PNG
+    quality: int = 95
+    png_level: int = 1
+    suffix: str = ""
+    recursive: bool = False
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    skip_existing: bool = False
+    overwrite: bool = False
+    report: Path | None = None
+    dry_run: bool = False
+    masks: Path | None = None
+    mask_from: str | None = None  # "alpha"
+
+
+@dataclass
+class Job:
+    source: Source
+    output: Path
+    exists: bool = False
+
+
+@dataclass
+class Plan:
+    input: Path
+    output: Path
+    jobs: list[Job]  # to restore
+    skipped: list[Job]  # output exists and --skip-existing
+    existing: list[Job]  # output exists, neither --skip-existing nor --overwrite
+    collisions: dict[Path, list[Source]]
+    onto_inputs: list[Job]  # output path is an input file
+
+    def problems(self) -> list[str]:
+        """Why this plan must not run (usage errors, exit 2); empty when it may."""
+        out = []
+        if self.onto_inputs:
+            out.append("these outputs would replace input files; choose another OUTPUT or a --suffix: "
+                       + _listing([str(j.output) for j in self.onto_inputs]))
+        if self.collisions:
+            out.append("several inputs would be written to the same output; rename them, use --format same "
+                       "or --exclude: " + _listing([f"{o} <- {', '.join(str(s.path) for s in srcs)}"
+                                                   for o, srcs in self.collisions.items()]))
+        if self.existing:
+            out.append(f"{len(self.existing)} output file(s) already exist; pass --skip-existing to resume "
+                       f"or --overwrite to replace them: " + _listing([str(j.output) for j in self.existing]))
+        return out
+
+
+@dataclass
+class RestoreSummary:
+    restored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    exit_code: int = EXIT_OK
+
+    def line(self) -> str:
+        mps = self.megapixels / self.seconds if self.seconds > 0 else 0.0
+        return (f"restored {self.restored}, skipped {self.skipped}, failed {self.failed} "
+                f"in {self.seconds:.1f} s ({mps:.2f} MP/s)")
+
+
+def _listing(items: list[str]) -> str:
+    shown = "; ".join(items[:LIST_LIMIT])
+    return shown + (f"; and {len(items) - LIST_LIMIT} more" if len(items) > LIST_LIMIT else "")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def check_options(opts: RestoreOptions) -> None:
+    """Usage errors that need no file system work."""
+    from .tasks import get_task
+
+    task = get_task(opts.task)
+    opts.format = {"jpeg": "jpg", "tif": "tiff"}.get(opts.format, opts.format)
+    if opts.format not in OUTPUT_FORMATS:
+        raise IraeError(f"--format {opts.format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if opts.skip_existing and opts.overwrite:
+        raise IraeError("--skip-existing and --overwrite contradict each other; pass one")
+    if opts.batch_size < 1:
+        raise IraeError(f"--batch-size must be at least 1, not {opts.batch_size}")
+    if opts.workers < 0:
+        raise IraeError(f"--workers must be 0 (auto) or more, not {opts.workers}")
+    if not 1 <= opts.quality <= 100:
+        raise IraeError(f"--quality must be 1-100, not {opts.quality}")
+    if not 0 <= opts.png_level <= 9:
+        raise IraeError(f"--png-level must be 0-9, not {opts.png_level}")
+    if os.sep in opts.suffix or "/" in opts.suffix:
+        raise IraeError(f"--suffix {opts.suffix!r} must not contain a path separator")
+    if opts.mask_from not in (None, "alpha"):
+        raise IraeError(f"--mask-from {opts.mask_from!r}: only 'alpha' is supported")
+    if task.needs_mask:
+        if opts.masks is None and opts.mask_from is None:
+            raise IraeError(f"task {task.name!r} needs masks: pass --masks DIR (same relative paths, "
+                            f"255 = missing) or --mask-from alpha")
+        if opts.masks is not None and opts.mask_from is not None:
+            raise IraeError("pass either --masks or --mask-from, not both")
+        if opts.masks is not None and not Path(opts.masks).is_dir():
+            raise IraeError(f"--masks {opts.masks}: no such folder")
+    elif opts.masks is not None or opts.mask_from is not None:
+        raise IraeError(f"--masks/--mask-from only apply to --task inpaint, not {task.name!r}")
+
+
+def _output_ext(src: Path, opts: RestoreOptions) -> str:
+    if opts.format == "auto":
+        # Re-encoding a de-blocked image as JPEG would put the artefacts back.
+        if opts.task == "jpeg" and src.suffix.lower() in (".jpg", ".jpeg"):
+            return ".png"
+        return output_suffix(src.suffix, "same")
+    return output_suffix(src.suffix, opts.format)
+
+
+def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) -> Plan:
+    """Map inputs to outputs and find collisions and existing outputs; reads no pixels."""
+    check_options(opts)
+    input, output = Path(input), Path(output)
+    if not input.exists():
+        raise IraeError(f"{input}: no such file or folder")
+    if input.is_file():
+        sources = [Source(input, Path(input.name))]
+        if output.suffix.lower() in PIL_FORMAT and not output.is_dir():
+            targets = [output]
+        else:
+            targets = [output / f"{input.stem}{opts.suffix}{_output_ext(input, opts)}"]
+    else:
+        if output.exists() and not output.is_dir():
+            raise IraeError(f"{output}: exists and is not a folder; OUTPUT must be a folder for a folder INPUT")
+        if os.path.realpath(output) == os.path.realpath(input):
+            raise IraeError(f"OUTPUT {output} is the INPUT folder; irae never writes into its input — "
+                            f"choose another folder (a subfolder such as {input / 'restored'} is fine)")
+        skip = [output] + ([opts.masks] if opts.masks is not None else [])
+        sources = discover(input, recursive=opts.recursive, include=opts.include or None,
+                           exclude=opts.exclude or None, skip=skip)
+        if not sources:
+            hint = "" if opts.recursive else " (use -r to include subfolders)"
+            raise IraeError(f"{input}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+        targets = [output / s.rel.parent / f"{s.rel.stem}{opts.suffix}{_output_ext(s.path, opts)}"
+                   for s in sources]
+    inputs_real = {os.path.realpath(s.path) for s in sources}
+    by_output: dict[Path, list[Source]] = defaultdict(list)
+    jobs, skipped, existing, onto = [], [], [], []
+    for s, t in zip(sources, targets):
+        by_output[t].append(s)
+        job = Job(s, t, exists=t.exists() or t.is_symlink())
+        if os.path.realpath(t) in inputs_real:
+            onto.append(job)
+        elif job.exists and opts.skip_existing:
+            skipped.append(job)
+        elif job.exists and not opts.overwrite:
+            existing.append(job)
+        else:
+            jobs.append(job)
+    collisions = {t: srcs for t, srcs in by_output.items() if len(srcs) > 1}
+    return Plan(input, output, jobs, skipped, existing, collisions, onto)
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    """One image on its way through the pipeline."""
+    job: Job
+    x: object = None  # (C, H, W) float tensor
+    meta: ImageMeta | None = None
+    mask: object = None  # (1, H, W) bool tensor
+    blob: tuple | None = None  # (bytes, meta, shape) for the CUDA JPEG decoder
+    error: str | None = None
+    seconds: float = 0.0
+    tiles: int = 0
+    notes: list[str] = field(default_factory=list)
+    hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
+
+
+class _Reporter:
+    """Counts, progress bar, one-line failures on stderr and the JSONL report; main thread only."""
+
+    def __init__(self, total: int, opts: RestoreOptions, progress: bool, quiet: bool, err: TextIO,
+                 common: dict) -> None:
+        self.summary = RestoreSummary()
+        self.err = err
+        self.quiet = quiet
+        self.common = common
+        self.started = time.perf_counter()
+        self.report = None
+        if opts.report is not None:
+            path = Path(opts.report)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.report = open(path, "w", encoding="utf-8")
+            except OSError as e:
+                raise IraeError(f"--report {path}: cannot write ({e.strerror or e})") from None
+        self.progress = None
+        if progress and not quiet:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("restoring"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("images  {task.fields[mps]:.2f} MP/s"), TimeElapsedColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=Console(file=err), transient=True)
+            self.progress.start()
+            self.bar = self.progress.add_task("restore", total=total, mps=0.0)
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(line, file=self.err, flush=True)
+
+    def _write(self, record: dict) -> None:
+        if self.report is not None:
+            self.report.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.report.flush()
+
+    def skipped(self, job: Job) -> None:
+        self.summary.skipped += 1
+        self._write({"input": str(job.source.path), "output": str(job.output), "status": "skipped",
+                     "error": None, "reason": "output exists (--skip-existing)"})
+
+    def done(self, item: _Item) -> None:
+        record = {"input": str(item.job.source.path), "output": str(item.job.output),
+                  "status": "failed" if item.error else "ok", "error": item.error}
+        if item.hw is not None:
+            h, w = item.hw
+            record["size"] = [int(w), int(h)]
+            if not item.error:
+                self.summary.megapixels += w * h / 1e6
+        record.update(seconds=round(item.seconds, 4), tiles=item.tiles, **self.common)
+        if item.notes:
+            record["notes"] = item.notes
+        self._write(record)
+        if item.error:
+            self.summary.failed += 1
+            self.say(f"irae: failed: {item.error}")
+        else:
+            self.summary.restored += 1
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.started
+            self.progress.update(self.bar, advance=1, mps=self.summary.megapixels / max(elapsed, 1e-9))
+
+    def close(self) -> RestoreSummary:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.report is not None:
+            self.report.close()
+        s = self.summary
+        s.seconds = time.perf_counter() - self.started
+        s.exit_code = EXIT_SOME_FAILED if s.failed else EXIT_OK
+        return s
+
+
+def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool) -> _Item:
+    from .imageio import jpeg_for_gpu, mask_from_alpha, read_image, read_mask
+
+    item = _Item(job)
+    t0 = time.perf_counter()
+    path = job.source.path
+    try:
+        if gpu_jpeg and path.suffix.lower() in (".jpg", ".jpeg"):
+            item.blob = jpeg_for_gpu(path)
+            if item.blob is not None:
+                return item
+        item.x, item.meta = read_image(path)
+        if task_needs_mask:
+            hw = tuple(item.x.shape[-2:])
+            if opts.masks is not None:
+                mask_path = find_mask(opts.masks, job.source.rel)
+                if mask_path is None:
+                    raise ImageError(f"{path}: no mask {Path(opts.masks) / job.source.rel.with_suffix('.*')}; "
+                                     f"masks need the same relative path (any image extension)")
+                item.mask = read_mask(mask_path, hw, image=path)
+            else:
+                item.mask = mask_from_alpha(item.meta, path)
+                item.meta.alpha = None  # the holes are filled now: the output is opaque
+    except ImageError as e:
+        item.error = str(e)
+    except MemoryError:
+        item.error = f"{path}: not enough memory to decode it"
+    except Exception as e:  # noqa: BLE001 - a decoder bug on one odd file must not end a long run
+        item.error = f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    item.seconds = time.perf_counter() - t0
+    return item
+
+
+def _decode_gpu_jpegs(items: list[_Item], device) -> list[_Item]:
+    """Decode the collected JPEG blobs in one nvJPEG batch; anything it cannot do goes through Pillow."""
+    from .imageio import decode_jpegs_cuda, read_image
+
+    t0 = time.perf_counter()
+    try:
+        decoded = decode_jpegs_cuda([it.blob[0] for it in items], [it.blob[2][0] == 1 for it in items], device)
+    except Exception:  # noqa: BLE001 - nvJPEG refuses some valid files; Pillow is the reference decoder
+        decoded = [None] * len(items)
+    share = (time.perf_counter() - t0) / max(len(items), 1)
+    for it, x in zip(items, decoded):
+        _, meta, shape = it.blob
+        it.blob = None
+        it.seconds += share
+        if x is not None and tuple(x.shape) == tuple(shape):
+            it.x, it.meta = x, meta
+            continue
+        t1 = time.perf_counter()
+        try:
+            it.x, it.meta = read_image(it.job.source.path)
+        except ImageError as e:
+            it.error = str(e)
+        it.seconds += time.perf_counter() - t1
+    return items
+
+
+def _write(item: _Item, y, opts: RestoreOptions) -> _Item:
+    from .imageio import encode_image, atomic_write_bytes
+
+    t0 = time.perf_counter()
+    try:
+        data = encode_image(y, item.meta, item.job.output.suffix, quality=opts.quality,
+                            png_compress_level=opts.png_level)
+        atomic_write_bytes(item.job.output, data, overwrite=opts.overwrite)
+    except ImageError as e:
+        msg = str(e)
+        item.error = msg if str(item.job.output) in msg else f"{item.job.output}: {msg}"
+    except MemoryError:
+        item.error = f"{item.job.output}: not enough memory to encode it"
+    except Exception as e:  # noqa: BLE001 - one file that cannot be encoded must not end a long run
+        item.error = f"{item.job.output}: cannot encode ({type(e).__name__}: {e}); try another --format"
+    item.seconds += time.perf_counter() - t0
+    return item
+
+
+def describe_plan(plan: Plan, opts: RestoreOptions, weights_label: str) -> list[str]:
+    """The --dry-run listing: every input -> output, skips, problems and the batches it would run."""
+    lines = [f"plan: restore {len(plan.jobs)} image(s), skip {len(plan.skipped)}; task {opts.task}, "
+             f"weights {weights_label}"]
+    lines += [f"  {j.source.path} -> {j.output}" for j in plan.jobs]
+    lines += [f"  skip {j.source.path} ({j.output} exists)" for j in plan.skipped]
+    lines += [f"  exists {j.output} <- {j.source.path}" for j in plan.existing]
+    lines += [f"  collision {o} <- {', '.join(str(s.path) for s in srcs)}" for o, srcs in plan.collisions.items()]
+    lines += [f"  onto input {j.output}" for j in plan.onto_inputs]
+    sizes: dict[tuple, int] = defaultdict(int)
+    unreadable = 0
+    for j in plan.jobs:
+        shape = image_size(j.source.path)
+        if shape is None:
+            unreadable += 1
+        else:
+            sizes[shape] += 1
+    for (c, h, w), n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        per = max(1, min(opts.batch_size, BATCH_PIXELS // max(h * w, 1)))
+        lines.append(f"  batches: {-(-n // per)} of up to {per} x {w}x{h} {'gray' if c == 1 else 'RGB'} "
+                     f"({n} image(s))")
+    if unreadable:
+        lines.append(f"  unreadable header: {unreadable} image(s) (would be reported as failed)")
+    return lines
+
+
+def _load_restorer(opts: RestoreOptions):
+    from .inference import Restorer
+    from .tasks import get_task
+    from .weights import default_weights_for, load_weights
+
+    name = opts.weights or default_weights_for(opts.task)
+    if name is None:
+        raise IraeError(f"no shipped weights exist yet for task {opts.task!r}; train some with "
+                        f"'irae train --task {opts.task} ... --out w.safetensors' and pass --weights w.safetensors")
+    loaded = load_weights(name, device="cpu", expect_task=opts.task)
+    task = get_task(opts.task)
+    params = {**task.default_task_params(), **(loaded.task_params or {})}
+    restorer = Restorer(loaded.model, task, task_params=params, device=opts.device, dtype=opts.dtype,
+                        tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size)
+    return restorer, loaded
+
+
+def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, progress: bool = False,
+            quiet: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> RestoreSummary:
+    """Restore ``input`` (a file or folder) into ``output``; see the module docstring.
+
+    Raises ``IraeError`` (exit 2) before any work for usage problems; per-file
+    problems are reported and counted, and the summary's ``exit_code`` is 1
+    when any file failed.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    plan = plan_restore(input, output, opts)
+    problems = plan.problems()
+    if opts.dry_run:
+        try:
+            _, loaded = _load_restorer(opts)
+            label = f"{loaded.path} (sha256 {loaded.sha256[:12]})"
+        except IraeError as e:
+            label, problems = "(unusable)", [*problems, str(e)]
+        for line in describe_plan(plan, opts, label):
+            print(line, file=out)
+        for p in problems:
+            print(f"irae: error: {p}", file=err)
+        return RestoreSummary(skipped=len(plan.skipped), exit_code=EXIT_USAGE if problems else EXIT_OK)
+    if problems:
+        raise IraeError(problems[0] if len(problems) == 1 else " | ".join(problems))
+    restorer, loaded = _load_restorer(opts)
+
+    import torch
+
+    common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
+              "weights_sha256": loaded.sha256}
+    rep = _Reporter(len(plan.jobs), opts, progress, quiet, err, common)
+    for job in plan.skipped:
+        rep.skipped(job)
+    workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
+    needs_mask = restorer.task.needs_mask
+    gpu_jpeg = restorer.device.type == "cuda" and not needs_mask
+    readers = ThreadPoolExecutor(workers, thread_name_prefix="irae-read")
+    writers = ThreadPoolExecutor(workers, thread_name_prefix="irae-write")
+    reads: deque[Future] = deque()
+    writes: deque[Future] = deque()
+    buckets: dict[tuple, list[_Item]] = defaultdict(list)
+    blobs: list[_Item] = []
+    ahead = 2 * workers + opts.batch_size
+    todo = iter(plan.jobs)
+
+    def drain_writes(limit: int) -> None:
+        while len(writes) > limit:
+            rep.done(writes.popleft().result())
+
+    def run_batch(items: list[_Item]) -> None:
+        x = torch.stack([it.x for it in items])
+        masks = torch.stack([it.mask for it in items]) if needs_mask else None
+        tiles0, notes0 = restorer.stats.tiles, len(restorer.stats.notes)
+        t0 = time.perf_counter()
+        try:
+            y = restorer(x, masks)
+        except (IraeError, RuntimeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            for it in items:
+                it.error = f"{it.job.source.path}: restoring failed ({reason})"
+                rep.done(it)
+            return
+        share = (time.perf_counter() - t0) / len(items)
+        tiles = (restorer.stats.tiles - tiles0) // len(items)
+        notes = restorer.stats.notes[notes0:]
+        for it, yi in zip(items, y):
+            it.seconds += share
+            it.tiles = tiles or 1
+            it.notes = list(notes)
+            it.x = it.mask = None  # release the input pixels; the batch tensor goes with this frame
+            writes.append(writers.submit(_write, it, yi, opts))
+        drain_writes(2 * workers)
+
+    def buffered_pixels() -> int:
+        return sum(it.x.shape[-1] * it.x.shape[-2] for b in buckets.values() for it in b)
+
+    def add(item: _Item) -> None:
+        if item.error:
+            rep.done(item)
+            return
+        item.hw = tuple(item.x.shape[-2:])
+        key = tuple(item.x.shape)
+        bucket = buckets[key]
+        bucket.append(item)
+        per = max(1, min(opts.batch_size, BATCH_PIXELS // max(key[-1] * key[-2], 1)))
+        if len(bucket) >= per:
+            run_batch(buckets.pop(key))
+        elif buffered_pixels() > BUFFER_PIXELS:
+            fullest = max(buckets, key=lambda k: len(buckets[k]))
+            run_batch(buckets.pop(fullest))
+
+    def flush_blobs() -> None:
+        if blobs:
+            for it in _decode_gpu_jpegs(list(blobs), restorer.device):
+                add(it)
+            blobs.clear()
+
+    try:
+        while True:
+            while len(reads) < ahead:
+                job = next(todo, None)
+                if job is None:
+                    break
+                reads.append(readers.submit(_read, job, needs_mask, opts, gpu_jpeg))
+            if not reads:
+                break
+            item = reads.popleft().result()
+            if item.blob is not None:
+                blobs.append(item)
+                if len(blobs) >= opts.batch_size:
+                    flush_blobs()
+            else:
+                add(item)
+        flush_blobs()
+        for key in list(buckets):
+            run_batch(buckets.pop(key))
+        drain_writes(0)
+    finally:
+        for f in reads:
+            f.cancel()
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True)  # writes in flight finish (atomically) even on Ctrl-C
+        summary = rep.close()
+    if not quiet:
+        print(summary.line(), file=err)
+    return summary
