@@ -1,0 +1,182 @@
+"""`irae benchmark quality | speed | invertibility`: parse, call one function in irae_cli.bench, print.
+
+The table goes to stdout; ``--json`` writes the full machine-readable result
+(settings and versions included).  Exit codes: 0 = done, 1 = some images
+failed (listed on stderr, the rest were measured) or the invertibility
+self-test failed, 2 = usage/config error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import parse_list, parse_range, user_errors
+
+sub = typer.Typer(
+    name="benchmark",
+    help="Quality, speed and invertibility figures anyone can rerun (tables on screen, --json, --sheet).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_JSON = typer.Option(None, "--json", help="Write the full result (settings, versions, per-image) to this JSON file.")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing --json/--sheet files.")
+
+
+def _progress():
+    """A one-line counter on stderr for interactive runs; silent when stderr is a file or pipe."""
+    if not sys.stderr.isatty():
+        return None
+    count = [0]
+
+    def tick(image: str) -> None:
+        count[0] += 1
+        print(f"\rirae: {count[0]} image(s) scored, last {image[-60:]}\033[K", end="", file=sys.stderr, flush=True)
+
+    return tick
+
+
+def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> int:
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from ..bench import write_json
+
+    console = Console()
+    # Never squeeze metric names into ellipses: a report is only useful when its columns are readable.
+    natural = Measurement.get(console, console.options.update(max_width=1000), table).maximum
+    console.width = max(console.width, natural)
+    console.print(table)
+    for f in result.get("failures", []):
+        print(f"irae: error: {f['error']}", file=sys.stderr)
+    if json_path is not None:
+        write_json(result, json_path, overwrite=overwrite)
+    return 1 if result.get("failures") else 0
+
+
+@sub.command("quality")
+def quality_cmd(
+    source: Path = typer.Argument(..., help="Clean image folder or file (degraded here with fixed seeds), "
+                                            "or a manifest.jsonl written by 'irae degrade'."),
+    task: str = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w",
+                                          help="Weights name or .safetensors path "
+                                               "(default: the task's shipped default)."),
+    compare: List[str] = typer.Option([], "--compare", help="Another model as NAME=WEIGHTS; repeatable."),
+    sigma: Optional[str] = typer.Option(None, "--sigma", help="Noise levels on the 0-255 scale (default 15,25,50)."),
+    noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol",
+                                                 help="clip: noisy image stored as 8-bit, as a real file "
+                                                      "(default); float: unclipped, as most papers."),
+    quality: Optional[str] = typer.Option(None, "--quality",
+                                          help="JPEG qualities, Pillow at 4:2:0 (default 10,20,30,40)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Mask kinds: box, boxes, strokes (default box,strokes)."),
+    hole_ratio: Optional[str] = typer.Option(None, "--hole-ratio",
+                                             help="Hole area fraction range for masks (default 0.05-0.4)."),
+    seed: int = typer.Option(0, "--seed", help="Global seed; each image's seed derives from it, its path and level."),
+    device: str = _DEVICE,
+    dtype: str = typer.Option("auto", "--dtype",
+                              help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16, fp16."),
+    tile: str = typer.Option("auto", "--tile", help="Tile size in px, 0 = whole image, auto = 1024."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images (or tiles) per model call."),
+    json_path: Optional[Path] = _JSON,
+    sheet: Optional[Path] = typer.Option(None, "--sheet",
+                                         help="Write a comparison sheet PNG: degraded | each model | clean "
+                                              "crops, labelled with PSNR."),
+    sheet_crop: int = typer.Option(128, "--sheet-crop", help="Side of each sheet tile in px."),
+    sheet_images: int = typer.Option(8, "--sheet-images", help="Images per level shown on the sheet."),
+    sheet_region: str = typer.Option("worst", "--sheet-region",
+                                     help="worst: the crop where the first model errs most; centre."),
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint)."""
+    with user_errors():
+        from ..bench import check_outputs, parse_compare, quality_table
+        from ..bench import quality as run_quality
+        from ..errors import IraeError
+
+        if sheet_region not in ("worst", "centre", "center"):
+            raise IraeError(f"--sheet-region {sheet_region!r}: use worst or centre")
+        if sheet_images < 1 or sheet_crop < 16:
+            raise IraeError("--sheet-images must be >= 1 and --sheet-crop >= 16")
+        tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
+        check_outputs([json_path, sheet], overwrite)
+        result = run_quality(
+            source, task=task, weights=weights, compare=parse_compare(compare),
+            sigmas=parse_list(sigma, float, "--sigma") or None, qualities=parse_list(quality, int, "--quality") or None,
+            masks=[m.strip() for m in mask.split(",") if m.strip()] if mask else None,
+            hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
+            noise_protocol=noise_protocol, seed=seed,
+            device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop,
+            sheet_images=sheet_images, sheet_crop_mode=sheet_region, overwrite=overwrite, progress=_progress())
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        code = _finish(result, quality_table(result), json_path, overwrite)
+    raise typer.Exit(code)
+
+
+@sub.command("speed")
+def speed_cmd(
+    arch: Optional[str] = typer.Option(None, "--arch", help="Untrained preset to time (default paper-denoise)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or path to time instead."),
+    size: int = typer.Option(1024, "--size", help="Image side in px (rounded up to the model's size multiple)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per call (halved on out-of-memory)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16, fp16."),
+    device: str = _DEVICE,
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (falls back to eager, noted)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Use channels_last memory format."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed runs (default 10; 1 with --folder)."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed runs first."),
+    folder: Optional[Path] = typer.Option(None, "--folder",
+                                          help="End to end: restore this folder into a temp folder, I/O included."),
+    naive: bool = typer.Option(False, "--naive", help="With --folder: also time a plain per-image loop."),
+    json_path: Optional[Path] = _JSON,
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """Time the model (median, p90, MP/s, images/s, peak memory, MAC/pixel) or a folder end to end."""
+    with user_errors():
+        from ..bench import check_outputs, speed, speed_table
+
+        check_outputs([json_path], overwrite)
+        result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
+                       compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
+                       channels_last=channels_last)
+        for note in result["notes"]:
+            print(f"irae: note: {note}", file=sys.stderr)
+        code = _finish(result, speed_table(result), json_path, overwrite)
+    raise typer.Exit(code)
+
+
+@sub.command("invertibility")
+def invertibility_cmd(
+    images: Optional[Path] = typer.Argument(None, help="Folder (or file) of photos (default examples/)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or path of an IRAE model."),
+    arch: Optional[str] = typer.Option(None, "--arch",
+                                       help="Untrained preset, initialised on the images (smoke test)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp64 or bf16."),
+    device: str = _DEVICE,
+    size: Optional[int] = typer.Option(None, "--size", help="Measure at SIZE x SIZE (photo mirrored to fill)."),
+    json_path: Optional[Path] = _JSON,
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """Round-trip error of inverse(forward(y)) on real images, and the 1x1 convs' condition numbers."""
+    with user_errors():
+        from ..bench import check_outputs, invertibility, invertibility_table
+
+        check_outputs([json_path], overwrite)
+        result = invertibility(weights=weights, arch=arch, images=images, dtype=dtype, device=device, size=size)
+        code = _finish(result, invertibility_table(result), json_path, overwrite)
+        if not result["summary"]["passed"]:
+            print(f"irae: error: round-trip error {result['summary']['max_rel_error']:.2e} exceeds the "
+                  f"{dtype} tolerance {result['settings']['tolerance']:.0e}", file=sys.stderr)
+            code = 1
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sub, name="benchmark")
+
