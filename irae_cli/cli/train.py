@@ -1,14 +1,118 @@
-"""`irae train` (arrives with issue #5)."""
+"""`irae train`: parse options, call ``irae_cli.train.train``, print the summary."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from ._common import fail
+from ._common import parse_range, user_errors
+
+HELP = """Train a restoration model on patches of your photos (or a .safetensors pack).
+
+Patches are degraded on the fly (noise, real JPEG, or holes), the model learns
+to undo it (L1 loss, Adam, warm-up + cosine).  Stop with --steps and/or
+--minutes; a checkpoint (FILE.ckpt.safetensors) is written every
+--checkpoint-every steps and at the end, and --resume continues a run exactly.
+The saved weights are the EMA of the training weights.
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def train() -> None:
-        """Not built yet (issue #5)."""
-        fail("'irae train' is not built yet (issue #5)")
+    @app.command("train", help=HELP, no_args_is_help=True)
+    def train(
+        data: Optional[Path] = typer.Argument(None, help="Folder of training images (searched recursively) or a "
+                                                         ".safetensors training pack. Optional with --resume."),
+        out: Path = typer.Option(..., "--out", "-o", help="Weights file to write (.safetensors)."),
+        task: Optional[str] = typer.Option(None, "--task", "-t", help="denoise | jpeg | inpaint (default: denoise)"),
+        arch: Optional[str] = typer.Option(None, "--arch", help="Model preset, e.g. tiny, paper-denoise, "
+                                                               "cnn (a wrong name lists all) (default: the task's)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps; the cosine schedule spans them."),
+        minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of this invocation; "
+                                                "stops cleanly and saves. Alone, it also sets the schedule length."),
+        stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop (and save) at this step without "
+                                              "ending the schedule; continue later with --resume."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run saved in this checkpoint."),
+        patch: Optional[int] = typer.Option(None, "--patch", help="Patch side in pixels (default: 64; 128 for "
+                                                                  "inpaint)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Patches per step and GPU "
+                                                 "(default: 64 on CUDA, 8 on the CPU)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3; 1e-4 for "
+                                                              "inpaint)."),
+        warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default: 2 % of --steps)."),
+        clip: Optional[float] = typer.Option(None, "--clip", help="Gradient-norm clip, 0 = off (default: 10)."),
+        ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off "
+                                                                "(default: 0.999)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw (default: 0)."),
+        sigma: Optional[str] = typer.Option(None, "--sigma", help="denoise: noise sigma range on the 0-255 scale "
+                                                                  "(default: 0-55)."),
+        noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol", help="denoise: 'paper' (noisy "
+                                                     "input stays float, unclipped) or 'clip' (clipped and "
+                                                     "rounded to 8 bits) (default: paper)."),
+        quality: Optional[str] = typer.Option(None, "--quality", help="jpeg: quality range (default: 10-90)."),
+        subsampling: Optional[str] = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
+                                                  "4:2:0 | 4:2:2 | 4:4:4 (default: 4:2:0)."),
+        mask: Optional[str] = typer.Option(None, "--mask", help="inpaint: mask kinds, comma-separated, of box, "
+                                                                "boxes, strokes (default: box,strokes)."),
+        hole_ratio: Optional[str] = typer.Option(None, "--hole-ratio", help="inpaint: hole-area range "
+                                                 "(default: 0.05-0.4)."),
+        val: Optional[Path] = typer.Option(None, "--val", help="Folder of held-out images: PSNR every "
+                                                               "--val-every steps and at the end."),
+        val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps, 0 = only at "
+                                                "the end (default: 2000)."),
+        val_crop: int = typer.Option(512, "--val-crop", help="Centre-crop validation images to at most this."),
+        val_seed: int = typer.Option(0, "--val-seed", help="Seed of the validation degradations."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file "
+                                                  "(default: OUT with .ckpt.safetensors)."),
+        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N "
+                                                       "steps, 0 = only at the end (default: 1000)."),
+        log: Optional[Path] = typer.Option(None, "--log", help="JSON log (default: OUT with .log.json)."),
+        log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per logged loss interval."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+        dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only, on "
+                                                          "CUDA; the flow arithmetic stays fp32)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ) -> None:
+        with user_errors():
+            given = {
+                "task": task, "arch": arch, "steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr,
+                "warmup": warmup, "clip": clip, "ema": ema, "seed": seed,
+                "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
+                "noise_protocol": noise_protocol,
+                "quality": parse_range(quality, int, "--quality") if quality is not None else None,
+                "subsampling": subsampling,
+                "masks": tuple(m.strip() for m in mask.split(",") if m.strip()) if mask is not None else None,
+                "hole_range": parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
+            }
+            given = {k: v for k, v in given.items() if v is not None}
+            from ..errors import IraeError
+
+            if data is None and resume is None:
+                raise IraeError("DATA is required: a folder of training photos or a .safetensors pack")
+            for name, value in (("--val-every", val_every), ("--checkpoint-every", checkpoint_every),
+                                ("--log-every", log_every)):
+                if value is not None and value < 0:
+                    raise IraeError(f"{name} must be >= 0, not {value}")
+            if val_crop < 16:
+                raise IraeError(f"--val-crop must be at least 16, not {val_crop}")
+
+            from ..train import Session, train as run_training
+
+            session = Session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,
+                              stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
+                              checkpoint_every=checkpoint_every, log_every=log_every or None, device=device,
+                              dtype=dtype, overwrite=overwrite, quiet=quiet)
+            result = run_training(session, given)
+            if result.sha256 is None:  # a non-zero rank under torchrun: rank 0 reports
+                return
+            planned = f"/{result.steps_planned}" if result.steps_planned else ""
+            typer.echo(f"saved {result.out} (sha256 {result.sha256[:12]}): step {result.steps}{planned}, "
+                       f"{result.patches_seen:,} patches, {result.minutes:.2f} min on {result.device}; "
+                       f"stopped: {result.stopped}")
+            if result.val:
+                levels = "; ".join(f"{name} {v['psnr_rgb_u8']:.2f} dB (input {v['input_psnr_rgb_u8']:.2f})"
+                                   for name, v in result.val.items())
+                typer.echo(f"validation psnr_rgb_u8: {levels}")
+            typer.echo(f"checkpoint {result.checkpoint}; log {result.log}")

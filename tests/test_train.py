@@ -1,0 +1,344 @@
+"""irae train: sampling, degradation, schedule, checkpoints, exact resume, time budget, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from irae_cli import degrade, train as tr
+from irae_cli.tasks import get_task
+
+DATA = Path(__file__).parent / "data"
+# Small and fast: 16 px patches of the 128 px test images, 4 patches per step.
+FAST = {"arch": "tiny", "patch": 16, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """The four test images, one of them (grayscale) in a subfolder."""
+    root = tmp_path_factory.mktemp("photos")
+    for p in DATA.glob("*.png"):
+        dest = root / ("sub" if "gray" in p.name else "") / p.name
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copy(p, dest)
+    return root
+
+
+@pytest.fixture(scope="module")
+def val_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("val")
+    shutil.copy(DATA / "chelsea_128.png", root / "chelsea.png")
+    return root
+
+
+def run_train(tmp_path: Path, name: str, data: Path, given: dict, **session) -> tr.TrainResult:
+    s = tr.Session(data=data, out=tmp_path / f"{name}.safetensors", quiet=True, **session)
+    return tr.train(s, {**FAST, **given})
+
+
+def irae(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "irae_cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- pieces
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    c = tr.TrainConfig(steps=1000, lr=1e-3)
+    assert tr.warmup_steps(c) == 20
+    assert tr.lr_at(0, c) == pytest.approx(1e-3 / 20)
+    assert tr.lr_at(19, c) == pytest.approx(1e-3)
+    lrs = [tr.lr_at(s, c) for s in range(20, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert tr.lr_at(999, c) == pytest.approx(1e-3 * tr.LR_FLOOR, rel=1e-3)
+    assert tr.lr_at(5000, c) == pytest.approx(1e-3 * tr.LR_FLOOR)
+
+
+def test_patch_sampler_reads_flipped_rotated_crops_at_valid_positions():
+    img = torch.arange(3 * 20 * 24, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 20, 24)
+    small = torch.randint(0, 255, (3, 9, 11), dtype=torch.uint8)
+    buffer = torch.cat([img.reshape(-1), small.reshape(-1)])
+    data = tr.TrainData(buffer, torch.tensor([0, img.numel()]), torch.tensor([20, 9]), torch.tensor([24, 11]))
+    p = 8
+    sampler = tr.PatchSampler(data, p, torch.Generator().manual_seed(0))
+    patches = sampler.sample(64)
+    assert patches.shape == (64, 3, p, p) and patches.dtype == torch.uint8
+    crops = {}
+    for im in (img, small):
+        for y in range(im.shape[1] - p + 1):
+            for x in range(im.shape[2] - p + 1):
+                c = im[:, y:y + p, x:x + p]
+                for t in range(8):
+                    d = c.transpose(-1, -2) if t & 1 else c
+                    d = d.flip(-2) if t & 2 else d
+                    d = d.flip(-1) if t & 4 else d
+                    crops[d.numpy().tobytes()] = t
+    seen = {crops[q.numpy().tobytes()] for q in patches}  # KeyError = a patch that is no crop of any image
+    assert len(seen) > 4  # several of the 8 flips/rotations occur
+    again = tr.PatchSampler(data, p, torch.Generator().manual_seed(0)).sample(64)
+    assert torch.equal(patches, again)
+
+
+def test_patch_sampler_weights_images_by_patch_positions():
+    big, small = torch.zeros(3, 80, 80, dtype=torch.uint8), torch.full((3, 40, 40), 255, dtype=torch.uint8)
+    data = tr.TrainData(torch.cat([big.reshape(-1), small.reshape(-1)]), torch.tensor([0, big.numel()]),
+                        torch.tensor([80, 40]), torch.tensor([80, 40]))
+    share = (tr.PatchSampler(data, 32, torch.Generator().manual_seed(1)).sample(4000) == 255).float().mean()
+    assert share.item() == pytest.approx(81 / (81 + 2401), abs=0.015)
+
+
+def test_jpeg_batch_is_the_same_encoder_as_degrade():
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    qs = [10, 50, 90]
+    ours = tr.jpeg_batch_u8(x, qs, "4:2:0")
+    ref = degrade.jpeg_compress(x.float() / 255, qs, "4:2:0")
+    assert torch.equal(ours, torch.round(ref * 255).to(torch.uint8))
+
+
+def _degrader(task: str, **cfg) -> tr.Degrader:
+    c = tr.TrainConfig(task=task, patch=32, **cfg)
+    t = get_task(task)
+    return tr.Degrader(t, c, torch.device("cpu"), torch.Generator().manual_seed(0),
+                       torch.Generator().manual_seed(1), t.default_task_params())
+
+
+def test_degrader_noise_protocols():
+    clean_u8 = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
+    noisy, clean = _degrader("denoise", sigma=(25.0, 25.0))(clean_u8)
+    assert (noisy - clean).std().item() == pytest.approx(25 / 255, rel=0.05)
+    edge, _ = _degrader("denoise", sigma=(50.0, 50.0))(torch.full((8, 3, 32, 32), 250, dtype=torch.uint8))
+    assert edge.max() > 1.0  # paper protocol: unclipped float
+    clipped, _ = _degrader("denoise", sigma=(50.0, 50.0), noise_protocol="clip")(
+        torch.full((8, 3, 32, 32), 250, dtype=torch.uint8))
+    assert clipped.max() <= 1.0 and torch.equal(clipped, torch.round(clipped * 255) / 255)
+    ranged, clean = _degrader("denoise", sigma=(0.0, 55.0))(torch.full((64, 3, 32, 32), 128, dtype=torch.uint8))
+    stds = (ranged - clean).flatten(1).std(dim=1) * 255
+    assert stds.min() < 15 and stds.max() > 40 and stds.max() < 60  # one sigma per patch, over the range
+
+
+def test_degrader_inpaint_masks_fill_holes_within_the_ratio_range():
+    d = _degrader("inpaint", masks=("box", "strokes"), hole_range=(0.1, 0.3))
+    assert d.masks.shape == (tr.MASK_BANK_SIZE, 1, 32, 32)
+    ratios = d.masks.float().mean(dim=(1, 2, 3))
+    assert ratios.min() >= 0.08 and ratios.max() <= 0.32  # box sides are whole pixels: ratios are approximate
+    clean_u8 = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
+    inp, clean = d(clean_u8)
+    filled = (inp == 0.5).all(dim=1).float().mean(dim=(1, 2))
+    assert filled.min() >= 0.08 and filled.max() <= 0.32
+
+
+def test_ema_averages_parameters_and_copies_buffers():
+    from irae_cli.model import create_model
+
+    m = create_model("tiny")
+    ema = tr.EMA(m, 0.9)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+        for mod in m.modules():
+            if hasattr(mod, "initialized"):
+                mod.initialized.fill_(True)
+    ema.update(m, step=1000)
+    name = ema.param_names[0]
+    delta = ema.state[name] - (dict(m.named_parameters())[name].detach() - 1.0)
+    assert torch.allclose(delta, torch.full_like(delta, 0.1))
+    state = ema.state_dict()
+    assert all(bool(state[k]) for k in ema.buffer_names if k.endswith("initialized"))
+
+
+def test_optimizer_state_survives_safetensors(tmp_path):
+    from irae_cli.model import create_model
+
+    m = create_model("cnn-tiny")
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m(torch.rand(1, 3, 16, 16)).mean().backward()
+    opt.step()
+    tensors, rest = tr.flatten_optimizer(opt)
+    path = tmp_path / "opt.safetensors"
+    tr._atomic_save(tensors, path, {"optimizer": json.dumps(rest)})
+    opt2 = torch.optim.Adam(create_model("cnn-tiny").parameters(), lr=5.0)
+    opt2.load_state_dict(tr.unflatten_optimizer(load_file(str(path)), rest))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(v, b["state"][pid][k])
+
+
+def test_autocast_hooks_cover_only_the_coupling_nets():
+    from irae_cli.model import create_model
+    from irae_cli.model.flows import CouplingNet, InvConv1x1
+
+    m = create_model("tiny")
+    x = torch.rand(2, 3, 16, 16)
+    m.initialize(x, x)
+    keys = set(m.state_dict())
+    hooks = tr.autocast_coupling_nets(m, "cpu", torch.bfloat16)
+    dtypes = {}
+    spies = [mod.register_forward_hook(lambda mod, a, out, k=type(mod).__name__: dtypes.setdefault(k, set()).add(
+        out.dtype)) for mod in m.modules() if isinstance(mod, (CouplingNet, InvConv1x1, torch.nn.Conv2d))]
+    y = m(x)
+    assert y.dtype == torch.float32 and set(m.state_dict()) == keys
+    assert dtypes["Conv2d"] == {torch.bfloat16}  # the coupling nets' convs ran in bf16
+    assert dtypes["InvConv1x1"] == {torch.float32} and dtypes["CouplingNet"] == {torch.float32}
+    for h in hooks + spies:
+        h.remove()
+    dtypes.clear()
+    m(x)
+    assert dtypes == {}
+
+
+# --------------------------------------------------------------------------- whole runs (in-process)
+
+def test_training_lowers_the_loss(tmp_path, photos):
+    result = run_train(tmp_path, "loss", photos, {"steps": 60, "sigma": (25.0, 25.0), "lr": 2e-3},
+                       log_every=1)
+    losses = [i["loss"] for i in json.loads(result.log.read_text())["intervals"]]
+    assert len(losses) == 60 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:15])
+
+
+def test_resume_continues_exactly_and_never_reinitialises(tmp_path, photos, monkeypatch):
+    from irae_cli.model import IRAE
+
+    calls = []
+    original = IRAE.initialize
+    monkeypatch.setattr(IRAE, "initialize", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    given = {"steps": 8, "ema": 0.9}
+    full = run_train(tmp_path, "full", photos, given)
+    assert calls == [1]
+    part = run_train(tmp_path, "part", photos, given, stop_at=3)
+    assert part.stopped == "stop-at" and part.steps == 3 and len(calls) == 2
+    at_stop = load_file(str(part.checkpoint))
+    resumed = tr.train(tr.Session(resume=part.checkpoint, out=part.out, quiet=True), {})
+    assert len(calls) == 2  # the ActNorm initialisation did not run again
+    assert resumed.steps == 8 and resumed.stopped == "completed"
+    a, b = load_file(str(full.checkpoint)), load_file(str(resumed.checkpoint))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    wa, wb = load_file(str(full.out)), load_file(str(resumed.out))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(at_stop["model.encoder.levels.0.0.actnorm.bias"], b["model.encoder.levels.0.0.actnorm.bias"])
+    log = json.loads(resumed.log.read_text())
+    assert [s["started_step"] for s in log["sessions"]] == [0, 3]
+    assert resumed.summary["sessions"] == 2
+
+
+@pytest.mark.parametrize("task,arch", [("jpeg", "tiny"), ("inpaint", "tiny"), ("denoise", "cnn-tiny")])
+def test_tasks_and_comparator_train(tmp_path, photos, val_dir, task, arch):
+    from irae_cli.weights import load_weights
+
+    result = run_train(tmp_path, task, photos, {"task": task, "arch": arch, "steps": 3}, val=val_dir)
+    w = load_weights(result.out, expect_task=task)
+    assert w.training["steps"] == 3 and w.training["arch"] == arch
+    levels = {"jpeg": {"q10", "q20", "q30", "q40"}, "inpaint": {"box", "strokes"},
+              "denoise": {"sigma15", "sigma25", "sigma50"}}[task]
+    assert set(w.training["val"]) == levels
+    for v in w.training["val"].values():
+        assert math.isfinite(v["psnr_rgb_u8"]) and math.isfinite(v["input_psnr_rgb_u8"])
+    if task == "inpaint":
+        assert w.task_params["fill"] == 0.5 and "psnr_hole_rgb_u8" in w.training["val"]["box"]
+        assert w.training["degradation"]["masks"] == ["box", "strokes"]
+
+
+def test_trains_from_a_pack(tmp_path):
+    from irae_cli.pack import build_pack
+
+    pack = tmp_path / "train.safetensors"
+    build_pack(sorted(DATA.glob("*.png")), pack, crop=32, max_bytes=200_000, seed=0)
+    result = run_train(tmp_path, "frompack", pack, {"steps": 2})
+    assert result.summary["data"]["kind"] == "pack" and result.summary["data"]["images"] > 4
+
+
+def test_minutes_alone_sets_the_schedule_from_measured_speed(tmp_path, photos):
+    result = run_train(tmp_path, "budget", photos, {}, minutes=2, stop_at=tr.CALIBRATION_STEPS[1] + 1)
+    assert result.stopped == "stop-at"
+    # 2 minutes at well under a second per step: far more steps than were run
+    assert result.steps_planned is not None and result.steps_planned > 100
+    assert result.summary["config"]["steps"] == result.steps_planned
+    assert load_file(str(result.checkpoint))  # checkpoint written at the end
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, photos):
+    done = run_train(tmp_path, "done", photos, {"steps": 2})
+    with pytest.raises(tr.IraeError, match="batch_size"):
+        tr.train(tr.Session(resume=done.checkpoint, out=done.out, quiet=True), {"batch_size": 7, "steps": 2})
+    with pytest.raises(tr.IraeError, match="already completed"):
+        tr.train(tr.Session(resume=done.checkpoint, out=done.out, quiet=True), {})
+    with pytest.raises(tr.IraeError, match="not an irae training checkpoint.*weights file"):
+        tr.train(tr.Session(resume=done.out, out=tmp_path / "x.safetensors", quiet=True), {})
+
+
+# --------------------------------------------------------------------------- the command
+
+def test_cli_trains_then_restore_uses_the_weights(tmp_path, photos):
+    out = tmp_path / "w.safetensors"
+    r = irae("train", "--task", "denoise", photos, "--arch", "tiny", "--steps", 6, "--patch", 16,
+             "--batch-size", 4, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "step 6" in r.stderr  # progress (plain lines when stderr is not a terminal)
+    assert "saved" in r.stdout and out.is_file()
+    assert (tmp_path / "w.ckpt.safetensors").is_file() and (tmp_path / "w.log.json").is_file()
+    from irae_cli.weights import load_weights
+
+    w = load_weights(out, expect_task="denoise")
+    t = w.training
+    assert t["steps"] == 6 and t["patches_seen"] == 24 and t["degradation"]["sigma"] == [0.0, 55.0]
+    assert t["data"]["images"] == 4 and t["seed"] == 0 and t["device"].startswith("cpu")
+    restored = tmp_path / "restored.png"
+    r = irae("restore", "--task", "denoise", "--weights", out, DATA / "coffee_128.png", restored)
+    assert r.returncode == 0, r.stderr
+    assert restored.is_file()
+
+    before = out.read_bytes()
+    r = irae("train", photos, "--arch", "tiny", "--steps", 2, "--out", out)
+    assert r.returncode == 2 and "refusing to overwrite" in r.stderr and out.read_bytes() == before
+    r = irae("train", photos, "--resume", tmp_path / "w.ckpt.safetensors", "--out", out, "--lr", "0.5")
+    assert r.returncode == 2 and "lr" in r.stderr and out.read_bytes() == before
+
+
+def test_cli_minutes_stops_and_saves(tmp_path, photos):
+    out = tmp_path / "m.safetensors"
+    r = irae("train", photos, "--arch", "tiny", "--steps", 100000, "--minutes", 0.02, "--patch", 16,
+             "--batch-size", 4, "--out", out, "-q")
+    assert r.returncode == 0, r.stderr
+    from irae_cli.weights import load_weights
+
+    t = load_weights(out).training
+    assert t["stopped"] == "time budget" and 1 <= t["steps"] < 100000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_training(tmp_path, photos):
+    result = tr.train(tr.Session(data=photos, out=tmp_path / "g.safetensors", quiet=True, device="cuda",
+                                 dtype="bf16"), {**FAST, "patch": 32, "steps": 20})
+    assert result.summary["dtype"] == "bf16" and result.summary["data"]["on_device"]
+
+
+def test_torchrun_two_cpu_processes(tmp_path, photos):
+    """DistributedDataParallel over gloo: rank 0 initialises and writes; every rank's generators are saved."""
+    out = tmp_path / "ddp.safetensors"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(29500 + os.getpid() % 1000), "-m", "irae_cli", "train", str(photos),
+                        "--arch", "tiny", "--steps", "3", "--patch", "16", "--batch-size", "4", "--out", str(out),
+                        "-q"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("saved") == 1  # only rank 0 reports and writes
+    from irae_cli.weights import load_weights
+
+    t = load_weights(out).training
+    assert t["world_size"] == 2 and t["patches_seen"] == 3 * 4 * 2
+    rng = {k for k in load_file(str(tmp_path / "ddp.ckpt.safetensors")) if k.startswith("rng.")}
+    assert {"rng.data.rank0", "rng.data.rank1", "rng.host.rank0", "rng.host.rank1"} <= rng
