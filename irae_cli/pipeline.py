@@ -49,7 +49,7 @@ class RestoreOptions:
     quality: int = 95
     png_level: int = 1
     suffix: str = ""
-    recursive: bool = False
+    recursive: bool = True
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     skip_existing: bool = False

@@ -20,8 +20,11 @@ PRESETS = {
     "paper-inpaint": IRAEConfig(width=64, depth=8, levels=3),
     # Small enough to train for a few hundred steps on a laptop CPU in seconds.
     "tiny": IRAEConfig(width=16, depth=2, levels=2),
+    # Trains in minutes on a laptop CPU: the preset of the CPU-trained interim weights.
+    "small": IRAEConfig(width=32, depth=4, levels=2),
     # Non-invertible comparator with at least paper-denoise's parameter count.
     "cnn": CNNConfig(width=96, depth=18),
+    "cnn-small": CNNConfig(width=64, depth=6),  # >= small's parameter count
     "cnn-tiny": CNNConfig(width=16, depth=5),
 }
 
