@@ -183,7 +183,7 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
         sources = discover(input, recursive=opts.recursive, include=opts.include or None,
                            exclude=opts.exclude or None, skip=skip)
         if not sources:
-            hint = "" if opts.recursive else " (use -r to include subfolders)"
+            hint = "" if opts.recursive else " (subfolders were not searched: drop -R)"
             raise IraeError(f"{input}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
         targets = [output / s.rel.parent / f"{s.rel.stem}{opts.suffix}{_output_ext(s.path, opts)}"
                    for s in sources]

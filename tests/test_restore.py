@@ -347,8 +347,10 @@ def test_option_errors(weights, tmp_path):
         with pytest.raises(IraeError, match=msg):
             plan_restore(tmp_path / "a.png", tmp_path / "out", RestoreOptions(task="denoise", weights=w, **kw))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IraeError, match="no images found.*use -r"):
+    with pytest.raises(IraeError, match="no images found"):
         plan_restore(tmp_path / "empty", tmp_path / "o", RestoreOptions(task="denoise"))
+    with pytest.raises(IraeError, match="no images found.*drop -R"):
+        plan_restore(tmp_path / "empty", tmp_path / "o", RestoreOptions(task="denoise", recursive=False))
     with pytest.raises(IraeError, match="no such file or folder"):
         plan_restore(tmp_path / "missing", tmp_path / "o", RestoreOptions(task="denoise"))
 
