@@ -122,3 +122,23 @@ def test_cnn_round_trip(tmp_path, photos):
     loaded = load_weights(path)
     with torch.no_grad():
         assert torch.equal(loaded.model(photos), model(photos))
+
+
+def test_cli_truncated_weights_one_line_nonzero_exit(tiny_file, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, path = tiny_file
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "coffee_128.png", src / "coffee.png")
+    proc = subprocess.run([sys.executable, "-m", "irae_cli", "restore", "--task", "denoise", str(src),
+                           str(tmp_path / "out"), "--weights", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "truncated" in lines[0]
+    assert not (tmp_path / "out").exists()

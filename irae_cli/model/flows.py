@@ -80,11 +80,16 @@ class InvConv1x1(nn.Module):
         if torch.is_grad_enabled() and self.a.requires_grad:
             w = self.weight64().to(like.dtype)
             return w, w.t()
-        key = (self.a._version, self.a.data_ptr(), like.device, like.dtype)
+        # Keyed on the parameter only, not on the input's dtype: under autocast the
+        # input dtype alternates, and a dtype-keyed cache would thrash (and make
+        # torch.compile recompile on every switch).
+        key = (self.a._version, self.a.data_ptr(), self.a.device)
         if self._cache is None or self._cache[0] != key:
             w = self.weight64().detach()
-            self._cache = (key, w.to(like.dtype), w.t().contiguous().to(like.dtype))
-        return self._cache[1], self._cache[2]
+            self._cache = (key, w.float(), w.t().contiguous().float(), w.double(), w.t().contiguous().double())
+        if like.dtype == torch.float64:
+            return self._cache[3], self._cache[4]
+        return self._cache[1].to(like.dtype), self._cache[2].to(like.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, _ = self._weights(x)
