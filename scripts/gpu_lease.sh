@@ -46,5 +46,10 @@ irae() { python -m irae_cli "$@"; }
     --json "$OUT/quality-$TASK.json" --sheet "$OUT/sheet-$TASK.png" --overwrite
   irae benchmark invertibility --weights "$OUT/irae-$TASK.safetensors" "$VAL" --dtype fp32 \
     --size 1024 --device "$DEVICE" --json "$OUT/invertibility-$TASK.json" --overwrite || true
+  for name in "irae-$TASK" "cnn-$TASK"; do
+    python scripts/model_card.py "$OUT/$name.safetensors" --name "$name" --quality "$OUT/quality-$TASK.json" \
+      $([ "$name" = "irae-$TASK" ] && echo --invertibility "$OUT/invertibility-$TASK.json") \
+      --train-command "MINUTES=$MINUTES scripts/gpu_lease.sh $TASK" -o "$OUT/$name.md" || true
+  done
   echo "== done $(date -u +%FT%TZ)"
 } 2>&1 | tee "$OUT/lease-$TASK.log"

@@ -1,0 +1,110 @@
+"""Write a model card for a weights file from what was measured, and optionally register it.
+
+    python scripts/model_card.py weights/irae-denoise.safetensors --name irae-denoise \
+        --quality weights/irae-denoise.quality.json --invertibility weights/irae-denoise.invertibility.json \
+        --train-command "irae train ..." --note "..." --register --default
+
+Every figure in the card is read from the weights' own training metadata or from
+the `irae benchmark` JSON files named on the command line: nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from irae_cli.weights import load_weights, register  # noqa: E402
+
+
+def fmt(v, nd=2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def quality_table(q: dict, names: dict[str, str]) -> list[str]:
+    keys = [k for k in ("psnr_rgb_u8", "psnr_y601_u8", "ssim_rgb_u8", "ssim_y601_u8", "psnrb_y601_u8",
+                        "psnr_hole_rgb_u8") if any(k in r["metrics"] for r in q["results"])]
+    lines = ["| model | level | " + " | ".join(f"`{k}`" for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for r in q["results"]:
+        label = names.get(r["model"], r["model"])
+        cells = [fmt(r["metrics"].get(k), 4 if k.startswith("ssim") else 2) for k in keys]
+        lines.append(f"| {label} | {r['level']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("weights", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--quality", type=Path, help="irae benchmark quality --json output")
+    ap.add_argument("--invertibility", type=Path, help="irae benchmark invertibility --json output")
+    ap.add_argument("--train-command", default="", help="the command that trained the weights")
+    ap.add_argument("--bench-command", action="append", default=[], help="commands that made the JSON files")
+    ap.add_argument("--note", action="append", default=[], help="a paragraph of context (repeatable)")
+    ap.add_argument("-o", "--out", type=Path, help="card path (default: next to the weights, .md)")
+    ap.add_argument("--register", action="store_true", help="add the file to weights/index.json")
+    ap.add_argument("--default", action="store_true", help="make it the task's default")
+    args = ap.parse_args()
+
+    lw = load_weights(args.weights)
+    t = lw.training
+    out = args.out or args.weights.with_suffix(".md")
+    lines = [f"# {args.name}", "",
+             f"- **File:** `{args.weights.name}`, sha256 `{lw.sha256}`",
+             f"- **Task:** {lw.task}; **architecture:** {lw.metadata['arch']} "
+             f"`{lw.metadata['config']}`; **parameters:** {sum(p.numel() for p in lw.model.parameters()):,}",
+             f"- **Training data:** {json.dumps(t.get('data', {}), sort_keys=True)}",
+             f"- **Degradation:** {json.dumps(t.get('degradation', {}), sort_keys=True)}",
+             f"- **Run:** {t.get('steps')} steps ({t.get('steps_planned')} planned, stopped: {t.get('stopped')}), "
+             f"{t.get('patches_seen', 0):,} patches seen, {t.get('minutes')} min on {t.get('device')} "
+             f"({t.get('dtype')}), torch {t.get('torch')}, irae {t.get('irae_version')}, seed {t.get('seed')}, "
+             f"lr {t.get('lr')}, EMA {t.get('ema')}",
+             ]
+    if args.train_command:
+        lines += ["", "Trained with:", "", "```bash", args.train_command, "```"]
+    if t.get("val"):
+        lines += ["", f"## Validation during training ({t.get('val_images')} held-out images, centre crop "
+                      f"≤ {t.get('val_crop')} px, `psnr_rgb_u8`)", "",
+                  "| level | input | restored |", "|---|---|---|"]
+        for level, v in t["val"].items():
+            lines.append(f"| {level} | {fmt(v.get('input_psnr_rgb_u8'))} | {fmt(v.get('psnr_rgb_u8'))} |")
+    if args.quality:
+        q = json.loads(args.quality.read_text())
+        s = q["settings"]
+        params = {n: m.get("params") for n, m in q["models"].items()}
+        lines += ["", f"## Benchmark (`{args.quality.name}`)", "",
+                  f"{s['n_images']} images from `{s['source']}`, seed {s['seed']}, {s['device']} {s['dtype']}; "
+                  f"levels {json.dumps(s['levels'], sort_keys=True)}.", "",
+                  f"Conventions: {s['metric_conventions']}.", ""]
+        lines += quality_table(q, {n: f"{n} ({params[n]:,} params)" if params.get(n) else n for n in params})
+    if args.invertibility:
+        inv = json.loads(args.invertibility.read_text())
+        st, sm = inv["settings"], inv["summary"]
+        cn = inv.get("condition_numbers") or {}
+        lines += ["", "## Invertibility", "",
+                  f"Round trip `inverse(forward(y))` on `{st['images']}` at {st['size'] or 'native'} px "
+                  f"({st['fit']}), {st['dtype']} on {st['device']}: max relative error "
+                  f"**{sm['max_rel_error']:.2e}**, max abs error {sm['max_abs_error']:.2e} "
+                  f"({'passes' if sm['passed'] else 'FAILS'} the {st['tolerance']:.0e} bar). "
+                  f"1×1 conv condition numbers: {json.dumps(cn, sort_keys=True)}."]
+    if args.bench_command:
+        lines += ["", "Reproduce the figures:", "", "```bash", *args.bench_command, "```"]
+    for note in args.note:
+        lines += ["", note]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    if args.register:
+        register(args.name, args.weights, task=lw.task, default=args.default, card=out.name)
+        print(f"registered {args.name} in weights/index.json (default for {lw.task}: {args.default})")
+
+
+if __name__ == "__main__":
+    main()
