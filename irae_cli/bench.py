@@ -40,7 +40,7 @@ from . import __version__
 from . import degrade as dg
 from .errors import ImageError, IraeError
 from .imageio import atomic_write_bytes, discover, read_image
-from .inference import Restorer, pick_device, pick_dtype
+from .inference import Restorer, pick_device, pick_dtype, strict_fp32
 from .metrics import compute_all, mean_ignoring_inf, metric_keys
 from .model import create_model, parameter_count
 from .tasks import get_task
@@ -397,6 +397,10 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
 
     fill_value = float(t.default_task_params().get("fill", 0.5)) if t.needs_mask else 0.0
     for unit in units:
+        if min(unit.clean.shape[-2:]) < 11:
+            failures.append({"image": unit.image, "error": f"{unit.image}: smaller than the 11x11 SSIM window; "
+                                                           f"not scored"})
+            continue
         outputs: dict[str, torch.Tensor] = {}
         if t.needs_mask:
             outputs[INPUT_ROW] = dg.apply_holes(unit.degraded, unit.masks, fill_value)
@@ -563,6 +567,8 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     task = lm.task or "denoise"
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    if dev.type == "cuda" and dt == torch.float32:
+        strict_fp32()  # time the IEEE fp32 convolutions that restore runs, not TF32
     model = lm.model
     params = parameter_count(model)
     multiple = int(getattr(model, "size_multiple", 1))
@@ -648,7 +654,7 @@ def _speed_folder(lm: LoadedModel, folder: Path, task: str, dev: torch.device, d
         raise IraeError("end-to-end timing needs masks for inpainting weights; time a denoise or jpeg model")
     if not folder.is_dir():
         raise IraeError(f"{folder}: not a folder; --folder takes a folder of images")
-    sources = discover(folder)
+    sources = discover(folder, recursive=True)  # as restore walks it
     if not sources:
         raise IraeError(f"{folder}: no images found")
     megapixels = 0.0
@@ -763,7 +769,7 @@ def invertibility(*, weights: str | None = None, arch: str | None = None, images
     if folder is None:
         raise IraeError("no image folder given and no examples/ folder found; pass a folder of photos")
     try:
-        sources = discover(folder)
+        sources = discover(folder, recursive=True)
     except FileNotFoundError:
         raise IraeError(f"{folder}: no such file or folder") from None
     if not sources:
@@ -795,6 +801,8 @@ def invertibility(*, weights: str | None = None, arch: str | None = None, images
         raise IraeError(f"{lm.weights or lm.arch}: a {lm.arch} model is not invertible; "
                         "the round-trip test applies to IRAE models only")
     dev = pick_device(device)
+    if dev.type == "cuda":
+        strict_fp32()  # a TF32 round trip would measure TF32, not the fp32 the weights promise
     if dtype == "bf16" and dev.type == "cpu":
         pass  # bf16 autocast works on CPU, just slowly; allowed so the figure can be had anywhere
     multiple = int(model.size_multiple)

@@ -196,9 +196,9 @@ def _read_png16_colour(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     """16-bit RGB / RGBA / gray+alpha PNG, kept at 16 bits (Pillow would truncate it to 8)."""
     import torchvision.io as tio
 
-    img = _open(path, load=False)
-    info = dict(img.info)
-    exif, orientation = _exif_without_orientation(img)
+    with _open(path, load=False) as img:
+        info = dict(img.info)
+        exif, orientation = _exif_without_orientation(img)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29+ points to torchcodec
@@ -288,12 +288,12 @@ def image_size(path: str | Path) -> tuple[int, int, int] | None:
     """(channels, height, width) as ``read_image`` would return them, from the header only; None if unreadable."""
     path = Path(path)
     try:
-        img = _open(path, load=False)
-        w, h = img.size
-        exif = img.getexif()
-        if int(exif.get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):
-            w, h = h, w
-        return (1 if img.mode in _GRAY_MODES else 3), h, w
+        with _open(path, load=False) as img:
+            w, h = img.size
+            exif = img.getexif()
+            if int(exif.get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return (1 if img.mode in _GRAY_MODES else 3), h, w
     except (ImageError, OSError):
         return None
 
@@ -513,22 +513,26 @@ def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, in
         img = _open(path, load=False)
     except ImageError:
         return None
-    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-        return None
-    exif, orientation = _exif_without_orientation(img)
-    w, h = img.size
-    if orientation in (5, 6, 7, 8):
-        w, h = h, w
+    with img:
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        exif, orientation = _exif_without_orientation(img)
+        # nvJPEG does not apply EXIF orientation (torchvision implements it on the CPU
+        # only), so rotated or mirrored files go through Pillow.
+        if orientation not in (None, 1):
+            return None
+        w, h = img.size
+        mode, icc = img.mode, img.info.get("icc_profile")
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    meta = ImageMeta(mode=img.mode, bits=8, icc_profile=img.info.get("icc_profile"), exif=exif, format="JPEG")
-    return data, meta, (1 if img.mode == "L" else 3, h, w)
+    meta = ImageMeta(mode=mode, bits=8, icc_profile=icc, exif=exif, format="JPEG")
+    return data, meta, (1 if mode == "L" else 3, h, w)
 
 
 def decode_jpegs_cuda(blobs: list[bytes], gray: list[bool], device: torch.device) -> list[torch.Tensor]:
-    """Batched nvJPEG decode -> list of (C, H, W) float32 CPU tensors in [0, 1], EXIF orientation applied."""
+    """Batched nvJPEG decode -> list of (C, H, W) float32 CPU tensors in [0, 1] (files without EXIF rotation only)."""
     import torchvision.io as tio
 
     out = []
@@ -540,7 +544,7 @@ def decode_jpegs_cuda(blobs: list[bytes], gray: list[bool], device: torch.device
         data = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in idx]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = tio.decode_jpeg(data, mode=mode, device=device, apply_exif_orientation=True)
+            decoded = tio.decode_jpeg(data, mode=mode, device=device)
         out.extend(zip(idx, decoded))
     out.sort(key=lambda t: t[0])
     return [t.float().div_(255.0).cpu() for _, t in out]

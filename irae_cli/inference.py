@@ -14,11 +14,22 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import IraeError
+from .model.irae import pad_to_multiple
 from .tasks import Task
 
 AUTO_TILE = 1024
 MIN_TILE = 64
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def strict_fp32() -> None:
+    """Turn TF32 off: fp32 must mean IEEE fp32 (TF32 convolutions cost the flows ~1e-3 of round trip)."""
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    except AttributeError:  # torch before the fp32_precision API
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -89,9 +100,7 @@ class Restorer:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         if self.device.type == "cuda" and self.dtype == torch.float32:
-            # fp32 means fp32: TF32 convolutions cost the flows ~1e-3 of round-trip precision.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+            strict_fp32()
         self.task = task
         self.task_params = task_params if task_params is not None else task.default_task_params()
         self.model = model.eval().to(self.device)
@@ -105,9 +114,12 @@ class Restorer:
         if 0 < tile < MIN_TILE:
             raise IraeError(f"--tile {tile} is too small; use at least {MIN_TILE}")
         self.tile = tile - tile % self.multiple if tile else 0
-        if tile_overlap < 0 or (self.tile and 2 * tile_overlap >= self.tile):
-            raise IraeError(f"--tile-overlap {tile_overlap} must be >= 0 and less than half the tile ({self.tile})")
-        self.overlap = tile_overlap
+        if tile_overlap < 0:
+            raise IraeError(f"--tile-overlap {tile_overlap} must be >= 0")
+        # Rounded up to the size multiple so every tile starts on the model's squeeze grid.
+        self.overlap = -(-tile_overlap // self.multiple) * self.multiple
+        if self.tile and 2 * self.overlap >= self.tile:
+            raise IraeError(f"--tile-overlap {tile_overlap} must be less than half the tile ({self.tile})")
         self.batch_size = max(1, int(batch_size))
         self.stats = RunStats()
 
@@ -147,7 +159,17 @@ class Restorer:
         raise IraeError(f"model takes {self.channels} channels, image has {x.shape[1]}")
 
     def _restore_same_size(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) model input of one size -> restored, tiled when larger than a tile."""
+        """(N, C, H, W) model input of one size -> restored, tiled when larger than a tile.
+
+        The image is padded to the model's size multiple first and every tile starts on
+        that grid, so a tile is squeezed exactly as the whole image would be: the result
+        does not depend on the tile size (up to the blending of the overlaps).
+        """
+        h0, w0 = x.shape[-2:]
+        x, _ = pad_to_multiple(x, self.multiple)
+        return self._restore_padded(x)[..., :h0, :w0]
+
+    def _restore_padded(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         tile = self.tile
         while True:
@@ -167,7 +189,8 @@ class Restorer:
     def _restore_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, h, w = x.shape
         th, tw = min(tile, h), min(tile, w)
-        ys, xs = tile_starts(h, th, self.overlap), tile_starts(w, tw, self.overlap)
+        overlap = self.overlap
+        ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
         boxes = [(y, x0) for y in ys for x0 in xs]
         out = torch.zeros(n, c, h, w)
         weight = torch.zeros(1, 1, h, w)
@@ -176,8 +199,8 @@ class Restorer:
         restored = self._run_model(crops)
         self.stats.tiles += len(boxes) * n
         for k, (y, x0) in enumerate(boxes):
-            wy = blend_ramp(th, self.overlap, y > 0, y + th < h)
-            wx = blend_ramp(tw, self.overlap, x0 > 0, x0 + tw < w)
+            wy = blend_ramp(th, overlap, y > 0, y + th < h)
+            wx = blend_ramp(tw, overlap, x0 > 0, x0 + tw < w)
             wt = (wy[:, None] * wx[None, :])[None, None]
             out[:, :, y:y + th, x0:x0 + tw] += restored[k * n:(k + 1) * n] * wt
             weight[:, :, y:y + th, x0:x0 + tw] += wt

@@ -332,7 +332,7 @@ def _expand(inputs) -> list[Path]:
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in exts and f.is_file())
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
         else:
             out.append(p)
     return out
@@ -350,7 +350,11 @@ def main(argv=None) -> int:
     ap.add_argument("--crops-per-mp", type=float, default=None, help="default: fill --max-mib")
     ap.add_argument("--max-mib", type=float, default=50.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing pack file")
     args = ap.parse_args(argv)
+    if Path(args.out).exists() and not args.overwrite:
+        print(f"error: {args.out} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     try:
         info = build_pack(_expand(args.inputs), args.out, crop=args.crop, crops_per_mp=args.crops_per_mp,
                           max_bytes=int(args.max_mib * 2 ** 20), seed=args.seed)

@@ -76,10 +76,11 @@ class Plan:
     existing: list[Job]  # output exists, neither --skip-existing nor --overwrite
     collisions: dict[Path, list[Source]]
     onto_inputs: list[Job]  # output path is an input file
+    report_problem: str | None = None
 
     def problems(self) -> list[str]:
         """Why this plan must not run (usage errors, exit 2); empty when it may."""
-        out = []
+        out = [self.report_problem] if self.report_problem else []
         if self.onto_inputs:
             out.append("these outputs would replace input files; choose another OUTPUT or a --suffix: "
                        + _listing([str(j.output) for j in self.onto_inputs]))
@@ -202,7 +203,24 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
         else:
             jobs.append(job)
     collisions = {t: srcs for t, srcs in by_output.items() if len(srcs) > 1}
-    return Plan(input, output, jobs, skipped, existing, collisions, onto)
+    plan = Plan(input, output, jobs, skipped, existing, collisions, onto)
+    plan.report_problem = _report_problem(input, opts, by_output, inputs_real)
+    return plan
+
+
+def _report_problem(input: Path, opts: RestoreOptions, outputs: dict, inputs_real: set) -> str | None:
+    """The --report file is the user's too: never inside INPUT, never an image, never silently replaced."""
+    if opts.report is None:
+        return None
+    report = Path(opts.report)
+    real = os.path.realpath(report)
+    if real in inputs_real or real in {os.path.realpath(o) for o in outputs}:
+        return f"--report {report} is one of the images; choose another file name"
+    if input.is_dir() and os.path.commonpath([real, os.path.realpath(input)]) == os.path.realpath(input):
+        return f"--report {report} lies inside the INPUT folder; irae never writes into its input"
+    if report.exists() and not (opts.overwrite or opts.skip_existing):
+        return f"--report {report} already exists; pass --overwrite or --skip-existing to replace it"
+    return None
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -356,6 +374,8 @@ def _decode_gpu_jpegs(items: list[_Item], device) -> list[_Item]:
             it.x, it.meta = read_image(it.job.source.path)
         except ImageError as e:
             it.error = str(e)
+        except Exception as e:  # noqa: BLE001 - one undecodable file must not end a long run
+            it.error = f"{it.job.source.path}: cannot decode ({type(e).__name__}: {e})"
         it.seconds += time.perf_counter() - t1
     return items
 
@@ -473,13 +493,13 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
             rep.done(writes.popleft().result())
 
     def run_batch(items: list[_Item]) -> None:
-        x = torch.stack([it.x for it in items])
-        masks = torch.stack([it.mask for it in items]) if needs_mask else None
         tiles0, notes0 = restorer.stats.tiles, len(restorer.stats.notes)
         t0 = time.perf_counter()
         try:
+            x = torch.stack([it.x for it in items])
+            masks = torch.stack([it.mask for it in items]) if needs_mask else None
             y = restorer(x, masks)
-        except (IraeError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - a batch that fails is reported per file; the run goes on
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             for it in items:
                 it.error = f"{it.job.source.path}: restoring failed ({reason})"

@@ -119,7 +119,7 @@ class TrainConfig:
     ema: float = 0.999
     seed: int = 0
     sigma: tuple[float, float] = (0.0, 55.0)
-    noise_protocol: str = "paper"
+    noise_protocol: str = "clip"  # what restore sees: real noisy files are clipped 8-bit
     quality: tuple[int, int] = (10, 90)
     subsampling: str = "4:2:0"
     masks: tuple[str, ...] = ("box", "strokes")
@@ -544,9 +544,11 @@ class Degrader:
         if self.g.device == clean.device:
             return self.g
         # Photos too big for the GPU: the sampler's generator is on the CPU; noise is drawn on the GPU.
-        if not hasattr(self, "_gen_on_device"):
+        if getattr(self, "_gen_on_device", None) is None:
             self._gen_on_device = torch.Generator(device=clean.device).manual_seed(
                 derive_seed(self.c.seed, "noise-on-device"))
+            if getattr(self, "resume_noise_state", None) is not None:  # checkpointed, so resume stays exact
+                self._gen_on_device.set_state(self.resume_noise_state)
         return self._gen_on_device
 
 
@@ -621,16 +623,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _set_fp32_precision_ieee() -> None:
-    """Turn TF32 off: the flow arithmetic must be true float32 (TF32 costs the inverse ~1e-3)."""
-    try:
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-    except AttributeError:  # torch before the fp32_precision API
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -1020,7 +1012,7 @@ def _default_echo(msg: str) -> None:
 
 def train(session: Session, given: dict | None = None) -> TrainResult:
     """Run (or resume) one training; ``given`` holds the TrainConfig fields the user set explicitly."""
-    from .inference import Restorer, pick_device, pick_dtype
+    from .inference import Restorer, pick_device, pick_dtype, strict_fp32
     from .model import config_from_dict, config_to_json, create_model
     from .weights import save_weights
 
@@ -1066,7 +1058,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     if session.dtype not in ("auto", "fp32", "bf16"):
         raise IraeError(f"--dtype must be auto, fp32 or bf16 for training, not {session.dtype!r}")
     if device.type == "cuda":
-        _set_fp32_precision_ieee()
+        strict_fp32()
         torch.backends.cudnn.benchmark = True
 
     # data (always on rank-local device)
@@ -1114,6 +1106,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         _restore_rng(tensors, meta, data_gen, host_gen, dist_ctx, quiet_echo)
+        degrader.resume_noise_state = tensors.get(f"rng.noise.rank{dist_ctx.rank}")
         if config.steps is None and session.minutes is None:
             raise IraeError(f"{session.resume}: the run's length was to be set by --minutes; give --minutes "
                             f"or --steps")
@@ -1161,6 +1154,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     def rng_state() -> dict:
         """Generator states; under DDP every rank's, gathered (each rank draws its own patches)."""
         mine = {"data": data_gen.get_state(), "host": host_gen.get_state()}
+        if getattr(degrader, "_gen_on_device", None) is not None:
+            mine["noise"] = degrader._gen_on_device.get_state()
         state = {"torch": torch.get_rng_state()}
         if dist_ctx.active:
             import torch.distributed as dist
@@ -1349,6 +1344,9 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         degrader.close()
         for h in hooks:
             h.remove()
+
+    if stopped == "interrupted" and step == 0 and not ckpt_data:
+        raise KeyboardInterrupt  # nothing trained yet: writing no file beats writing an uninitialised one
 
     # the end: checkpoint, final validation, weights, log
     session_seconds = time.monotonic() - t_run

@@ -219,6 +219,24 @@ def test_writing_onto_input_is_refused(weights, tmp_path):
     assert (summary.restored, summary.skipped) == (0, 1)
 
 
+def test_report_file_is_never_clobbered(weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    small("astronaut_128.png").save(src / "a.png")
+    w = str(weights["cnn-tiny"])
+    before = tree_hashes(src)
+    for report, msg in [(src / "a.png", "one of the images"), (src / "r.jsonl", "inside the INPUT folder")]:
+        with pytest.raises(IraeError, match=msg):
+            run(src, tmp_path / "out", task="denoise", weights=w, report=report)
+    existing = tmp_path / "notes.jsonl"
+    existing.write_text("mine\n")
+    proc = irae("--task", "denoise", src, tmp_path / "out", "--weights", w, "--report", existing)
+    assert proc.returncode == 2 and "already exists" in proc.stderr and existing.read_text() == "mine\n"
+    assert not (tmp_path / "out").exists() and tree_hashes(src) == before
+    summary, _, _ = run(src, tmp_path / "out", task="denoise", weights=w, report=existing, overwrite=True)
+    assert summary.restored == 1 and json.loads(existing.read_text().splitlines()[0])["status"] == "ok"
+
+
 def test_single_file_to_file_or_folder(weights, tmp_path):
     src = tmp_path / "photo.png"
     small("chelsea_128.png").save(src)

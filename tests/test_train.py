@@ -117,7 +117,8 @@ def test_degrader_noise_protocols():
     clean_u8 = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
     noisy, clean = _degrader("denoise", sigma=(25.0, 25.0))(clean_u8)
     assert (noisy - clean).std().item() == pytest.approx(25 / 255, rel=0.05)
-    edge, _ = _degrader("denoise", sigma=(50.0, 50.0))(torch.full((8, 3, 32, 32), 250, dtype=torch.uint8))
+    edge, _ = _degrader("denoise", sigma=(50.0, 50.0), noise_protocol="paper")(
+        torch.full((8, 3, 32, 32), 250, dtype=torch.uint8))
     assert edge.max() > 1.0  # paper protocol: unclipped float
     clipped, _ = _degrader("denoise", sigma=(50.0, 50.0), noise_protocol="clip")(
         torch.full((8, 3, 32, 32), 250, dtype=torch.uint8))

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
                                                                   "(default: 0-55)."),
         noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol", help="denoise: 'paper' (noisy "
                                                      "input stays float, unclipped) or 'clip' (clipped and "
-                                                     "rounded to 8 bits) (default: paper)."),
+                                                     "rounded to 8 bits, as real noisy files are) (default: clip)."),
         quality: Optional[str] = typer.Option(None, "--quality", help="jpeg: quality range (default: 10-90)."),
         subsampling: Optional[str] = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
                                                   "4:2:0 | 4:2:2 | 4:4:4 (default: 4:2:0)."),
