@@ -75,6 +75,9 @@ def save_weights(model: torch.nn.Module, path: str | Path, *, task: str, task_pa
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(state, str(tmp), metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a weights file is meant to be shared
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

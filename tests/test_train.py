@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from irae_cli import degrade, train as tr
@@ -343,3 +344,48 @@ def test_torchrun_two_cpu_processes(tmp_path, photos):
     assert t["world_size"] == 2 and t["patches_seen"] == 3 * 4 * 2
     rng = {k for k in load_file(str(tmp_path / "ddp.ckpt.safetensors")) if k.startswith("rng.")}
     assert {"rng.data.rank0", "rng.data.rank1", "rng.host.rank0", "rng.host.rank1"} <= rng
+
+
+def photos_tensor() -> torch.Tensor:
+    names = ["astronaut_128.png", "coffee_128.png", "chelsea_128.png"]
+    arrs = [np.asarray(Image.open(DATA / n).convert("RGB"), dtype=np.float32) / 255 for n in names]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def _inverse_gain(model, photos) -> float:
+    """Mean gain ||inverse(restored + d) - y|| / ||d|| of a model on noisy test crops."""
+    g = torch.Generator().manual_seed(5)
+    y = photos[:, :, :64, :64] + torch.randn(3, 3, 64, 64, generator=g) * 25 / 255
+    with torch.no_grad():
+        restored = model(y)
+        d = torch.randn(restored.shape, generator=g) * tr.INVERSE_PROBE
+        back = model.inverse(restored + d)
+    return ((back - y).flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1)).mean().item()
+
+
+def test_inverse_gain_penalty_is_a_hinge():
+    from irae_cli.model import create_model
+
+    model = create_model("tiny")
+    y = torch.rand(2, 3, 32, 32)
+    model.initialize(y, y)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "conv3" in name:
+                p.normal_(0, 0.05)
+    restored = model(y)
+    g = torch.Generator().manual_seed(0)
+    assert tr.inverse_gain_penalty(model, restored, y, 1e9, g).item() == 0.0
+    tight = tr.inverse_gain_penalty(model, restored, y, 1.0 + 1e-9, g)
+    assert tight.item() > 0 and tight.requires_grad
+
+
+def test_inverse_gain_penalty_bounds_the_trained_inverse(tmp_path, photos):
+    from irae_cli.weights import load_weights
+
+    given = {"steps": 60, "sigma": (25.0, 25.0), "lr": 3e-3, "ema": 0}
+    free = run_train(tmp_path, "free", photos, {**given, "inverse_gain": 0.0})
+    held = run_train(tmp_path, "held", photos, {**given, "inverse_gain": 2.0})
+    g_free = _inverse_gain(load_weights(free.out).model, photos_tensor())
+    g_held = _inverse_gain(load_weights(held.out).model, photos_tensor())
+    assert g_held < 0.8 * g_free, (g_held, g_free)

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
                                                               "inpaint)."),
         warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default: 2 % of --steps)."),
         clip: Optional[float] = typer.Option(None, "--clip", help="Gradient-norm clip, 0 = off (default: 10)."),
+        inverse_gain: Optional[float] = typer.Option(None, "--inverse-gain", help="IRAE: largest gain allowed to "
+                                                     "the inverse direction (finite-difference penalty; keeps the "
+                                                     "fp32 round trip within 1e-4); 0 = off (default: 250)."),
         ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off "
                                                                 "(default: 0.999)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw (default: 0)."),
@@ -78,7 +81,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             given = {
                 "task": task, "arch": arch, "steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr,
-                "warmup": warmup, "clip": clip, "ema": ema, "seed": seed,
+                "warmup": warmup, "clip": clip, "ema": ema, "seed": seed, "inverse_gain": inverse_gain,
                 "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
                 "noise_protocol": noise_protocol,
                 "quality": parse_range(quality, int, "--quality") if quality is not None else None,
