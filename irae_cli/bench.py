@@ -203,18 +203,18 @@ def degrade_image(clean: torch.Tensor, level, seed: int, rel: str) -> tuple[torc
     task fills them before the model sees them.  ``clean`` must already be
     8-bit (``quantize_u8``), as ``irae degrade`` makes it.
     """
+    from .degrade_set import degrade_pixels
+
     g = torch.Generator().manual_seed(dg.derive_seed(seed, rel, level.name))
     p = level.params
+    try:
+        pixels, mask, _ = degrade_pixels(level, clean, g)
+    except ImageError as e:
+        raise ImageError(f"{rel}: {e}") from None
     if level.task == "denoise":
-        sigma = float(p["sigma"]) if "sigma" in p else dg.uniform(*p["sigma_range"], g)
-        noisy = dg.add_gaussian_noise(clean, sigma, g)
-        return (noisy if p["protocol"] == "float" else dg.quantize_u8(noisy)), None
+        return (pixels if p["protocol"] == "float" else dg.quantize_u8(pixels)), None
     if level.task == "jpeg":
         return dg.jpeg_compress(clean, p["quality"], p["subsampling"], double_quality=p["double_quality"]), None
-    try:
-        mask = dg.mask_in_range(p["mask"], clean.shape[-2], clean.shape[-1], g, tuple(p["hole_range"]))
-    except ValueError as e:
-        raise ImageError(f"{rel}: {e}") from None
     return clean, mask
 
 

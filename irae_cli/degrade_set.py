@@ -204,8 +204,14 @@ def _jpeg(x: torch.Tensor, quality: int, subsampling: str, double_quality: int |
     return D.jpeg_bytes(x, quality, subsampling)
 
 
-def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, bytes, bytes | None, dict]:
-    """-> (suffix, degraded bytes, mask PNG bytes or None, parameters for the manifest)."""
+def degrade_pixels(level: Level, x: torch.Tensor, g: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """The random part of one level, shared with ``irae benchmark`` so both draw identically.
+
+    -> (pixels, mask or None, manifest parameters): denoise gives the unclipped
+    noisy image, inpaint the holed image and its mask; JPEG has no random draws and
+    returns ``x`` for the caller to encode.
+    """
     p = level.params
     if level.task == "denoise":
         if "sigma" in p:
@@ -215,16 +221,12 @@ def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, by
             lo, hi = p["sigma_range"]
             sigma = D.uniform(lo, hi, g)
             params = {"sigma": sigma, "sigma_range": [lo, hi]}
-        y = D.add_gaussian_noise(x, sigma, g)
         params["protocol"] = p["protocol"]
-        if p["protocol"] == "float":
-            return ".npy", npy_bytes(y), None, params
-        return ".png", png_bytes(D.quantize_u8(y)), None, params
+        return D.add_gaussian_noise(x, sigma, g), None, params
     if level.task == "jpeg":
         gray = x.shape[0] == 1
-        params = {"quality": p["quality"], "subsampling": None if gray else p["subsampling"],
-                  "double_quality": p["double_quality"], "encoder": "pillow"}
-        return ".jpg", _jpeg(x, p["quality"], p["subsampling"], p["double_quality"]), None, params
+        return x, None, {"quality": p["quality"], "subsampling": None if gray else p["subsampling"],
+                         "double_quality": p["double_quality"], "encoder": "pillow"}
     lo, hi = p["hole_range"]
     try:
         mask = D.mask_in_range(p["mask"], x.shape[-2], x.shape[-1], g, (lo, hi))
@@ -233,7 +235,20 @@ def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, by
     fill = float(p["fill"])
     params = {"mask": p["mask"], "hole_range": [lo, hi], "hole_ratio": mask.float().mean().item(), "fill": fill,
               "fill_u8": int(torch.round(torch.tensor(fill * 255.0)).item())}
-    return ".png", png_bytes(D.apply_holes(x, mask, fill)), _mask_png(mask), params
+    return D.apply_holes(x, mask, fill), mask, params
+
+
+def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, bytes, bytes | None, dict]:
+    """-> (suffix, degraded bytes, mask PNG bytes or None, parameters for the manifest)."""
+    y, mask, params = degrade_pixels(level, x, g)
+    p = level.params
+    if level.task == "denoise":
+        if p["protocol"] == "float":
+            return ".npy", npy_bytes(y), None, params
+        return ".png", png_bytes(D.quantize_u8(y)), None, params
+    if level.task == "jpeg":
+        return ".jpg", _jpeg(x, p["quality"], p["subsampling"], p["double_quality"]), None, params
+    return ".png", png_bytes(y), _mask_png(mask), params
 
 
 # --------------------------------------------------------------------------- one image
