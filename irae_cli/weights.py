@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from . import __version__
 from .errors import WeightsError
@@ -130,11 +130,9 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
         raise WeightsError(f"{path}: sha256 {sha[:12]}… does not match the registry ({expected_sha[:12]}…); "
                            f"the file is corrupt or was replaced — restore it from the repository")
     try:
-        state = load_file(str(path), device="cpu")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one pass: metadata and tensors
             meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: not a readable safetensors file ({reason}); "
