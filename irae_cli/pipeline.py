@@ -58,6 +58,7 @@ class RestoreOptions:
     dry_run: bool = False
     masks: Path | None = None
     mask_from: str | None = None  # "alpha"
+    compile: str = "auto"  # auto | on | off (see inference.COMPILE_MODES)
 
 
 @dataclass
@@ -425,7 +426,20 @@ def describe_plan(plan: Plan, opts: RestoreOptions, weights_label: str) -> list[
     return lines
 
 
-def _load_restorer(opts: RestoreOptions):
+WORKLOAD_SAMPLE = 64  # headers read to estimate a run's megapixels (for --compile auto)
+
+
+def _workload_megapixels(jobs: list[Job]) -> float | None:
+    """The run's megapixels, from the headers of an evenly spread sample of its images."""
+    if not jobs:
+        return None
+    stride = max(1, len(jobs) // WORKLOAD_SAMPLE)
+    sizes = [image_size(j.source.path) for j in jobs[::stride]]
+    sizes = [h * w for s in sizes if s for _, h, w in [s]]
+    return len(jobs) * sum(sizes) / len(sizes) / 1e6 if sizes else None
+
+
+def _load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None):
     from .inference import Restorer
     from .tasks import get_task
     from .weights import default_weights_for, load_weights
@@ -436,9 +450,11 @@ def _load_restorer(opts: RestoreOptions):
                         f"'irae train --task {opts.task} ... --out w.safetensors' and pass --weights w.safetensors")
     loaded = load_weights(name, device="cpu", expect_task=opts.task)
     task = get_task(opts.task)
-    params = {**task.default_task_params(), **(loaded.task_params or {})}
+    params = task.params_for_weights(loaded.task_params)
     restorer = Restorer(loaded.model, task, task_params=params, device=opts.device, dtype=opts.dtype,
-                        tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size)
+                        tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size,
+                        compile=opts.compile,
+                        workload_megapixels=_workload_megapixels(jobs) if opts.compile == "auto" and jobs else None)
     return restorer, loaded
 
 
@@ -467,7 +483,7 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
         return RestoreSummary(skipped=len(plan.skipped), exit_code=EXIT_USAGE if problems else EXIT_OK)
     if problems:
         raise IraeError(problems[0] if len(problems) == 1 else " | ".join(problems))
-    restorer, loaded = _load_restorer(opts)
+    restorer, loaded = _load_restorer(opts, plan.jobs)
 
     import torch
 
