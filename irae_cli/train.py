@@ -99,6 +99,7 @@ CALIBRATION_STEPS = (2, 12)  # with --minutes alone: the steps whose speed sets 
 PROVISIONAL_WARMUP = 100  # warm-up length used until the schedule length is known
 DEFAULT_VAL_EVERY = 2000
 DEFAULT_INVERSE_GAIN = 250.0  # fp32 rounding x 250 stays well under the 1e-4 round-trip bar
+DEFAULT_INVERSE_GAIN_EVERY = 4
 INVERSE_PROBE = 1e-3  # size of the finite-difference probe on the restored patches
 DEFAULT_CHECKPOINT_EVERY = 1000
 DEVICE_DATA_FRACTION = 0.5  # keep the photos on the GPU when they take at most this much free memory
@@ -132,6 +133,9 @@ class TrainConfig:
     # image (~6e-8) times that gain is the round-trip error: unpenalised, 32 minutes of
     # CPU training reached a gain of ~4,000 and a 6e-4 round trip (README, "Precision").
     inverse_gain: float = 0.0
+    # The penalty's probe costs a whole extra inverse pass and its backward (~2x a step), while
+    # the gain drifts slowly: probing every N-th step, weighted by N, buys the bound at ~1/N of it.
+    inverse_gain_every: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,6 +207,7 @@ def build_config(given: dict, device: torch.device) -> TrainConfig:
 
     if getattr(PRESETS.get(d["arch"]), "arch", None) == "irae":
         d.setdefault("inverse_gain", DEFAULT_INVERSE_GAIN)
+        d.setdefault("inverse_gain_every", DEFAULT_INVERSE_GAIN_EVERY)
     defaults = task.train_defaults
     if task.name == "denoise":
         d.setdefault("sigma", tuple(defaults.get("sigma", (0.0, 55.0))))
@@ -245,6 +250,8 @@ def _validate(c: TrainConfig) -> None:
         bad(f"--batch-size must be at least 1, not {c.batch_size}")
     if c.inverse_gain != 0 and not (c.inverse_gain >= 1 and math.isfinite(c.inverse_gain)):
         bad(f"--inverse-gain must be 0 (off) or at least 1, not {c.inverse_gain}")
+    if c.inverse_gain_every < 1:
+        bad(f"--inverse-gain-every must be at least 1, not {c.inverse_gain_every}")
     if not (c.lr > 0 and math.isfinite(c.lr)):
         bad(f"--lr must be a positive number, not {c.lr}")
     if c.warmup is not None and c.warmup < 0:
@@ -1012,11 +1019,14 @@ def _ckpt_run_id(path: Path) -> str | None:
         return None
 
 
+RESUME_MAY_CHANGE = ("steps", "inverse_gain_every")  # how long and how often: not what is learned
+
+
 def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
     """A resumed run keeps its checkpoint's settings; --steps may change (the schedule then follows it)."""
     conflicts = []
     for key, value in given.items():
-        if value is None or key == "steps":
+        if value is None or key in RESUME_MAY_CHANGE:
             continue
         have = getattr(saved, key)
         norm = tuple(value) if isinstance(value, list) else value
@@ -1030,6 +1040,12 @@ def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
         echo(f"irae: note: --steps {steps} differs from the checkpoint's {saved.steps}; the learning-rate "
              f"schedule now runs over {steps} steps (the run is an extension, not a replay)")
         saved = dataclasses.replace(saved, steps=steps)
+        _validate(saved)
+    every = given.get("inverse_gain_every")
+    if every is not None and every != saved.inverse_gain_every:
+        echo(f"irae: note: --inverse-gain-every {every} differs from the checkpoint's {saved.inverse_gain_every}; "
+             f"the run continues with it (an extension, not a replay)")
+        saved = dataclasses.replace(saved, inverse_gain_every=every)
         _validate(saved)
     return saved
 
@@ -1082,9 +1098,11 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         raise IraeError(f"--stop-at must be at least 1, not {session.stop_at}")
 
     # dtype: flows keep float32 arithmetic; only coupling nets (or the whole CNN) autocast
-    compute_dtype = torch.float32 if device.type == "cpu" else pick_dtype(session.dtype, device)
     if session.dtype not in ("auto", "fp32", "bf16"):
         raise IraeError(f"--dtype must be auto, fp32 or bf16 for training, not {session.dtype!r}")
+    from .model import PRESETS
+
+    compute_dtype = pick_dtype(session.dtype, device, coupling_only=PRESETS[config.arch].arch == "irae")
     if device.type == "cuda":
         strict_fp32()
         torch.backends.cudnn.benchmark = True
@@ -1148,7 +1166,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         validator = Validator(Path(session.val), task, task_params, crop=session.val_crop, seed=session.val_seed,
                               noise_protocol=config.noise_protocol, subsampling=config.subsampling, echo=echo)
         eval_model = create_model(config.arch)
-        restorer = Restorer(eval_model, task, task_params=task_params, device=device, dtype="fp32")
+        # Not folded: the eval model is reloaded with the EMA weights before every validation.
+        restorer = Restorer(eval_model, task, task_params=task_params, device=device, dtype="fp32", folded=False)
 
     invertible = bool(getattr(model, "invertible", False))
     hooks: list = []
@@ -1291,8 +1310,9 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 restored = train_model(inp)
             loss = F.l1_loss(restored.float(), clean)
             objective = loss
-            if config.inverse_gain > 0 and invertible:
-                objective = loss + inverse_gain_penalty(model, restored, inp, config.inverse_gain, data_gen)
+            if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
+                objective = loss + config.inverse_gain_every * inverse_gain_penalty(
+                    model, restored, inp, config.inverse_gain, data_gen)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if config.clip > 0:

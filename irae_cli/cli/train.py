@@ -43,8 +43,12 @@ def register(app: typer.Typer) -> None:
         warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default: 2 % of --steps)."),
         clip: Optional[float] = typer.Option(None, "--clip", help="Gradient-norm clip, 0 = off (default: 10)."),
         inverse_gain: Optional[float] = typer.Option(None, "--inverse-gain", help="IRAE: largest gain allowed to "
-                                                     "the inverse direction (finite-difference penalty; keeps the "
-                                                     "fp32 round trip within 1e-4); 0 = off (default: 250)."),
+                                                     "the inverse direction (finite-difference penalty that keeps "
+                                                     "the fp32 round trip exact in 8 bits); 0 = off (default: "
+                                                     "250)."),
+        inverse_gain_every: Optional[int] = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
+                                                         "inverse gain every N steps, its penalty weighted by N "
+                                                         "(default: 4; 1 = every step, ~2x slower)."),
         ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off "
                                                                 "(default: 0.999)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw (default: 0)."),
@@ -73,8 +77,9 @@ def register(app: typer.Typer) -> None:
         log: Optional[Path] = typer.Option(None, "--log", help="JSON log (default: OUT with .log.json)."),
         log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per logged loss interval."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-        dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only, on "
-                                                          "CUDA; the flow arithmetic stays fp32)."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only; the "
+                                                          "flow arithmetic stays fp32; auto = bf16 where the GPU "
+                                                          "or CPU computes it natively)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
@@ -82,6 +87,7 @@ def register(app: typer.Typer) -> None:
             given = {
                 "task": task, "arch": arch, "steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr,
                 "warmup": warmup, "clip": clip, "ema": ema, "seed": seed, "inverse_gain": inverse_gain,
+                "inverse_gain_every": inverse_gain_every,
                 "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
                 "noise_protocol": noise_protocol,
                 "quality": parse_range(quality, int, "--quality") if quality is not None else None,
