@@ -25,7 +25,7 @@ from typing import TextIO
 
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError
 from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
-                      image_size, output_suffix)
+                      image_size, output_suffix, set_warning_handler)
 
 OUTPUT_FORMATS = ("auto", "same", *FORMATS)
 # A batch never holds more than this many pixels (large images go one at a time and are tiled).
@@ -474,6 +474,7 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
     common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
               "weights_sha256": loaded.sha256}
     rep = _Reporter(len(plan.jobs), opts, progress, quiet, err, common)
+    previous_handler = set_warning_handler(rep.say)  # warnings (EXIF, masks) print above the progress bar
     for job in plan.skipped:
         rep.skipped(job)
     workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
@@ -565,6 +566,7 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
             f.cancel()
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True)  # writes in flight finish (atomically) even on Ctrl-C
+        set_warning_handler(previous_handler)
         summary = rep.close()
     if not quiet:
         print(summary.line(), file=err)

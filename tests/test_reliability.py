@@ -1,0 +1,158 @@
+"""Bad input and faults, as a user meets them: each case runs the real `irae` command on real files.
+
+The house rules checked here: bad input gives ONE line naming the file and what to do (no
+traceback); a batch keeps going and exits 1; usage errors exit 2 before any work; nothing a
+user owns is overwritten or lost.  Disk-full cases use a 1 MiB tmpfs and skip where it cannot
+be mounted; permission cases drop root's CAP_DAC_OVERRIDE with setpriv and skip where that
+is unavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from irae_cli.imageio import read_image
+from irae_cli.model import create_model
+from irae_cli.weights import save_weights
+
+DATA = Path(__file__).parent / "data"
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+def irae(*args, cwd=None, timeout=180, prefix=(), env=None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([*prefix, sys.executable, "-m", "irae_cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+def assert_clean_stderr(r: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in r.stderr and "Error:" not in r.stderr.replace("irae: error:", ""), r.stderr
+
+
+def lines_with(r: subprocess.CompletedProcess, needle: str) -> list[str]:
+    return [line for line in r.stderr.splitlines() if needle in line]
+
+
+def one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """The single stderr line that names all ``needles``; fails on tracebacks or split lines."""
+    assert_clean_stderr(r)
+    hits = [line for line in r.stderr.splitlines() if all(n in line for n in needles)]
+    assert len(hits) == 1, r.stderr
+    return hits[0]
+
+
+def tree(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def photo(name: str = "astronaut_128.png", size: int = 64) -> Image.Image:
+    return Image.open(DATA / name).convert("RGB").resize((size, size))
+
+
+def exif_with_orientation(kind: int, count: int, value: bytes) -> bytes:
+    """Raw EXIF whose only tag is Orientation stored with any TIFF type (Pillow would refuse to write it)."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHI", 0x0112, kind, count) + value + struct.pack("<I", 0)
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
+def bad_orientation_jpegs(folder: Path) -> list[Path]:
+    """The audit's two malformed tags: the text "abc" and the number 0xFFFFFFFF."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text, huge = folder / "text_tag.jpg", folder / "huge_tag.jpg"
+    photo("astronaut_128.png", 128).save(text, quality=92, exif=exif_with_orientation(2, 4, b"abc\x00"))
+    photo("coffee_128.png", 128).save(huge, quality=92, exif=exif_with_orientation(4, 1, struct.pack("<I", 2**32 - 1)))
+    return [text, huge]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("weights")
+    x = torch.stack([read_image(DATA / "astronaut_128.png")[0]])
+    out = {}
+    for name, preset, task in (("denoise", "cnn-tiny", "denoise"), ("tiny", "tiny", "denoise"),
+                               ("inpaint", "cnn-tiny", "inpaint")):
+        torch.manual_seed(0)
+        m = create_model(preset)
+        m.initialize(x, x)
+        out[name] = d / f"{name}.safetensors"
+        save_weights(m, out[name], task=task, task_params={"fill": 0.5} if task == "inpaint" else None)
+    return out
+
+
+def folder_of(tmp_path: Path, n: int = 3, size: int = 64, name: str = "in") -> Path:
+    src = tmp_path / name
+    src.mkdir()
+    names = ["astronaut_128.png", "coffee_128.png", "chelsea_128.png"]
+    for i in range(n):
+        photo(names[i % 3], size).save(src / f"img{i:02d}.png")
+    return src
+
+
+# --------------------------------------------------------------------------- 4-7, 15: malformed EXIF orientation
+
+EXIF_COMMANDS = {
+    "restore": lambda w, src, out: ["restore", "--task", "denoise", "--weights", w, src, out],
+    "restore-dry-run": lambda w, src, out: ["restore", "--task", "denoise", "--weights", w, "--dry-run", src, out],
+    "degrade": lambda w, src, out: ["degrade", "--task", "denoise", "--sigma", "25", src, out],
+    "benchmark": lambda w, src, out: ["benchmark", "quality", "--task", "denoise", "--sigma", "25", "--weights", w,
+                                      src],
+    "train": lambda w, src, out: ["train", src, "--arch", "cnn-tiny", "--steps", "1", "--patch", "32",
+                                  "--batch-size", "2", "--out", out / "w.safetensors", "-q"],
+}
+
+
+@pytest.mark.parametrize("command", list(EXIF_COMMANDS))
+def test_malformed_exif_orientation_is_ignored_with_one_warning(command, weights, tmp_path):
+    """Text "abc" or 0xFFFFFFFF as the orientation: the pixels are used as stored, one warning per file."""
+    src = tmp_path / "exif"
+    bad = bad_orientation_jpegs(src)
+    before = tree(src)
+    out = tmp_path / "out"
+    r = irae(*EXIF_COMMANDS[command](weights["denoise"], src, out))
+    assert r.returncode == 0, r.stderr
+    assert_clean_stderr(r)
+    for p in bad:
+        hits = lines_with(r, str(p))
+        assert len(hits) == 1 and "warning" in hits[0] and "orientation" in hits[0], r.stderr
+    assert tree(src) == before
+    if command == "restore":
+        for p in bad:
+            assert Image.open(out / p.name).size == (128, 128)
+    elif command == "restore-dry-run":
+        assert "batches: 1 of up to 4 x 128x128" in r.stdout and "unreadable" not in r.stdout
+    elif command == "degrade":
+        assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
+    elif command == "train":
+        assert (out / "w.safetensors").is_file()
+
+
+def test_one_code_path_reads_the_orientation():
+    """Only imageio reads the EXIF orientation tag; every command goes through it."""
+    pkg = Path(__file__).resolve().parent.parent / "irae_cli"
+    for path in pkg.rglob("*.py"):
+        if path.name == "imageio.py":
+            continue
+        text = path.read_text()
+        for needle in ("0x0112", "exif_transpose", "getexif(", "ORIENTATION"):
+            assert needle not in text, f"{path} reads the orientation itself ({needle})"
