@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError, one_line
 from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
                       image_size, output_suffix, set_warning_handler)
 
@@ -272,6 +272,7 @@ class _Reporter:
             self.bar = self.progress.add_task("restore", total=total, mps=0.0)
 
     def say(self, line: str) -> None:
+        line = one_line(line)
         if self.progress is not None:
             self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -461,9 +462,9 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
         except IraeError as e:
             label, problems = "(unusable)", [*problems, str(e)]
         for line in describe_plan(plan, opts, label):
-            print(line, file=out)
+            print(one_line(line), file=out)
         for p in problems:
-            print(f"irae: error: {p}", file=err)
+            print(f"irae: error: {one_line(p)}", file=err)
         return RestoreSummary(skipped=len(plan.skipped), exit_code=EXIT_USAGE if problems else EXIT_OK)
     if problems:
         raise IraeError(problems[0] if len(problems) == 1 else " | ".join(problems))

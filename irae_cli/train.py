@@ -1035,7 +1035,9 @@ def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
 
 
 def _default_echo(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .errors import one_line
+
+    print(one_line(msg), file=sys.stderr, flush=True)
 
 
 def train(session: Session, given: dict | None = None) -> TrainResult:

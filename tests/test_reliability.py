@@ -156,3 +156,40 @@ def test_one_code_path_reads_the_orientation():
         text = path.read_text()
         for needle in ("0x0112", "exif_transpose", "getexif(", "ORIENTATION"):
             assert needle not in text, f"{path} reads the orientation itself ({needle})"
+
+
+# --------------------------------------------------------------------------- 18: control characters in file names
+
+def test_control_characters_in_file_names_are_escaped_in_every_message(weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    photo().save(src / "ok.png")
+    (src / "line\nbreak.png").write_bytes(b"")  # bad, so it is named in an error
+    (src / "bell\x07tab\t.png").write_bytes(b"not a png")
+    shown = ["line\\nbreak.png", "bell\\x07tab\\t.png"]
+
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    for name in shown:
+        one_error_line(r, name, "failed")
+    assert all(line.startswith(("irae:", "restored")) for line in r.stderr.splitlines()), r.stderr
+    assert "\x07" not in r.stderr and "\t" not in r.stderr
+
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], "--dry-run", src, tmp_path / "o2")
+    assert all(line.startswith(("plan:", "  ")) for line in r.stdout.splitlines()), r.stdout
+    assert "line\\nbreak.png ->" in r.stdout
+
+    r = irae("degrade", "--task", "denoise", "--sigma", "25", src, tmp_path / "set")
+    assert r.returncode == 1, r.stderr
+    for name in shown:
+        one_error_line(r, name)
+
+    r = irae("train", src, "--arch", "cnn-tiny", "--steps", "1", "--patch", "32", "--batch-size", "2",
+             "--out", tmp_path / "w.safetensors", "-q")
+    assert r.returncode == 0, r.stderr
+    for name in shown:
+        one_error_line(r, name, "warning")
+
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src / "line\nbreak.png",
+             tmp_path / "single\nout.png")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 2, r.stderr  # the failure + the summary

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import typer
 
-from ..errors import EXIT_USAGE, IraeError
+from ..errors import EXIT_USAGE, IraeError, one_line
 
 
 @contextmanager
@@ -17,7 +17,7 @@ def user_errors():
     try:
         yield
     except IraeError as e:
-        print(f"irae: error: {e}", file=sys.stderr)
+        print(f"irae: error: {one_line(e)}", file=sys.stderr)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         print("irae: interrupted; finished files are complete, none is half-written", file=sys.stderr)
@@ -25,7 +25,7 @@ def user_errors():
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    print(f"irae: error: {message}", file=sys.stderr)
+    print(f"irae: error: {one_line(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 

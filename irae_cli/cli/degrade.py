@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import EXIT_SOME_FAILED
+from ..errors import EXIT_SOME_FAILED, one_line
 from ._common import parse_list, parse_range, user_errors
 
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             def on_file(src, failures: list[str]) -> None:
                 if failures:
                     failed.add(src.rel)
-                for line in failures:
+                for line in map(one_line, failures):
                     if progress is not None:
                         progress.console.print(f"irae: error: {line}", markup=False, highlight=False, soft_wrap=True)
                     else:
@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
 
             n_img, n_lvl = len(result.sources), len(result.levels)
             if dry_run:
-                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into {out}")
+                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into {one_line(out)}")
                 for level in result.levels:
                     print(f"  {level.name}: {level.task} {level.params}")
                 return
@@ -127,8 +127,8 @@ def register(app: typer.Typer) -> None:
                 made = len(result.records) - result.carried
                 kept = f", {result.kept} identical file(s) kept" if result.kept else ""
                 carried = f" ({result.carried} from the earlier manifest)" if result.carried else ""
-                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in {out}: "
-                      f"{result.written} file(s) written{kept}; {result.manifest} lists {len(result.records)} "
+                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in {one_line(out)}: "
+                      f"{result.written} file(s) written{kept}; {one_line(result.manifest)} lists {len(result.records)} "
                       f"output(s){carried}", file=sys.stderr)
             if result.failures:
                 print(f"irae: {len(result.failures)} problem(s) with {failed_images} of {n_img} image(s), listed "
