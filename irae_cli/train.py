@@ -729,8 +729,9 @@ def load_checkpoint(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise IraeError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e}); "
-                        f"it may be truncated") from None
+        from .weights import unreadable_safetensors
+
+        raise IraeError(unreadable_safetensors(path, e, "checkpoint")) from None
     if raw.get("format") != CHECKPOINT_FORMAT:
         hint = " (that is a weights file; resume from the .ckpt.safetensors next to it)" \
             if raw.get("format") == "irae-weights" else ""
@@ -740,8 +741,60 @@ def load_checkpoint(path: Path) -> dict:
         if k in ("format", "format_version", "irae_version"):
             meta[k] = v
         else:
-            meta[k] = json.loads(v)
+            try:
+                meta[k] = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise IraeError(f"{path}: checkpoint metadata field {k!r} is not valid JSON ({e.msg}); the file "
+                                f"was damaged or edited -- resume from another checkpoint or start a new run") from None
+    problem = _checkpoint_problem(tensors, meta)
+    if problem:
+        raise IraeError(f"{path}: unusable checkpoint: {problem}; the file was damaged or edited -- resume from "
+                        f"another checkpoint or start a new run")
     return {"tensors": tensors, "meta": meta}
+
+
+def _checkpoint_problem(tensors: dict, meta: dict) -> str | None:
+    """What in a checkpoint would make --resume fail half-way (wrong fields, tensor shapes), or None."""
+    from .model import config_from_dict, create_model
+
+    kinds = {"config": dict, "model_config": dict, "step": int, "patches_seen": int, "train_seconds": (int, float),
+             "run_id": str, "data": dict, "optimizer": dict}
+    for key, kind in kinds.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"metadata field {key!r} is missing or of the wrong type"
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        model = create_model(config_from_dict(meta["model_config"]))
+    except (KeyError, ValueError, TypeError, AttributeError, IraeError) as e:
+        return f"metadata fields 'config'/'model_config' do not describe a model ({str(e).splitlines()[0]})"
+    expected = model.state_dict()
+    for prefix in ("model.", "ema.") if config.ema > 0 else ("model.",):
+        got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if set(got) != set(expected):
+            missing = sorted(set(expected) - set(got))
+            return f"the {prefix[:-1]} tensors do not match the {config.arch} model ({len(missing)} missing, " \
+                   f"{len(set(got) - set(expected))} unexpected)"
+        for k, v in expected.items():
+            if tuple(got[k].shape) != tuple(v.shape):
+                return f"tensor {prefix}{k} has shape {tuple(got[k].shape)}, the {config.arch} model needs " \
+                       f"{tuple(v.shape)}"
+    params = list(model.parameters())
+    groups = meta["optimizer"].get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
+            and len(groups[0].get("params", [])) == len(params)):
+        return "the optimizer state does not match the model's parameters"
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            parts = name.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+                return f"optimizer tensor {name} belongs to no parameter of the model"
+            if parts[2] in ("exp_avg", "exp_avg_sq") and tuple(t.shape) != tuple(params[int(parts[1])].shape):
+                return f"optimizer tensor {name} has shape {tuple(t.shape)}, its parameter " \
+                       f"{tuple(params[int(parts[1])].shape)}"
+    torch_state = tensors.get("rng.torch")
+    if torch_state is None or torch_state.dtype != torch.uint8 or torch_state.shape != torch.get_rng_state().shape:
+        return "the random-generator state rng.torch is missing or malformed"
+    return None
 
 
 # --------------------------------------------------------------------------- validation

@@ -193,3 +193,97 @@ def test_control_characters_in_file_names_are_escaped_in_every_message(weights, 
     r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src / "line\nbreak.png",
              tmp_path / "single\nout.png")
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 2, r.stderr  # the failure + the summary
+
+
+# --------------------------------------------------------------------------- 8, 17: bad weights files
+
+def rewrite_safetensors(src: Path, dest: Path, meta_changes: dict | None = None, tensor_changes: dict | None = None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta.update(meta_changes or {})
+    for name, change in (tensor_changes or {}).items():
+        tensors[name] = change(tensors[name])
+    save_file(tensors, str(dest), metadata=meta)
+    return dest
+
+
+@pytest.mark.parametrize("field,value", [("task_params", "not json {"), ("config", "[1, 2, 3]"),
+                                         ("training", "{'single': 'quotes'}"), ("task_params", "[]")])
+def test_weights_with_malformed_metadata_one_line_exit_2(weights, tmp_path, field, value):
+    bad = rewrite_safetensors(weights["denoise"], tmp_path / "bad.safetensors", {field: value})
+    src = folder_of(tmp_path, 1)
+    r = irae("restore", "--task", "denoise", "--weights", bad, src, tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r, str(bad), repr(field))
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert "irae: error:" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "plain-pickle"])
+def test_pickle_weights_are_named_as_pickle_never_loaded(weights, tmp_path, kind):
+    import pickle
+
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights["denoise"]))
+    bad = tmp_path / ("model.pt" if kind != "plain-pickle" else "model.weights")
+    if kind == "plain-pickle":
+        bad.write_bytes(pickle.dumps({k: v.tolist() for k, v in state.items()}))
+    else:
+        torch.save(state, bad, _use_new_zipfile_serialization=(kind == "zip"))
+    src = folder_of(tmp_path, 1)
+    r = irae("restore", "--task", "denoise", "--weights", bad, src, tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r, str(bad), "not a safetensors file", "never loads pickle")
+    assert "truncated" not in line and "convert it" in line
+    r = irae("train", "--resume", bad, "--out", tmp_path / "w.safetensors", "--steps", "3")
+    assert r.returncode == 2, r.stderr
+    one_error_line(r, str(bad), "never loads pickle")
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- 9: bad checkpoints
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ckpt")
+    src = d / "photos"
+    src.mkdir()
+    for name in ("astronaut_128.png", "coffee_128.png"):
+        shutil.copy(DATA / name, src / name)
+    r = irae("train", src, "--arch", "tiny", "--steps", "4", "--stop-at", "2", "--patch", "16", "--batch-size", "2",
+             "--out", d / "run.safetensors", "-q")
+    assert r.returncode == 0, r.stderr
+    return d / "run.ckpt.safetensors"
+
+
+def _bigger(t: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(*(s + 1 for s in t.shape), dtype=t.dtype) if t.ndim else torch.zeros(2, dtype=t.dtype)
+
+
+@pytest.mark.parametrize("case", ["config-not-json", "step-not-a-number", "model-tensor-shape", "ema-tensor-shape",
+                                  "optimizer-tensor-shape", "rng-state"])
+def test_resume_of_a_malformed_checkpoint_one_line_exit_2(checkpoint, tmp_path, case):
+    from safetensors.torch import load_file
+
+    names = sorted(load_file(str(checkpoint)))
+    model_t = next(n for n in names if n.startswith("model.") and n.endswith("weight"))
+    changes = {
+        "config-not-json": ({"config": "{not json"}, {}),
+        "step-not-a-number": ({"step": '"two"'}, {}),
+        "model-tensor-shape": ({}, {model_t: _bigger}),
+        "ema-tensor-shape": ({}, {"ema." + model_t[len("model."):]: _bigger}),
+        "optimizer-tensor-shape": ({}, {next(n for n in names if n.endswith(".exp_avg")): _bigger}),
+        "rng-state": ({}, {"rng.torch": lambda t: t[:10]}),
+    }[case]
+    bad = rewrite_safetensors(checkpoint, tmp_path / "bad.ckpt.safetensors", *changes)
+    out = tmp_path / "resumed.safetensors"
+    r = irae("train", "--resume", bad, "--out", out, "--steps", "4", "-q")
+    assert r.returncode == 2, r.stderr
+    one_error_line(r, str(bad), "checkpoint")
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert not out.exists()
