@@ -42,7 +42,7 @@ class RestoreOptions:
     device: str = "auto"
     dtype: str = "auto"
     tile: int | str = "auto"
-    tile_overlap: int = 32
+    tile_overlap: int | None = None  # None = 32, or a quarter of a smaller --tile
     batch_size: int = 4
     workers: int = 0  # 0 = auto: I/O threads for reading and as many for writing
     format: str = "auto"  # auto = same, except JPEG inputs of the jpeg task become PNG

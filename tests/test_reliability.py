@@ -287,3 +287,46 @@ def test_resume_of_a_malformed_checkpoint_one_line_exit_2(checkpoint, tmp_path, 
     one_error_line(r, str(bad), "checkpoint")
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- 16: --tile 64, the documented minimum
+
+def test_minimum_tile_works_with_the_default_overlap(weights, tmp_path):
+    src = folder_of(tmp_path, 1, size=128)
+    report = tmp_path / "r.jsonl"
+    r = irae("restore", "--task", "denoise", "--weights", weights["tiny"], "--tile", "64", src, tmp_path / "out",
+             "--report", report)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(report.read_text())["tiles"] > 1
+    r = irae("restore", "--task", "denoise", "--weights", weights["tiny"], "--tile", "64", "--tile-overlap", "32",
+             src, tmp_path / "out2")
+    assert r.returncode == 2 and not (tmp_path / "out2").exists(), r.stderr
+    one_error_line(r, "--tile-overlap 32", "--tile 64")
+
+
+# --------------------------------------------------------------------------- 20: empty option values
+
+@pytest.mark.parametrize("args", [
+    ["restore", "--task", "denoise", "--weights", "", "IN", "OUT"],
+    ["restore", "--task", "denoise", "--weights=", "IN", "OUT"],
+    ["restore", "--task", "denoise", "--report", "", "IN", "OUT"],
+    ["restore", "--task", "inpaint", "--masks", "", "IN", "OUT"],
+    ["restore", "--task", "denoise", "", "OUT"],
+    ["degrade", "--task", "inpaint", "--mask", ",", "IN", "OUT"],
+    ["degrade", "--task", "denoise", "--sigma", ",", "IN", "OUT"],
+    ["benchmark", "quality", "--task", "inpaint", "--mask", ",", "IN"],
+    ["benchmark", "quality", "--task", "denoise", "--sigma", ",", "IN"],
+    ["train", "IN", "--task", "inpaint", "--mask", ",", "--steps", "1", "--out", "OUT/w.safetensors"],
+], ids=lambda a: " ".join(repr(x) if x in ("", ",") else x for x in a))
+def test_empty_option_values_are_usage_errors(tmp_path, args):
+    src = folder_of(tmp_path, 1)
+    cwd = tmp_path / "cwd"  # an empty INPUT or --masks must not quietly mean the current folder
+    cwd.mkdir()
+    photo().save(cwd / "here.png")
+    before = tree(tmp_path)
+    r = irae(*[str(src) if a == "IN" else str(tmp_path / "out") if a == "OUT" else
+               str(tmp_path / "out" / "w.safetensors") if a == "OUT/w.safetensors" else a for a in args], cwd=cwd)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert_clean_stderr(r)
+    assert len(r.stderr.splitlines()) == 1 and ("empty" in r.stderr or "no value" in r.stderr), r.stderr
+    assert tree(tmp_path) == before

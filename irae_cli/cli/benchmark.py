@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import one_line
-from ._common import parse_list, parse_range, user_errors
+from ._common import parse_list, parse_names, parse_range, user_errors
 
 sub = typer.Typer(
     name="benchmark",
@@ -109,7 +109,7 @@ def quality_cmd(
         result = run_quality(
             source, task=task, weights=weights, compare=parse_compare(compare),
             sigmas=parse_list(sigma, float, "--sigma") or None, qualities=parse_list(quality, int, "--quality") or None,
-            masks=[m.strip() for m in mask.split(",") if m.strip()] if mask else None,
+            masks=parse_names(mask, "--mask"),
             hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
             noise_protocol=noise_protocol, seed=seed,
             device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop,

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import EXIT_SOME_FAILED, one_line
-from ._common import parse_list, parse_range, user_errors
+from ..errors import EXIT_SOME_FAILED, IraeError, one_line
+from ._common import parse_list, parse_names, parse_range, user_errors
 
 
 def _ranges(text: str | None, name: str) -> list[tuple[float, float]] | None:
@@ -18,7 +18,9 @@ def _ranges(text: str | None, name: str) -> list[tuple[float, float]] | None:
     if text is None:
         return None
     parts = [p for p in text.split(",") if p.strip()]
-    return [parse_range(p, float, name) for p in parts] or None
+    if not parts:
+        raise IraeError(f"{name} {text!r} gives no value; give e.g. 15,25 or 0-55, or leave the option out")
+    return [parse_range(p, float, name) for p in parts]
 
 
 def register(app: typer.Typer) -> None:
@@ -105,9 +107,9 @@ def register(app: typer.Typer) -> None:
                 result = make_test_set(
                     clean, out, task=task, seed=seed, sigma=_ranges(sigma, "--sigma"),
                     noise_protocol=noise_protocol,
-                    quality=(parse_list(quality, int, "--quality") or None) if quality is not None else None,
+                    quality=parse_list(quality, int, "--quality") if quality is not None else None,
                     subsampling=subsampling, double_quality=double_quality,
-                    masks=[m.strip() for m in mask.split(",") if m.strip()] if mask is not None else None,
+                    masks=parse_names(mask, "--mask"),
                     hole_ratio=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
                     hole_bins=_ranges(hole_bins, "--hole-bins"), recursive=recursive, include=include,
                     exclude=exclude, workers=workers, overwrite=overwrite, skip_existing=skip_existing,

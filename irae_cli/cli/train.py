@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import one_line
-from ._common import parse_range, user_errors
+from ._common import parse_names, parse_range, user_errors
 
 HELP = """Train a restoration model on patches of your photos (or a .safetensors pack).
 
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
                 "noise_protocol": noise_protocol,
                 "quality": parse_range(quality, int, "--quality") if quality is not None else None,
                 "subsampling": subsampling,
-                "masks": tuple(m.strip() for m in mask.split(",") if m.strip()) if mask is not None else None,
+                "masks": tuple(parse_names(mask, "--mask")) if mask is not None else None,
                 "hole_range": parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
             }
             given = {k: v for k, v in given.items() if v is not None}
