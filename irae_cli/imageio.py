@@ -609,6 +609,89 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False
             pass
 
 
+# --- output folders: checked before any work, cleaned of what an interrupted run left -------------
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<pid>\d+)-[0-9a-f]+", re.S)  # atomic_write_bytes' temp files
+
+
+def existing_ancestor(path: str | Path) -> Path:
+    """``path`` itself or the nearest folder above it that exists (where a new folder would be made)."""
+    p = Path(os.path.abspath(path))
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def folder_problem(folder: str | Path, what: str = "output folder") -> str | None:
+    """Why files cannot be written into ``folder`` (made if missing), or None: checked before any work.
+
+    Catches a regular file where a folder must be (or above it) and a folder
+    without write permission; root passes the permission check, as it would
+    pass the write itself.
+    """
+    folder = Path(folder)
+    base = existing_ancestor(folder)
+    if not base.is_dir():
+        if base == Path(os.path.abspath(folder)):
+            return f"{what} {folder} exists and is a file, not a folder"
+        return f"{what} {folder} cannot be made: {base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        where = "" if base == Path(os.path.abspath(folder)) else f" ({base}, where it would be made)"
+        return f"{what} {folder}{where} is not writable (permission denied); choose another or fix its permissions"
+    return None
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes free to an unprivileged writer on the file system that holds ``folder`` (or would); None if unknown."""
+    try:
+        st = os.statvfs(existing_ancestor(folder))
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # someone else's process (or cannot tell): leave its files alone
+    return True
+
+
+def remove_stale_temp_files(folders, *, recursive: bool = False) -> list[Path]:
+    """Delete ``.NAME.irae-tmp-PID-*`` files whose writer is gone (killed mid-write) in ``folders``.
+
+    Only irae's own temp-file pattern is touched, and only when the process that
+    made it no longer runs, so a concurrent irae writing into the same folder
+    keeps its files.  Returns what was removed.
+    """
+    removed: list[Path] = []
+    for folder in {os.path.abspath(f) for f in folders}:
+        walker = os.walk(folder) if recursive else [(folder, [], None)]
+        for top, _dirs, names in walker:
+            if names is None:
+                try:
+                    names = [e.name for e in os.scandir(top) if e.is_file(follow_symlinks=False)]
+                except OSError:
+                    continue
+            for name in names:
+                m = TEMP_NAME.fullmatch(name)
+                if m is None or _pid_alive(int(m["pid"])):
+                    continue
+                path = Path(top) / name
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
+                        removed.append(path)
+                except OSError:
+                    pass
+    return sorted(removed)
+
+
 def write_image(path: str | Path, x: torch.Tensor, meta: ImageMeta, *, quality: int = 95,
                 png_compress_level: int = 1, overwrite: bool = False) -> None:
     path = Path(path)

@@ -70,6 +70,50 @@ def photo(name: str = "astronaut_128.png", size: int = 64) -> Image.Image:
     return Image.open(DATA / name).convert("RGB").resize((size, size))
 
 
+def unprivileged() -> tuple[str, ...]:
+    """A command prefix under which permissions are enforced: root without CAP_DAC_OVERRIDE (or nothing)."""
+    if not IS_ROOT:
+        return ()
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE to enforce permissions")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE here ({probe.stderr.strip()})")
+    return prefix
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "1m"):
+    """A 1 MiB tmpfs mounted on ``folder``; skips where mounting is impossible."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not IS_ROOT or shutil.which("mount") is None:
+        pytest.skip("a small full disk needs a tmpfs, and mounting one needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> None:
+    """Fill the file system of ``folder`` completely, then free ``leave`` bytes."""
+    filler = folder / "filler.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    chunk = b"\0" * 4096
+    try:
+        while True:
+            os.write(fd, chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+
+
 def exif_with_orientation(kind: int, count: int, value: bytes) -> bytes:
     """Raw EXIF whose only tag is Orientation stored with any TIFF type (Pillow would refuse to write it)."""
     ifd = struct.pack("<H", 1) + struct.pack("<HHI", 0x0112, kind, count) + value + struct.pack("<I", 0)
@@ -330,3 +374,187 @@ def test_empty_option_values_are_usage_errors(tmp_path, args):
     assert_clean_stderr(r)
     assert len(r.stderr.splitlines()) == 1 and ("empty" in r.stderr or "no value" in r.stderr), r.stderr
     assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- 2, 19: the --report file
+
+def test_skip_existing_appends_to_an_existing_report(weights, tmp_path):
+    src = folder_of(tmp_path, 2)
+    report = tmp_path / "notes.jsonl"
+    report.write_text("the user's own line, no newline at the end")
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out", "--report",
+             report, "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    lines = report.read_text().splitlines()
+    assert lines[0] == "the user's own line, no newline at the end"
+    assert [json.loads(x)["status"] for x in lines[1:]] == ["ok", "ok"]
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out", "--report",
+             report, "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    assert report.read_text().splitlines()[:3] == lines
+    assert [json.loads(x)["status"] for x in report.read_text().splitlines()[3:]] == ["skipped", "skipped"]
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out2", "--report",
+             report)
+    assert r.returncode == 2 and not (tmp_path / "out2").exists()
+    one_error_line(r, str(report), "already exists", "--overwrite")
+
+
+@pytest.mark.parametrize("flag", [None, "--overwrite", "--skip-existing"])
+def test_report_that_is_a_folder_is_called_a_folder(weights, tmp_path, flag):
+    src = folder_of(tmp_path, 1)
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out", "--report",
+             folder, *([flag] if flag else []))
+    assert r.returncode == 2 and not (tmp_path / "out").exists(), r.stderr
+    line = one_error_line(r, str(folder), "is a folder")
+    assert "Is a directory" not in line and "--overwrite to replace" not in line
+
+
+# --------------------------------------------------------------------------- 10, 11: OUTPUT checked up front
+
+@pytest.mark.parametrize("where", ["existing-file", "below-a-file", "folder-input-onto-file"])
+def test_output_that_is_or_lies_below_a_file_exits_2_before_work(weights, tmp_path, where):
+    src = folder_of(tmp_path, 2)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    args = {"existing-file": [src / "img00.png", notes], "below-a-file": [src / "img00.png", notes / "out"],
+            "folder-input-onto-file": [src, notes]}[where]
+    before = tree(tmp_path)
+    r = irae("restore", "--task", "denoise", "--weights", weights["tiny"], *args)
+    assert r.returncode == 2, r.stderr
+    one_error_line(r, str(notes))
+    assert len(r.stderr.splitlines()) == 1 and tree(tmp_path) == before
+
+
+def test_unwritable_output_folder_exits_2_before_work(weights, tmp_path):
+    prefix = unprivileged()
+    src = folder_of(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    try:
+        out.chmod(0o555)
+        locked.chmod(0o555)
+        for args in ([src, out], [src, locked / "new"], [src, tmp_path / "ok", "--report", locked / "r.jsonl"]):
+            t0 = time.monotonic()
+            r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], *args, prefix=prefix)
+            assert r.returncode == 2, r.stderr
+            one_error_line(r, "not writable")
+            assert "restored" not in r.stderr and time.monotonic() - t0 < 60
+        assert list(out.iterdir()) == [] and list(locked.iterdir()) == [] and not (tmp_path / "ok").exists()
+    finally:
+        out.chmod(0o755)
+        locked.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- 12: animated and multi-page files
+
+def test_multi_frame_files_are_refused_per_file_never_cut_silently(weights, tmp_path):
+    src = folder_of(tmp_path, 1)
+    frames = [photo(n) for n in ("astronaut_128.png", "coffee_128.png", "chelsea_128.png")]
+    frames[0].save(src / "pages.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(src / "anim.png", save_all=True, append_images=frames[1:])  # APNG
+    frames[0].save(src / "moving.webp", save_all=True, append_images=frames[1:], lossless=True)
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    for name, kind in (("pages.tif", "3 pages"), ("anim.png", "3 frames"), ("moving.webp", "3 frames")):
+        one_error_line(r, str(src / name), kind)
+        assert not (tmp_path / "out" / name).exists()
+    assert (tmp_path / "out" / "img00.png").is_file()
+
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], gif, tmp_path / "out-gif")
+    assert r.returncode == 1, r.stderr
+    one_error_line(r, str(gif), "3 frames")
+    assert not list((tmp_path / "out-gif").glob("*")) if (tmp_path / "out-gif").exists() else True
+
+    r = irae("degrade", "--task", "denoise", "--sigma", "25", src, tmp_path / "set")
+    assert r.returncode == 1, r.stderr
+    one_error_line(r, str(src / "pages.tif"), "pages")
+
+
+# --------------------------------------------------------------------------- 13: Ctrl-C and the report
+
+def test_every_file_written_before_ctrl_c_has_its_report_line(weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):  # noise compresses slowly at PNG level 9: writes are still in flight at Ctrl-C
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:02d}.png")
+    out, report = tmp_path / "out", tmp_path / "r.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "irae_cli", "restore", "--task", "denoise", "--weights",
+                          str(weights["denoise"]), str(src), str(out), "--report", str(report), "--png-level", "9",
+                          "-j", "2", "-b", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.is_dir() or len(list(out.glob("*.png"))) < 6):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    written = {str(q) for q in out.glob("*.png")}
+    recorded = {json.loads(line)["output"] for line in report.read_text().splitlines()
+                if json.loads(line)["status"] == "ok"}
+    assert written == recorded and len(written) >= 6
+    assert not list(out.glob(".*irae-tmp*"))
+
+
+# --------------------------------------------------------------------------- 14, also: resuming after a kill
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_skip_existing_removes_stale_temp_files_and_redoes_empty_outputs(weights, tmp_path):
+    src = folder_of(tmp_path, 3)
+    (src / "sub").mkdir()
+    photo().save(src / "sub" / "deep.png")
+    out = tmp_path / "out"
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, out)
+    assert r.returncode == 0, r.stderr
+    done = tree(out)
+    dead = _dead_pid()
+    stale = [out / f".img00.png.irae-tmp-{dead}-7f3a", out / "sub" / f".deep.png.irae-tmp-{dead}-1"]
+    live = out / f".img01.png.irae-tmp-{os.getpid()}-2b"  # a run still writing: not ours to remove
+    others = [out / ".img02.png.tmp-1", out / "notes.irae-tmp-1-1", tmp_path / f".x.png.irae-tmp-{dead}-1"]
+    for f in stale + [live] + others:
+        f.write_bytes(b"partial")
+    (out / "img02.png").write_bytes(b"")  # a 0-byte output is not a finished one
+    report = tmp_path / "r.jsonl"
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, out, "--skip-existing",
+             "--report", report)
+    assert r.returncode == 0, r.stderr
+    assert not any(f.exists() for f in stale)
+    assert live.exists() and all(f.exists() for f in others)
+    now = tree(out)
+    assert set(now) == set(done) | {live.name, ".img02.png.tmp-1", "notes.irae-tmp-1-1"}
+    assert all(now[k] == done[k] for k in done if k != "img02.png")  # the finished outputs were left alone
+    assert Image.open(out / "img02.png").size == (64, 64)
+    records = {Path(json.loads(x)["input"]).name: json.loads(x) for x in report.read_text().splitlines()}
+    assert records["img02.png"]["status"] == "ok" and "empty" in " ".join(records["img02.png"]["notes"])
+    assert [records[n]["status"] for n in ("img00.png", "img01.png", "deep.png")] == ["skipped"] * 3
+
+
+# --------------------------------------------------------------------------- 3: the report's disk fills up
+
+def test_report_disk_full_keeps_restoring_and_exits_1(weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(24):
+        photo(size=32).save(src / f"image-with-a-long-name-{i:03d}.png")
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk, leave=4096)
+        report = disk / "run.jsonl"
+        r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out",
+                 "--report", report)
+        assert r.returncode == 1, r.stderr
+        line = one_error_line(r, str(report), "No space left on device")
+        assert "irae: error:" in line and "restored 24, skipped 0, failed 0" in r.stderr
+        lines = report.read_text().splitlines()
+        assert 0 < len(lines) < 24 and all(json.loads(x)["status"] == "ok" for x in lines)
+        assert report.read_text().endswith("\n")
+    assert len(list((tmp_path / "out").glob("*.png"))) == 24
