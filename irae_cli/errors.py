@@ -64,8 +64,11 @@ def io_reason(e: BaseException) -> str:
     """The operating system's words for a failed read or write ('No space left on device'), else the first line."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
+    import re
+
     text = str(e)
-    for marker in ('message: "', "message: '"):  # safetensors wraps the io::Error: ... message: "No space ..."
-        if marker in text:
-            return text.split(marker, 1)[1].split(marker[-1], 1)[0]
+    # safetensors wraps Rust's io::Error: "... I/O error: No space left on device (os error 28)"
+    m = re.search(r'I/O error: (.+?) \(os error \d+\)|message: "([^"]+)"', text)
+    if m:
+        return m.group(1) or m.group(2)
     return text.splitlines()[0] if text else type(e).__name__

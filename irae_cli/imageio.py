@@ -662,7 +662,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temp_files(folders, *, recursive: bool = False) -> list[Path]:
+def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pattern = TEMP_NAME) -> list[Path]:
     """Delete ``.NAME.irae-tmp-PID-*`` files whose writer is gone (killed mid-write) in ``folders``.
 
     Only irae's own temp-file pattern is touched, and only when the process that
@@ -679,8 +679,9 @@ def remove_stale_temp_files(folders, *, recursive: bool = False) -> list[Path]:
                 except OSError:
                     continue
             for name in names:
-                m = TEMP_NAME.fullmatch(name)
-                if m is None or _pid_alive(int(m["pid"])):
+                m = pattern.fullmatch(name)
+                pid = next((v for k, v in m.groupdict().items() if k.startswith("pid") and v), None) if m else None
+                if pid is None or _pid_alive(int(pid)):
                     continue
                 path = Path(top) / name
                 try:

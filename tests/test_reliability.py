@@ -558,3 +558,49 @@ def test_report_disk_full_keeps_restoring_and_exits_1(weights, tmp_path):
         assert 0 < len(lines) < 24 and all(json.loads(x)["status"] == "ok" for x in lines)
         assert report.read_text().endswith("\n")
     assert len(list((tmp_path / "out").glob("*.png"))) == 24
+
+
+# --------------------------------------------------------------------------- 1: irae train on a full disk
+
+@pytest.fixture(scope="module")
+def train_photos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("train-photos")
+    for name in ("astronaut_128.png", "coffee_128.png"):
+        shutil.copy(DATA / name, d / name)
+    return d
+
+
+def test_train_refuses_up_front_when_the_outputs_cannot_fit(train_photos, tmp_path):
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk, leave=57 * 1024)
+        t0 = time.monotonic()
+        r = irae("train", train_photos, "--arch", "tiny", "--steps", "3", "--patch", "16", "--batch-size", "2",
+                 "--out", disk / "w.safetensors")
+        assert r.returncode == 2, r.stderr
+        line = one_error_line(r, str(disk), "free")
+        assert "w.safetensors" in line and "w.ckpt.safetensors" in line
+        assert sorted(p.name for p in disk.iterdir()) == ["filler.bin"]
+        assert time.monotonic() - t0 < 60
+
+
+def test_train_disk_full_at_save_keeps_what_fits_and_says_so(train_photos, tmp_path, monkeypatch):
+    """The up-front check passed (space was taken meanwhile): the checkpoint fails, the smaller weights are saved."""
+    from irae_cli import train as tr
+
+    monkeypatch.setattr(tr, "check_output_space", lambda *a, **k: None, raising=False)
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk, leave=320 * 1024)  # room for the weights (~160 KB) and the log, not the checkpoint (~650 KB)
+        notes = []
+        session = tr.Session(data=train_photos, out=disk / "w.safetensors", quiet=True, echo=notes.append,
+                             checkpoint_every=0)
+        with pytest.raises(Exception) as e:
+            tr.train(session, {"arch": "tiny", "steps": 3, "patch": 16, "batch_size": 2})
+        assert type(e.value).__name__ == "SaveError", e.value
+        msg = str(e.value)
+        assert "\n" not in msg and str(disk / "w.ckpt.safetensors") in msg and "No space left on device" in msg
+        assert f"saved: {disk / 'w.safetensors'}" in msg and e.value.exit_code == 1
+        assert sorted(p.name for p in disk.iterdir()) == ["filler.bin", "w.log.json", "w.safetensors"]  # no temp files
+        from irae_cli.weights import load_weights
+
+        assert load_weights(disk / "w.safetensors").training["steps"] == 3
+        assert len([n for n in notes if "w.ckpt.safetensors" in n]) == 1
