@@ -42,7 +42,7 @@ from PIL import Image
 from . import __version__
 from . import degrade as D
 from .errors import ImageError, IraeError
-from .imageio import Source, atomic_write_bytes, discover, read_image
+from .imageio import Source, atomic_write_bytes, discover, read_image, remove_stale_temp_files
 from .tasks import INPAINT_FILL, TASKS, get_task
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -113,6 +113,9 @@ def build_levels(task: str, *, sigma: list[tuple[float, float]] | None = None, n
         for lo, hi in sigma or DEFAULT_SIGMAS:
             if lo < 0:
                 raise IraeError(f"--sigma: {lo:g} is negative")
+            if hi > 255:
+                raise IraeError(f"--sigma {hi:g} is beyond the 0-255 scale (255 is already noise as strong as the "
+                                f"whole range of an 8-bit image); give sigma on the 0-255 scale, e.g. 15,25,50")
             name = f"sigma{_num(lo)}" if lo == hi else f"sigma{_num(lo)}-{_num(hi)}"
             params = {"sigma": lo} if lo == hi else {"sigma_range": [lo, hi]}
             levels.append(Level(name, "denoise", {**params, "protocol": protocol}))
@@ -444,6 +447,8 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
         return result
 
     writer = _Writer(out, policy)
+    if out.is_dir():  # what a killed earlier run left mid-write (.NAME.irae-tmp-PID-*, its process gone)
+        remove_stale_temp_files([out], recursive=True)
     versions = library_versions()
     if on_start:
         on_start(len(sources))

@@ -604,3 +604,76 @@ def test_train_disk_full_at_save_keeps_what_fits_and_says_so(train_photos, tmp_p
 
         assert load_weights(disk / "w.safetensors").training["steps"] == 3
         assert len([n for n in notes if "w.ckpt.safetensors" in n]) == 1
+
+
+# --------------------------------------------------------------------------- also: sigma above 255
+
+@pytest.mark.parametrize("args", [
+    ["degrade", "--task", "denoise", "--sigma", "300", "IN", "OUT"],
+    ["degrade", "--task", "denoise", "--sigma", "0-256", "IN", "OUT"],
+    ["benchmark", "quality", "--task", "denoise", "--sigma", "25,300", "IN"],
+    ["train", "IN", "--sigma", "0-300", "--steps", "1", "--out", "OUT/w.safetensors"],
+])
+def test_sigma_above_255_is_a_usage_error(tmp_path, args, weights):
+    src = folder_of(tmp_path, 1)
+    r = irae(*[str(src) if a == "IN" else str(tmp_path / "out") if a == "OUT" else
+               str(tmp_path / "out" / "w.safetensors") if a == "OUT/w.safetensors" else a for a in args],
+             *(["--weights", weights["denoise"]] if args[0] == "benchmark" else []))
+    assert r.returncode == 2, r.stderr
+    one_error_line(r, "--sigma", "0-255")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- also: masks between 0 and 255
+
+def test_mask_values_between_0_and_255_warn_once_per_file(weights, tmp_path):
+    src = folder_of(tmp_path, 2)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    soft = np.zeros((64, 64), np.uint8)
+    soft[10:20, 10:20] = 255
+    soft[30:40, 30:40] = 200  # >= 128: a hole
+    soft[50:60, 50:60] = 100  # < 128: known
+    Image.fromarray(soft).save(masks / "img00.png")
+    hard = np.zeros((64, 64), np.uint8)
+    hard[5:15, 5:15] = 255
+    Image.fromarray(hard).save(masks / "img01.png")
+    r = irae("restore", "--task", "inpaint", "--weights", weights["inpaint"], "--masks", masks, src, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    line = one_error_line(r, str(masks / "img00.png"))
+    assert "warning" in line and "200 mask pixel(s)" in line and ">= 128 are holes" in line
+    assert not lines_with(r, str(masks / "img01.png"))
+    out = np.asarray(Image.open(tmp_path / "out" / "img00.png")).astype(int)
+    inp = np.asarray(Image.open(src / "img00.png")).astype(int)
+    assert np.array_equal(out[50:60, 50:60], inp[50:60, 50:60])  # below half: known, kept exactly
+
+    alpha = tmp_path / "alpha"
+    alpha.mkdir()
+    rgba = np.dstack([np.asarray(photo()), np.full((64, 64), 255, np.uint8)])
+    rgba[0:8, 0:8, 3] = 0
+    rgba[20:30, 20:30, 3] = 60
+    Image.fromarray(rgba, "RGBA").save(alpha / "a.png")
+    r = irae("restore", "--task", "inpaint", "--weights", weights["inpaint"], "--mask-from", "alpha", alpha,
+             tmp_path / "out-alpha")
+    assert r.returncode == 0, r.stderr
+    line = one_error_line(r, str(alpha / "a.png"), "warning")
+    assert "100 alpha pixel(s)" in line and "below 128 is a hole" in line
+
+
+# --------------------------------------------------------------------------- also: symlinks out of the input folder
+
+def test_symlinks_out_of_the_input_folder_are_followed_and_never_written(weights, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    photo().save(outside / "far.png")
+    (outside / "sub").mkdir()
+    photo("coffee_128.png").save(outside / "sub" / "deep.png")
+    src = folder_of(tmp_path, 1)
+    (src / "link.png").symlink_to(outside / "far.png")
+    (src / "linked-folder").symlink_to(outside / "sub")
+    before = tree(outside)
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    made = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")}
+    assert made == {"img00.png", "link.png", "linked-folder/deep.png"}
+    assert not (tmp_path / "out" / "link.png").is_symlink() and tree(outside) == before
