@@ -42,7 +42,8 @@ from PIL import Image
 from . import __version__
 from . import degrade as D
 from .errors import ImageError, IraeError
-from .imageio import Source, atomic_write_bytes, discover, read_image, remove_stale_temp_files
+from .imageio import (Source, atomic_write_bytes, discover, folder_problem, read_image,
+                      remove_stale_temp_files)
 from .tasks import INPAINT_FILL, TASKS, get_task
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -387,6 +388,9 @@ def _check_paths(clean: Path, out: Path, policy: str) -> None:
                         f"folder (irae never writes into CLEAN)")
     if out.exists() and not out.is_dir():
         raise IraeError(f"{out}: exists and is not a folder")
+    problem = folder_problem(out)
+    if problem:
+        raise IraeError(problem)
     if policy == "new" and out.is_dir() and any(os.scandir(out)):
         raise IraeError(f"{out}: output folder is not empty; use --overwrite to replace files, "
                         f"--skip-existing to keep identical ones, or choose a new folder")

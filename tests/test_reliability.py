@@ -437,9 +437,14 @@ def test_unwritable_output_folder_exits_2_before_work(weights, tmp_path):
     try:
         out.chmod(0o555)
         locked.chmod(0o555)
-        for args in ([src, out], [src, locked / "new"], [src, tmp_path / "ok", "--report", locked / "r.jsonl"]):
+        for args in (["restore", src, out], ["restore", src, locked / "new"],
+                     ["restore", src, tmp_path / "ok", "--report", locked / "r.jsonl"],
+                     ["degrade", "--task", "denoise", src, locked / "set"],
+                     ["train", src, "--arch", "cnn-tiny", "--steps", "1", "--out", locked / "w.safetensors"]):
             t0 = time.monotonic()
-            r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], *args, prefix=prefix)
+            if args[0] == "restore":
+                args = [*args, "--task", "denoise", "--weights", weights["denoise"]]
+            r = irae(*args, prefix=prefix)
             assert r.returncode == 2, r.stderr
             one_error_line(r, "not writable")
             assert "restored" not in r.stderr and time.monotonic() - t0 < 60
