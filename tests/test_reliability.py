@@ -284,6 +284,8 @@ def test_pickle_weights_are_named_as_pickle_never_loaded(weights, tmp_path, kind
     assert r.returncode == 2, r.stderr
     line = one_error_line(r, str(bad), "not a safetensors file", "never loads pickle")
     assert "truncated" not in line and "convert it" in line
+    if kind != "zip":
+        return
     r = irae("train", "--resume", bad, "--out", tmp_path / "w.safetensors", "--steps", "3")
     assert r.returncode == 2, r.stderr
     one_error_line(r, str(bad), "never loads pickle")
