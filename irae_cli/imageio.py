@@ -642,12 +642,13 @@ def folder_problem(folder: str | Path, what: str = "output folder") -> str | Non
 
 
 def free_bytes(folder: str | Path) -> int | None:
-    """Bytes free to an unprivileged writer on the file system that holds ``folder`` (or would); None if unknown."""
+    """Bytes this process may still write on the file system that holds ``folder`` (or would); None if unknown."""
     try:
         st = os.statvfs(existing_ancestor(folder))
     except (OSError, AttributeError):
         return None
-    return st.f_bavail * st.f_frsize
+    root = hasattr(os, "geteuid") and os.geteuid() == 0  # root may use the blocks reserved for it
+    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
 
 
 def _pid_alive(pid: int) -> bool:
