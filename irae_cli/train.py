@@ -1056,14 +1056,13 @@ def check_outputs(out: Path, ckpt: Path, log: Path, *, overwrite: bool, run_id: 
     return earlier_log
 
 
-def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, model_config: dict | None,
-                       echo) -> None:
+def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, model_config: dict | None) -> None:
     """Before training: the output folders are writable and have room for the weights, checkpoint and log.
 
     Also removes what a killed earlier run left of these three files'
     temporary copies (``.NAME.tmp-PID`` of a process that is gone).
     """
-    from .imageio import folder_problem, free_bytes, remove_stale_temp_files
+    from .imageio import existing_ancestor, folder_problem, free_bytes, remove_stale_temp_files
     from .model import config_from_dict, create_model
 
     for path, what in ((out, "--out"), (ckpt, "--checkpoint"), (log, "--log")):
@@ -1080,8 +1079,6 @@ def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, mo
     needs = {out: state, ckpt: state * (2 if config.ema > 0 else 1) + 2 * params, log: 4096}
     by_fs: dict[int, list[Path]] = {}
     for path in needs:
-        from .imageio import existing_ancestor
-
         try:
             by_fs.setdefault(os.stat(existing_ancestor(path.parent)).st_dev, []).append(path)
         except OSError:
@@ -1203,8 +1200,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     if dist_ctx.main:  # only rank 0 writes, so only rank 0 asks (others would race with its first writes)
         earlier_log = check_outputs(out, ckpt_path, log_path, overwrite=session.overwrite,
                                     run_id=run_id if ckpt_data else None, resume=session.resume)
-        check_output_space(out, ckpt_path, log_path, config, ckpt_data["meta"]["model_config"] if ckpt_data else None,
-                           quiet_echo)
+        check_output_space(out, ckpt_path, log_path, config, ckpt_data["meta"]["model_config"] if ckpt_data else None)
     if session.stop_at is not None and session.stop_at < 1:
         raise IraeError(f"--stop-at must be at least 1, not {session.stop_at}")
 

@@ -37,7 +37,8 @@ def _progress():
 
     def tick(image: str) -> None:
         count[0] += 1
-        print(f"\rirae: {count[0]} image(s) scored, last {one_line(image)[-60:]}\033[K", end="", file=sys.stderr, flush=True)
+        print(f"\rirae: {count[0]} image(s) scored, last {one_line(image)[-60:]}\033[K", end="", file=sys.stderr,
+              flush=True)
 
     return tick
 

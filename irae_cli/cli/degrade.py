@@ -120,7 +120,8 @@ def register(app: typer.Typer) -> None:
 
             n_img, n_lvl = len(result.sources), len(result.levels)
             if dry_run:
-                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into {one_line(out)}")
+                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into "
+                      f"{one_line(out)}")
                 for level in result.levels:
                     print(f"  {level.name}: {level.task} {level.params}")
                 return
@@ -129,9 +130,9 @@ def register(app: typer.Typer) -> None:
                 made = len(result.records) - result.carried
                 kept = f", {result.kept} identical file(s) kept" if result.kept else ""
                 carried = f" ({result.carried} from the earlier manifest)" if result.carried else ""
-                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in {one_line(out)}: "
-                      f"{result.written} file(s) written{kept}; {one_line(result.manifest)} lists {len(result.records)} "
-                      f"output(s){carried}", file=sys.stderr)
+                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in "
+                      f"{one_line(out)}: {result.written} file(s) written{kept}; {one_line(result.manifest)} lists "
+                      f"{len(result.records)} output(s){carried}", file=sys.stderr)
             if result.failures:
                 print(f"irae: {len(result.failures)} problem(s) with {failed_images} of {n_img} image(s), listed "
                       f"above; the manifest lists only complete outputs", file=sys.stderr)
