@@ -21,6 +21,7 @@ from .tasks import Task
 
 AUTO_TILE = 1024
 MIN_TILE = 64
+AUTO_OVERLAP = 32  # --tile-overlap when not given: this, or a quarter of a smaller tile
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("auto", "on", "off")
 # --compile auto compiles once the first batch shows that the rest of the run would take longer
@@ -113,7 +114,7 @@ class Restorer:
 
     def __init__(self, model: torch.nn.Module, task: Task, *, task_params: dict | None = None,
                  device: str | torch.device = "auto", dtype: str = "auto", tile: int | str = "auto",
-                 tile_overlap: int = 32, batch_size: int = 4, compile: str = "off",
+                 tile_overlap: int | None = None, batch_size: int = 4, compile: str = "off",
                  workload_megapixels: float | None = None, folded: bool = True) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.task = task
@@ -145,12 +146,19 @@ class Restorer:
         if 0 < tile < MIN_TILE:
             raise IraeError(f"--tile {tile} is too small; use at least {MIN_TILE}")
         self.tile = tile - tile % self.multiple if tile else 0
+        given_overlap = tile_overlap is not None
+        if not given_overlap:  # the default adapts, so every --tile from MIN_TILE up works without it
+            tile_overlap = min(AUTO_OVERLAP, self.tile // 4) if self.tile else AUTO_OVERLAP
         if tile_overlap < 0:
             raise IraeError(f"--tile-overlap {tile_overlap} must be >= 0")
         # Rounded up to the size multiple so every tile starts on the model's squeeze grid.
         self.overlap = -(-tile_overlap // self.multiple) * self.multiple
         if self.tile and 2 * self.overlap >= self.tile:
-            raise IraeError(f"--tile-overlap {tile_overlap} must be less than half the tile ({self.tile})")
+            if not given_overlap:
+                self.overlap = (self.tile // 4) // self.multiple * self.multiple
+            else:
+                raise IraeError(f"--tile-overlap {tile_overlap} must be less than half of --tile {tile}; "
+                                f"lower it or leave it out (default: {AUTO_OVERLAP}, or a quarter of a smaller tile)")
         self.batch_size = max(1, int(batch_size))
         self.stats = RunStats()
 

@@ -70,10 +70,11 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -736,8 +737,9 @@ def load_checkpoint(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise IraeError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e}); "
-                        f"it may be truncated") from None
+        from .weights import unreadable_safetensors
+
+        raise IraeError(unreadable_safetensors(path, e, "checkpoint")) from None
     if raw.get("format") != CHECKPOINT_FORMAT:
         hint = " (that is a weights file; resume from the .ckpt.safetensors next to it)" \
             if raw.get("format") == "irae-weights" else ""
@@ -747,8 +749,60 @@ def load_checkpoint(path: Path) -> dict:
         if k in ("format", "format_version", "irae_version"):
             meta[k] = v
         else:
-            meta[k] = json.loads(v)
+            try:
+                meta[k] = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise IraeError(f"{path}: checkpoint metadata field {k!r} is not valid JSON ({e.msg}); the file "
+                                f"was damaged or edited -- resume from another checkpoint or start a new run") from None
+    problem = _checkpoint_problem(tensors, meta)
+    if problem:
+        raise IraeError(f"{path}: unusable checkpoint: {problem}; the file was damaged or edited -- resume from "
+                        f"another checkpoint or start a new run")
     return {"tensors": tensors, "meta": meta}
+
+
+def _checkpoint_problem(tensors: dict, meta: dict) -> str | None:
+    """What in a checkpoint would make --resume fail half-way (wrong fields, tensor shapes), or None."""
+    from .model import config_from_dict, create_model
+
+    kinds = {"config": dict, "model_config": dict, "step": int, "patches_seen": int, "train_seconds": (int, float),
+             "run_id": str, "data": dict, "optimizer": dict}
+    for key, kind in kinds.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"metadata field {key!r} is missing or of the wrong type"
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        model = create_model(config_from_dict(meta["model_config"]))
+    except (KeyError, ValueError, TypeError, AttributeError, IraeError) as e:
+        return f"metadata fields 'config'/'model_config' do not describe a model ({str(e).splitlines()[0]})"
+    expected = model.state_dict()
+    for prefix in ("model.", "ema.") if config.ema > 0 else ("model.",):
+        got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if set(got) != set(expected):
+            missing = sorted(set(expected) - set(got))
+            return f"the {prefix[:-1]} tensors do not match the {config.arch} model ({len(missing)} missing, " \
+                   f"{len(set(got) - set(expected))} unexpected)"
+        for k, v in expected.items():
+            if tuple(got[k].shape) != tuple(v.shape):
+                return f"tensor {prefix}{k} has shape {tuple(got[k].shape)}, the {config.arch} model needs " \
+                       f"{tuple(v.shape)}"
+    params = list(model.parameters())
+    groups = meta["optimizer"].get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
+            and len(groups[0].get("params", [])) == len(params)):
+        return "the optimizer state does not match the model's parameters"
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            parts = name.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+                return f"optimizer tensor {name} belongs to no parameter of the model"
+            if parts[2] in ("exp_avg", "exp_avg_sq") and tuple(t.shape) != tuple(params[int(parts[1])].shape):
+                return f"optimizer tensor {name} has shape {tuple(t.shape)}, its parameter " \
+                       f"{tuple(params[int(parts[1])].shape)}"
+    torch_state = tensors.get("rng.torch")
+    if torch_state is None or torch_state.dtype != torch.uint8 or torch_state.shape != torch.get_rng_state().shape:
+        return "the random-generator state rng.torch is missing or malformed"
+    return None
 
 
 # --------------------------------------------------------------------------- validation
@@ -1009,6 +1063,72 @@ def check_outputs(out: Path, ckpt: Path, log: Path, *, overwrite: bool, run_id: 
     return earlier_log
 
 
+def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, model_config: dict | None) -> None:
+    """Before training: the output folders are writable and have room for the weights, checkpoint and log.
+
+    Also removes what a killed earlier run left of these three files'
+    temporary copies (``.NAME.tmp-PID`` of a process that is gone).
+    """
+    from .imageio import existing_ancestor, folder_problem, free_bytes, remove_stale_temp_files
+    from .model import config_from_dict, create_model
+
+    for path, what in ((out, "--out"), (ckpt, "--checkpoint"), (log, "--log")):
+        problem = folder_problem(path.parent, f"{what} folder")
+        if problem:
+            raise IraeError(problem)
+    pattern = re.compile("|".join(rf"\.(?P<name{i}>{re.escape(p.name)})\.tmp-(?P<pid{i}>\d+)"
+                                  for i, p in enumerate((out, ckpt, log))), re.S)
+    remove_stale_temp_files({p.parent for p in (out, ckpt, log) if p.parent.is_dir()}, pattern=pattern)
+    model = create_model(config_from_dict(model_config) if model_config else config.arch)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Tensors only (metadata adds a few KB): weights = the model; checkpoint = model, EMA, Adam's two moments.
+    needs = {out: state, ckpt: state * (2 if config.ema > 0 else 1) + 2 * params, log: 4096}
+    by_fs: dict[int, list[Path]] = {}
+    for path in needs:
+        try:
+            by_fs.setdefault(os.stat(existing_ancestor(path.parent)).st_dev, []).append(path)
+        except OSError:
+            continue
+    for paths in by_fs.values():
+        free = free_bytes(paths[0].parent)
+        need = sum(needs[p] for p in paths)
+        if free is not None and free < need:
+            names = ", ".join(str(p) for p in paths)
+            raise IraeError(f"{paths[0].parent}: only {_kib(free)} free, but {names} need{'s' * (len(paths) == 1)} "
+                            f"about {_kib(need)}; free some space or choose another folder (nothing was trained)")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+@contextmanager
+def _save_attempt(path: Path, failures: dict, echo):
+    """Write one output; on failure (disk full, ...) note it once, keep training/saving the rest, and go on."""
+    from safetensors import SafetensorError
+
+    from .errors import io_reason
+
+    try:
+        yield
+        failures.pop(path, None)
+    except (OSError, SafetensorError) as e:
+        reason = io_reason(e)
+        if failures.get(path) != reason:
+            echo(f"irae: warning: {path}: cannot write ({reason}); the earlier copy, if any, is intact")
+        failures[path] = reason
+
+
+def _raise_save_failures(failures: dict, saved: list[Path], step: int) -> None:
+    from .errors import SaveError
+
+    failed = "; ".join(f"{p}: cannot write ({reason})" for p, reason in failures.items())
+    kept = f"saved: {', '.join(map(str, saved))}" if saved else "nothing was saved"
+    raise SaveError(f"{failed} -- {kept} (step {step}); free some space or choose another --out, then train again "
+                    f"or --resume from an intact checkpoint")
+
+
 def _ckpt_run_id(path: Path) -> str | None:
     try:
         from safetensors import safe_open
@@ -1051,7 +1171,9 @@ def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
 
 
 def _default_echo(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .errors import one_line
+
+    print(one_line(msg), file=sys.stderr, flush=True)
 
 
 def train(session: Session, given: dict | None = None) -> TrainResult:
@@ -1094,6 +1216,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     if dist_ctx.main:  # only rank 0 writes, so only rank 0 asks (others would race with its first writes)
         earlier_log = check_outputs(out, ckpt_path, log_path, overwrite=session.overwrite,
                                     run_id=run_id if ckpt_data else None, resume=session.resume)
+        check_output_space(out, ckpt_path, log_path, config, ckpt_data["meta"]["model_config"] if ckpt_data else None)
     if session.stop_at is not None and session.stop_at < 1:
         raise IraeError(f"--stop-at must be at least 1, not {session.stop_at}")
 
@@ -1215,19 +1338,24 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             state.update({f"{k}.rank0": v for k, v in mine.items()})
         return state
 
+    save_failures: dict[Path, str] = {}  # files whose last write failed (disk full, ...): reported at the end
+
     def write_checkpoint() -> None:
         rng = rng_state()  # collective under DDP: every rank takes part
         if not dist_ctx.main:
             return
-        save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer, rng=rng, meta={
-            "config": config.to_dict(), "model_config": json.loads(config_to_json(model.config)),
-            "step": step, "patches_seen": patches_seen, "train_seconds": train_seconds + (time.monotonic() - t_run),
-            "run_id": run_id, "data": data.description, "world_size": dist_ctx.world, "sessions": sessions,
-            "task_params": task_params})
+        with _save_attempt(ckpt_path, save_failures, quiet_echo):
+            save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer, rng=rng, meta={
+                "config": config.to_dict(), "model_config": json.loads(config_to_json(model.config)),
+                "step": step, "patches_seen": patches_seen,
+                "train_seconds": train_seconds + (time.monotonic() - t_run),
+                "run_id": run_id, "data": data.description, "world_size": dist_ctx.world, "sessions": sessions,
+                "task_params": task_params})
 
     def write_log() -> None:
         if dist_ctx.main:
-            _atomic_write_text(log_path, json.dumps(log, indent=1, default=str) + "\n")
+            with _save_attempt(log_path, save_failures, quiet_echo):
+                _atomic_write_text(log_path, json.dumps(log, indent=1, default=str) + "\n")
 
     log_every = session.log_every or (max(1, min(100, config.steps // 20)) if config.steps else 50)
     val_every = session.val_every if session.val_every is not None else DEFAULT_VAL_EVERY
@@ -1426,7 +1554,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         }
         final = create_model(config.arch)
         final.load_state_dict(ema.state_dict() if ema is not None else model.state_dict())
-        sha = save_weights(final, out, task=config.task, task_params=task_params, training=result_summary)
+        with _save_attempt(out, save_failures, quiet_echo):  # tried even when the (larger) checkpoint failed
+            sha = save_weights(final, out, task=config.task, task_params=task_params, training=result_summary)
         log["summary"] = {**result_summary, "out": str(out), "sha256": sha}
         write_log()
     if dist_ctx.active:
@@ -1434,6 +1563,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
 
         dist.barrier()
         dist.destroy_process_group()
+    if save_failures:
+        _raise_save_failures(save_failures, [p for p in (out, ckpt_path, log_path) if p not in save_failures], step)
     if stopped == "interrupted":
         raise KeyboardInterrupt
     return TrainResult(out=out, checkpoint=ckpt_path, log=log_path, sha256=sha, steps=step,

@@ -14,7 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import parse_list, parse_range, user_errors
+from ..errors import one_line
+from ._common import parse_list, parse_names, parse_range, user_errors
 
 sub = typer.Typer(
     name="benchmark",
@@ -36,7 +37,8 @@ def _progress():
 
     def tick(image: str) -> None:
         count[0] += 1
-        print(f"\rirae: {count[0]} image(s) scored, last {image[-60:]}\033[K", end="", file=sys.stderr, flush=True)
+        print(f"\rirae: {count[0]} image(s) scored, last {one_line(image)[-60:]}\033[K", end="", file=sys.stderr,
+              flush=True)
 
     return tick
 
@@ -53,7 +55,7 @@ def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> 
     console.width = max(console.width, natural)
     console.print(table)
     for f in result.get("failures", []):
-        print(f"irae: error: {f['error']}", file=sys.stderr)
+        print(f"irae: error: {one_line(f['error'])}", file=sys.stderr)
     if json_path is not None:
         write_json(result, json_path, overwrite=overwrite)
     return 1 if result.get("failures") else 0
@@ -116,7 +118,7 @@ def quality_cmd(
         result = run_quality(
             source, task=task, weights=weights, compare=parse_compare(compare),
             sigmas=parse_list(sigma, float, "--sigma") or None, qualities=parse_list(quality, int, "--quality") or None,
-            masks=[m.strip() for m in mask.split(",") if m.strip()] if mask else None,
+            masks=parse_names(mask, "--mask"),
             hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
             noise_protocol=noise_protocol, seed=seed,
             device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop,
@@ -161,7 +163,7 @@ def speed_cmd(
                        compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
                        channels_last=channels_last, baseline=baseline)
         for note in result["notes"]:
-            print(f"irae: note: {note}", file=sys.stderr)
+            print(f"irae: note: {one_line(note)}", file=sys.stderr)
         code = _finish(result, speed_table(result), json_path, overwrite)
     raise typer.Exit(code)
 

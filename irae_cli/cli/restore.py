@@ -54,8 +54,9 @@ def register(app: typer.Typer) -> None:
                                          "(auto: only when the run is long enough to repay the compile time)."),
         tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; 0 = whole "
                                  "image; auto = 1024, halved on out-of-memory."),
-        tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles, blended "
-                                         "linearly."),
+        tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Overlap between tiles, "
+                                                   "blended linearly (default: 32, or a quarter of a smaller "
+                                                   "--tile).", show_default=False),
         batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images (or tiles) of equal size per "
                                        "batch."),
         workers: int = typer.Option(0, "--workers", "-j", help="Threads for decoding and for encoding "

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ._common import parse_range, user_errors
+from ..errors import one_line
+from ._common import parse_names, parse_range, user_errors
 
 HELP = """Train a restoration model on patches of your photos (or a .safetensors pack).
 
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
                 "noise_protocol": noise_protocol,
                 "quality": parse_range(quality, int, "--quality") if quality is not None else None,
                 "subsampling": subsampling,
-                "masks": tuple(m.strip() for m in mask.split(",") if m.strip()) if mask is not None else None,
+                "masks": tuple(parse_names(mask, "--mask")) if mask is not None else None,
                 "hole_range": parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
             }
             given = {k: v for k, v in given.items() if v is not None}
@@ -117,11 +118,11 @@ def register(app: typer.Typer) -> None:
             if result.sha256 is None:  # a non-zero rank under torchrun: rank 0 reports
                 return
             planned = f"/{result.steps_planned}" if result.steps_planned else ""
-            typer.echo(f"saved {result.out} (sha256 {result.sha256[:12]}): step {result.steps}{planned}, "
+            typer.echo(f"saved {one_line(result.out)} (sha256 {result.sha256[:12]}): step {result.steps}{planned}, "
                        f"{result.patches_seen:,} patches, {result.minutes:.2f} min on {result.device}; "
                        f"stopped: {result.stopped}")
             if result.val:
                 levels = "; ".join(f"{name} {v['psnr_rgb_u8']:.2f} dB (input {v['input_psnr_rgb_u8']:.2f})"
                                    for name, v in result.val.items())
                 typer.echo(f"validation psnr_rgb_u8: {levels}")
-            typer.echo(f"checkpoint {result.checkpoint}; log {result.log}")
+            typer.echo(f"checkpoint {one_line(result.checkpoint)}; log {one_line(result.log)}")
