@@ -400,6 +400,15 @@ def image_size(path: str | Path) -> tuple[int, int, int] | None:
         return None
 
 
+def image_pixels(path: str | Path) -> int | None:
+    """Width x height from the header alone, silently (no EXIF read, no warning); None if unreadable."""
+    try:
+        with _open(Path(path), load=False) as img:
+            return img.size[0] * img.size[1]
+    except (ImageError, OSError, ValueError, SyntaxError, struct.error, EOFError):
+        return None
+
+
 # --- masks ---------------------------------------------------------------------------------------
 
 def find_mask(mask_root: str | Path, rel: Path) -> Path | None:

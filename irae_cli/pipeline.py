@@ -25,7 +25,8 @@ from typing import TextIO
 
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError, io_reason, one_line
 from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
-                      folder_problem, image_size, output_suffix, remove_stale_temp_files, set_warning_handler)
+                      folder_problem, image_pixels, image_size, output_suffix, remove_stale_temp_files,
+                      set_warning_handler)
 
 OUTPUT_FORMATS = ("auto", "same", *FORMATS)
 # A batch never holds more than this many pixels (large images go one at a time and are tiled).
@@ -509,8 +510,7 @@ def _workload_megapixels(jobs: list[Job]) -> float | None:
     if not jobs:
         return None
     stride = max(1, len(jobs) // WORKLOAD_SAMPLE)
-    sizes = [image_size(j.source.path) for j in jobs[::stride]]
-    sizes = [h * w for s in sizes if s for _, h, w in [s]]
+    sizes = [n for n in (image_pixels(j.source.path) for j in jobs[::stride]) if n]
     return len(jobs) * sum(sizes) / len(sizes) / 1e6 if sizes else None
 
 
