@@ -86,6 +86,7 @@ from PIL import Image
 from . import __version__
 from .degrade import (MASK_KINDS, SUBSAMPLING, add_gaussian_noise, derive_seed, jpeg_compress, quantize_u8,
                       random_mask)
+from .divergence import DivergenceGuard
 from .errors import IraeError
 from .tasks import Task, get_task
 
@@ -1253,6 +1254,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     # model, EMA, optimiser
     model = create_model(config.arch)
     step = 0
+    guard = DivergenceGuard()
     patches_seen = 0
     train_seconds = 0.0
     sessions = 1
@@ -1266,6 +1268,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         patches_seen = int(meta["patches_seen"])
         train_seconds = float(meta["train_seconds"])
         sessions = int(meta.get("sessions", 1)) + 1
+        guard.load_state(meta.get("divergence_guard"))
     model.to(device).train()
     ema = EMA(model, config.ema) if config.ema > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(step, config),
@@ -1350,6 +1353,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 "step": step, "patches_seen": patches_seen,
                 "train_seconds": train_seconds + (time.monotonic() - t_run),
                 "run_id": run_id, "data": data.description, "world_size": dist_ctx.world, "sessions": sessions,
+                "divergence_guard": guard.state(),
                 "task_params": task_params})
 
     def write_log() -> None:
@@ -1431,12 +1435,17 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 train_model = DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None)
 
-            lr = lr_at(step, config)
+            lr = lr_at(step, config) * guard.lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with whole_autocast():
                 restored = train_model(inp)
             loss = F.l1_loss(restored.float(), clean)
+            if _diverged(guard, loss, dist_ctx):
+                quiet_echo(guard.roll_back(model, optimizer, ema, step))
+                log.setdefault("rollbacks", []).append({"step": step, "lr_scale": guard.lr_scale})
+                continue
+            guard.after_good_check(model, optimizer, ema)
             objective = loss
             if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
                 objective = loss + config.inverse_gain_every * inverse_gain_penalty(
@@ -1571,6 +1580,18 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                        steps_planned=config.steps, patches_seen=patches_seen,
                        minutes=(train_seconds + session_seconds) / 60, stopped=stopped, val=final_val,
                        device=device_name(device), summary=result_summary or {})
+
+
+def _diverged(guard: DivergenceGuard, loss: torch.Tensor, dist_ctx: Dist) -> bool:
+    """The guard's verdict on this step's loss, the same on every rank (one host sync per step)."""
+    value = loss.detach().float()
+    if dist_ctx.active:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist_ctx.world
+    return guard.is_bad(float(value.item()))
 
 
 def _restore_rng(tensors: dict, meta: dict, data_gen: torch.Generator, host_gen: torch.Generator,

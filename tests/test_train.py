@@ -391,3 +391,57 @@ def test_inverse_gain_penalty_bounds_the_trained_inverse(tmp_path, photos):
     g_free = _inverse_gain(load_weights(free.out).model, photos_tensor())
     g_held = _inverse_gain(load_weights(held.out).model, photos_tensor())
     assert g_held < 0.8 * g_free, (g_held, g_free)
+
+
+def test_divergence_guard_rolls_back_and_halves_the_learning_rate():
+    from irae_cli.divergence import DivergenceError, DivergenceGuard
+    from irae_cli.model import create_model
+
+    model = create_model("tiny")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ema = tr.EMA(model, 0.9)
+    guard = DivergenceGuard(snapshot_every=3, max_rollbacks=2)
+    for _ in range(60):  # a steady loss builds the running mean; snapshots are taken as steps pass
+        assert not guard.is_bad(0.05)
+        guard.after_good_check(model, opt, ema)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(100.0)  # a step that wrecked the parameters
+    assert guard.is_bad(0.05 * 50) and guard.is_bad(float("nan"))
+    note = guard.roll_back(model, opt, ema, step=61)
+    assert "rolled back" in note and guard.lr_scale == 0.5 and guard.rollbacks == 1
+    assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
+    state = guard.state()
+    fresh = DivergenceGuard()
+    fresh.load_state(state)
+    assert fresh.lr_scale == 0.5 and fresh.rollbacks == 1 and fresh.mean == pytest.approx(0.05)
+    guard.roll_back(model, opt, ema, step=62)
+    with pytest.raises(DivergenceError, match="diverged 3 times"):
+        guard.roll_back(model, opt, ema, step=63)
+
+
+def test_a_diverging_run_is_rolled_back_and_finishes(tmp_path, monkeypatch):
+    """A run whose loss explodes once is rolled back in place and still writes its weights."""
+    from irae_cli import divergence
+
+    monkeypatch.setattr(divergence, "WARMUP_CHECKS", 5)
+    real = tr.F.l1_loss
+    calls = {"n": 0}
+
+    def l1_with_one_spike(a, b):
+        calls["n"] += 1
+        out = real(a, b)
+        return out * 1000 if calls["n"] == 12 else out
+
+    monkeypatch.setattr(tr.F, "l1_loss", l1_with_one_spike)
+    data = tmp_path / "photos"
+    data.mkdir()
+    shutil.copy(DATA / "astronaut_128.png", data / "a.png")
+    notes = []
+    result = tr.train(tr.Session(data=data, out=tmp_path / "w.safetensors", quiet=True, echo=notes.append),
+                      {"task": "denoise", "arch": "tiny", "steps": 20, "patch": 32, "batch_size": 2})
+    assert result.steps == 20
+    assert sum("rolled back" in n for n in notes) == 1
+    log = json.loads((tmp_path / "w.log.json").read_text())
+    assert log["rollbacks"] == [{"step": 11, "lr_scale": 0.5}]
