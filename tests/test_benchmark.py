@@ -277,6 +277,7 @@ def test_speed_folder_end_to_end_and_naive(work):
     assert s["model"]["mac_per_pixel"] > 0 and s["model"]["params"] > 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_speed_cuda_bf16_compile():
     s = bench.speed(arch="tiny", size=256, batch_size=2, dtype="bf16", device="cuda", compile=True, repeats=3)

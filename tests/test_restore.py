@@ -373,6 +373,7 @@ def test_option_errors(weights, tmp_path):
         plan_restore(tmp_path / "missing", tmp_path / "o", RestoreOptions(task="denoise"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_restore_and_batched_jpeg_decode(weights, tmp_path):
     from irae_cli.imageio import decode_jpegs_cuda, jpeg_for_gpu

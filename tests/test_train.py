@@ -322,6 +322,7 @@ def test_cli_minutes_stops_and_saves(tmp_path, photos):
     assert t["stopped"] == "time budget" and 1 <= t["steps"] < 100000
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training(tmp_path, photos):
     result = tr.train(tr.Session(data=photos, out=tmp_path / "g.safetensors", quiet=True, device="cuda",
