@@ -99,10 +99,12 @@ def bash(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def test_steps_are_capped_recorded_and_never_stop_the_script(tmp_path):
-    r = bash(f"step fails 10 false; step slow 1 sleep 5; "
+    r = bash(f"preflight {tmp_path}/pack.safetensors {ROOT}/tests/data; step fails 10 false; step slow 1 sleep 5; "
              f"need thing {tmp_path}/missing.safetensors && echo SHOULD-NOT-RUN; "
              f"step works 10 true; summary", tmp_path)
     assert r.returncode == 0, r.stderr
+    assert f"MISSING {tmp_path}/pack.safetensors (git-ignored: the device call must name it in carry)" in r.stdout
+    assert "steps that need a missing input are skipped" in r.stdout
     assert "== step fails: rc 1" in r.stdout and "stopped at its 1 s cap" in r.stdout
     assert "== skip thing:" in r.stdout and "missing.safetensors is missing" in r.stdout
     assert "SHOULD-NOT-RUN" not in r.stdout and "works: rc 0" in r.stdout
