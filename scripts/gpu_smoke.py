@@ -21,7 +21,6 @@ one, the one-line refusal of ``--device auto`` and a CPU-pinned gloo run).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -135,7 +134,8 @@ def c_nvjpeg_decode(dev: torch.device, args) -> str:
                 continue
             ref, _ = read_image(it.job.source.path)
             if tuple(ref.shape) != tuple(it.x.shape):
-                raise AssertionError(f"{it.job.source.rel.name}: shape {tuple(it.x.shape)} vs Pillow {tuple(ref.shape)}")
+                raise AssertionError(f"{it.job.source.rel.name}: shape {tuple(it.x.shape)} vs Pillow "
+                                     f"{tuple(ref.shape)}")
             worst = min(worst, psnr(it.x, ref))
         decoder = "nvJPEG" if dev.type == "cuda" else "torchvision CPU decoder (rehearsal)"
         if worst < 35:
