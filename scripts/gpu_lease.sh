@@ -25,10 +25,10 @@
 # in $WORK and packs it into $OUT after every step (scripts/lease_out.py; a run cut short keeps
 # the last complete pack):
 #   lease-TASK.log               the whole console log (live)
-#   lease-TASK.json              manifest: every file with size and sha256, anything left out
 #   lease-TASK.tar.gz.part00..   weights, checkpoints (~21 MiB each for paper presets), train logs,
-#                                quality/invertibility JSON, sheet, cards, smoke.json; <= 4 parts
-#   = at most 6 files. Take them apart here with:
+#                                quality/invertibility JSON, sheet, cards, smoke.json and a manifest
+#                                (every file's size and sha256, anything left out); <= 4 parts
+#   = at most 5 files (a paper-size rehearsal: 5 files, 49 MiB). Take them apart here with:
 #     python scripts/lease_out.py unpack FILES_AT out/lease
 #
 # Knobs (environment): MINUTES per model (1.2), PACK, VAL, ARCH / CNN (presets), DEVICE (cuda),

@@ -22,9 +22,9 @@
 # has, so the defaults are 128 patches at 64 px and 32 at 128 px (~15 GiB each), and training
 # halves its batch on out-of-memory anyway (the log's oom_halvings says so).
 #
-# $OUT (at most 8 files of 16 MiB come back): speed.log (live), speed.json (manifest) and
-# speed.tar.gz.part00 (model-*.json, folder.json, train-*.log.json, smoke.json): 3 files, which
-# leaves room for a lease run's 6 in the same $OUT. Take them apart here with
+# $OUT (at most 8 files of 16 MiB come back): speed.log (live) and speed.tar.gz.part00
+# (model-*.json, folder.json, train-*.log.json, smoke.json, a manifest): 2 files, which leaves room
+# for a lease run's 5 in the same $OUT. Take them apart here with
 #   python scripts/lease_out.py unpack FILES_AT out/speed
 #
 # Knobs (environment): ARCH (paper-denoise), DEVICE (cuda), SIZE (1024), BATCH (4), VAL, PACK,

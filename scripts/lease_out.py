@@ -9,12 +9,13 @@ works in a folder of its own and packs it into $OUT after every step:
     python scripts/lease_out.py unpack FILES_AT DEST           # on this side, after the run
     python scripts/lease_out.py check OUT                     # would the tool bring it all back?
 
-``pack`` writes ``NAME.tar.gz.partNN`` (a gzip'd tar of WORK cut into parts of at most 15 MiB) and
-``NAME.json`` (what is in it, with sizes and sha256, and what did not fit), replacing the previous
-pack of that NAME. It counts what other runs left in OUT, so two scripts can share one $OUT. When
-everything does not fit it leaves out the largest files first (checkpoints before weights before
-logs) and says so in NAME.json and on stdout. ``unpack`` checks each part's sha256, joins them
-and extracts WORK's files under DEST.
+``pack`` writes ``NAME.tar.gz.partNN``: a gzip'd tar of WORK, cut into parts of at most 15 MiB,
+whose first member ``NAME.manifest.json`` lists every file with its size and sha256 and what did
+not fit. It replaces the previous pack of that NAME, stages the new parts first (a run cut short
+mid-pack keeps a complete pack), and counts what other runs left in OUT, so two scripts can share
+one $OUT. When everything does not fit it leaves out the largest files first (checkpoints before
+weights before images before logs) and says so in the manifest and on stdout. ``unpack`` joins
+the parts of every pack it finds, extracts them under DEST/NAME and checks every file's sha256.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def _priority(path: Path) -> tuple:
 
 def pack(work: Path, out: Path, name: str, log: str | None = None, quiet: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    mine = re.compile(rf"^{re.escape(name)}\.(tar\.gz\.part\d\d|json)$")
+    mine = re.compile(rf"^{re.escape(name)}\.tar\.gz\.part\d\d$")
     others = [p for p in returned_files(out) if not mine.match(p.name)]
     other_bytes = sum(p.stat().st_size for p in others)
-    files_left = MAX_FILES - len(others) - 1  # NAME.json
+    files_left = MAX_FILES - len(others)
     bytes_left = MAX_TOTAL - other_bytes - MARGIN - 64 * 1024
     if log is not None and not any(p.name == log for p in others):
         files_left -= 1  # the live log, written (tee'd) beside the pack later
@@ -102,43 +103,39 @@ def pack(work: Path, out: Path, name: str, log: str | None = None, quiet: bool =
         else:
             dropped.append(p)
 
-    buf = io.BytesIO()
-    entries = []
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        for p in kept:
-            data = p.read_bytes()
-            rel = p.relative_to(work).as_posix()
-            info = tarfile.TarInfo(rel)
-            info.size, info.mtime = len(data), int(p.stat().st_mtime)
-            tar.addfile(info, io.BytesIO(data))
-            entries.append({"path": rel, "bytes": len(data), "sha256": sha256(data)})
-    blob = buf.getvalue()
-    chunks = [blob[i:i + PART] for i in range(0, len(blob), PART)] if kept else []
-    if len(chunks) > parts_max:  # cannot happen unless gzip grew the data; refuse rather than overflow
-        raise SystemExit(f"lease_out: {name}: {len(chunks)} parts needed, room for {parts_max}")
-
+    blobs = {p.relative_to(work).as_posix(): p.read_bytes() for p in kept}
     manifest = {
         "name": name, "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": entries, "left_out": [{"path": p.relative_to(work).as_posix(), "bytes": p.stat().st_size}
-                                        for p in dropped],
-        "parts": [{"file": f"{name}.tar.gz.part{i:02d}", "bytes": len(c), "sha256": sha256(c)}
-                  for i, c in enumerate(chunks)],
+        "files": [{"path": rel, "bytes": len(data), "sha256": sha256(data)} for rel, data in blobs.items()],
+        "left_out": [{"path": p.relative_to(work).as_posix(), "bytes": p.stat().st_size} for p in dropped],
         "join": f"python scripts/lease_out.py unpack DIR DEST  (or: cat {name}.tar.gz.part* | tar -xz -C DEST)",
     }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for rel, data in [(f"{name}.manifest.json", (json.dumps(manifest, indent=1) + "\n").encode()),
+                          *blobs.items()]:
+            info = tarfile.TarInfo(rel)
+            info.size, info.mtime = len(data), int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    blob = buf.getvalue()
+    chunks = [blob[i:i + PART] for i in range(0, len(blob), PART)]
+    if len(chunks) > parts_max:  # no room even for the manifest, or gzip grew the data
+        raise SystemExit(f"lease_out: {name}: {len(chunks)} part(s) needed, room for {parts_max} in {out}")
+    manifest["parts"] = [{"file": f"{name}.tar.gz.part{i:02d}", "bytes": len(c)} for i, c in enumerate(chunks)]
+
     # Stage, then swap: a run cut short mid-pack still has the previous complete pack.
     with tempfile.TemporaryDirectory(prefix=f"lease-out-{name}-") as stage:
         stage = Path(stage)
         for part, c in zip(manifest["parts"], chunks):
             (stage / part["file"]).write_bytes(c)
-        (stage / f"{name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
         for p in out.iterdir():
             if mine.match(p.name):
                 p.unlink()
         for p in stage.iterdir():
             os.replace(p, out / p.name)
     if not quiet:
-        sizes = ", ".join(f"{p['file']} {p['bytes'] / 2**20:.1f} MiB" for p in manifest["parts"]) or "no parts"
-        print(f"lease_out: {name}: {len(entries)} file(s), {raw / 2**20:.1f} MiB -> {sizes}")
+        sizes = ", ".join(f"{p['file']} {p['bytes'] / 2**20:.1f} MiB" for p in manifest["parts"])
+        print(f"lease_out: {name}: {len(blobs)} file(s), {raw / 2**20:.1f} MiB -> {sizes}")
         for d in manifest["left_out"]:
             print(f"lease_out: {name}: LEFT OUT (no room in what the tool returns): {d['path']} "
                   f"({d['bytes'] / 2**20:.1f} MiB)")
@@ -147,24 +144,20 @@ def pack(work: Path, out: Path, name: str, log: str | None = None, quiet: bool =
 
 def unpack(src: Path, dest: Path) -> list[str]:
     done = []
-    for man_path in sorted(src.glob("*.json")):
-        try:
-            manifest = json.loads(man_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(manifest, dict) or "parts" not in manifest or "files" not in manifest:
-            continue
-        blob = b""
-        for part in manifest["parts"]:
-            data = (src / part["file"]).read_bytes()
-            if sha256(data) != part["sha256"]:
-                raise SystemExit(f"lease_out: {part['file']}: sha256 mismatch (incomplete transfer?)")
-            blob += data
-        target = dest / manifest["name"]
+    for first in sorted(src.rglob("*.tar.gz.part00")):
+        name = first.name[: -len(".tar.gz.part00")]
+        parts = sorted(first.parent.glob(f"{name}.tar.gz.part[0-9][0-9]"))
+        if [p.name for p in parts] != [f"{name}.tar.gz.part{i:02d}" for i in range(len(parts))]:
+            raise SystemExit(f"lease_out: {name}: parts missing ({', '.join(p.name for p in parts)})")
+        target = dest / name
         target.mkdir(parents=True, exist_ok=True)
-        if blob:
-            with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
                 tar.extractall(target, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise SystemExit(f"lease_out: {name}: cannot unpack {len(parts)} part(s) ({e}); a part missing "
+                             f"or cut short?") from None
+        manifest = json.loads((target / f"{name}.manifest.json").read_text())
         for e in manifest["files"]:
             if sha256((target / e["path"]).read_bytes()) != e["sha256"]:
                 raise SystemExit(f"lease_out: {target / e['path']}: sha256 mismatch")
