@@ -400,6 +400,14 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     deadline = t0 + args.budget
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+
+    def save() -> None:  # after every check: a run stopped from outside keeps what it found
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"device": str(dev), "budget_s": args.budget,
+                                             "seconds": round(time.monotonic() - t0, 1), "results": RESULTS},
+                                            indent=1) + "\n")
+
     plan = [
         ("env", lambda left: c_env(dev, args)),
         ("nvjpeg-decode", lambda left: c_nvjpeg_decode(dev, args)),
@@ -417,16 +425,14 @@ def main(argv=None) -> int:
             print(f"smoke: {name}: skip: --skip (0.0 s)", flush=True)
             continue
         check(name, fn, deadline)
+        save()
     bad = [r["check"] for r in RESULTS if r["status"] == "FAIL"]
     total = time.monotonic() - t0
     print(f"smoke: done in {total:.0f} s (budget {args.budget:.0f} s): "
           f"{sum(r['status'] == 'ok' for r in RESULTS)} ok, {len(bad)} FAIL"
           f"{' (' + ', '.join(bad) + ')' if bad else ''}, {sum(r['status'] == 'skip' for r in RESULTS)} skipped",
           flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": str(dev), "budget_s": args.budget, "seconds": round(total, 1),
-                                         "results": RESULTS}, indent=1) + "\n")
+    save()
     return 1 if bad else 0
 
 
