@@ -40,7 +40,9 @@ from . import __version__
 from . import degrade as dg
 from .errors import ImageError, IraeError
 from .imageio import atomic_write_bytes, discover, read_image
+from .classical import EXTRA, NAMES as CLASSICAL_NAMES, for_task
 from .inference import Restorer, pick_device, pick_dtype, strict_fp32
+from .model.folded import FoldedIRAE
 from .metrics import compute_all, mean_ignoring_inf, metric_keys
 from .model import create_model, parameter_count
 from .tasks import get_task
@@ -50,8 +52,7 @@ SPEED_SCHEMA = "irae.benchmark.speed/1"
 INVERTIBILITY_SCHEMA = "irae.benchmark.invertibility/1"
 
 INPUT_ROW = "input"
-FILL_ROW = "harmonic-fill"
-RESERVED_NAMES = (INPUT_ROW, FILL_ROW, "degraded", "clean")
+RESERVED_NAMES = (INPUT_ROW, *CLASSICAL_NAMES, "degraded", "clean")
 
 
 METRIC_CONVENTIONS = (
@@ -63,7 +64,12 @@ METRIC_CONVENTIONS = (
 )
 
 # Relative round-trip error above which the invertibility self-test fails, per dtype.
-INVERT_TOLERANCE = {"fp64": 1e-9, "fp32": 1e-4, "bf16": 5e-2}
+# What "invertible" promises per dtype.  fp32: the 8-bit input comes back exactly, i.e. every
+# pixel of inverse(forward(y)) lies within half a level of y (what survives 8-bit storage is
+# all a user can lose; a relative bar is stricter than that and costs quality to meet).
+# fp64: the mathematics is exact (relative error).  bf16: a sanity bound only.
+INVERT_TOLERANCE = {"fp64": 1e-9, "fp32": 0.5, "bf16": 5e-2}
+INVERT_CRITERION = {"fp64": "max relative error", "fp32": "max error in 8-bit levels", "bf16": "max relative error"}
 INVERT_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -227,6 +233,7 @@ class Unit:
     levels: list[str]
     degraded: torch.Tensor  # (L, C, H, W)
     masks: torch.Tensor | None  # (L, 1, H, W) bool, True = missing
+    params: list[dict] = field(default_factory=list)  # per level: what was drawn (sigma, quality, ...)
 
 
 def folder_units(root: Path, task: str, levels: list, seed: int, failures: list[dict]):
@@ -244,7 +251,8 @@ def folder_units(root: Path, task: str, levels: list, seed: int, failures: list[
             failures.append({"image": rel, "error": str(e)})
             continue
         masks = torch.stack([m for _, m in pairs]) if task == "inpaint" else None
-        yield Unit(rel, clean, [lv.name for lv in levels], torch.stack([d for d, _ in pairs]), masks)
+        yield Unit(rel, clean, [lv.name for lv in levels], torch.stack([d for d, _ in pairs]), masks,
+                   [lv.params for lv in levels])
 
 
 def _read_npy(path: Path) -> torch.Tensor:
@@ -299,7 +307,8 @@ def manifest_units(path: Path, task: str, failures: list[dict], settings: dict):
         except ImageError as err:
             failures.append({"image": e["source"], "error": str(err)})
             continue
-        yield Unit(e["source"], clean, [e["level"]], degraded[None], None if mask is None else mask[None])
+        yield Unit(e["source"], clean, [e["level"]], degraded[None], None if mask is None else mask[None],
+                   [e["params"]])
     settings["levels"] = levels
     settings["seed"] = seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)
 
@@ -321,8 +330,8 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             noise_protocol: str | None = None, seed: int = 0, device: str = "auto", dtype: str = "auto",
             tile: int | str = "auto", batch_size: int = 4, sheet: str | Path | None = None,
             sheet_crop: int = 128, sheet_images: int = 8, sheet_crop_mode: str = "worst",
-            overwrite: bool = False, progress=None) -> dict:
-    """Score the degraded input, (for inpainting) a harmonic fill, and each model on one image set.
+            overwrite: bool = False, progress=None, classical: str = "all") -> dict:
+    """Score the degraded input, the task's classical methods, and each model on one image set.
 
     ``source`` is a clean image folder or file, degraded here exactly as
     ``irae degrade`` would with the same ``seed`` and options (defaults: sigma
@@ -332,7 +341,9 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     (name or path; default: the task's shipped default) and ``compare``
     (name, weights) pairs are the models.  Returns the
     ``irae.benchmark.quality/1`` dict; writes ``sheet`` (PNG) when given.
-    Unreadable images are listed under ``failures`` and skipped.
+    Unreadable images are listed under ``failures`` and skipped.  ``classical``
+    (all, none or names) picks the classical rows (``irae_cli.classical``);
+    those whose package is missing are listed in ``settings["classical"]``.
     """
     source = Path(source)
     t = get_task(task)
@@ -369,7 +380,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             raise IraeError(f"model name {lm.name!r} is reserved or used twice; name it with --compare NAME=WEIGHTS")
         loaded.append(lm)
     # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
-    restorers = [(lm.name, Restorer(lm.model, t, task_params={**t.default_task_params(), **lm.task_params},
+    restorers = [(lm.name, Restorer(lm.model, t, task_params=t.params_for_weights(lm.task_params),
                                     device=device, dtype=dtype, tile=tile, batch_size=batch_size))
                  for lm in loaded]
     dev = restorers[0][1].device if restorers else pick_device(device)
@@ -377,9 +388,15 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
                      else "float32", "tile": tile, "batch_size": batch_size, "n_images": 0, "sheet": None})
 
     models = {INPUT_ROW: {"weights": None, "sha256": None, "arch": "degraded input", "params": 0}}
-    if t.needs_mask:
-        models[FILL_ROW] = {"weights": None, "sha256": None, "arch": "harmonic fill (multi-scale Jacobi)",
-                            "params": 0}
+    try:
+        methods, missing = for_task(task, classical)
+    except ValueError as e:
+        raise IraeError(str(e)) from None
+    for m in methods:
+        models[m.name] = {"weights": None, "sha256": None, "arch": m.describe, "params": 0, "classical": True,
+                          "licence": m.licence}
+    settings["classical"] = {"rows": [m.name for m in methods], "missing": [m.name for m in missing],
+                             "install": EXTRA if missing else None}
     for lm in loaded:
         models[lm.name] = lm.entry()
     names = list(models)
@@ -392,7 +409,6 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     level_order: list[str] = []
     picks: list[_SheetPick] = []
     picked_per_level: dict[str, int] = {}
-    from .fill import harmonic_fill
     from .sheet import SheetRow, crop_box
 
     fill_value = float(t.default_task_params().get("fill", 0.5)) if t.needs_mask else 0.0
@@ -404,9 +420,12 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
         outputs: dict[str, torch.Tensor] = {}
         if t.needs_mask:
             outputs[INPUT_ROW] = dg.apply_holes(unit.degraded, unit.masks, fill_value)
-            outputs[FILL_ROW] = harmonic_fill(unit.degraded, unit.masks)
         else:
             outputs[INPUT_ROW] = unit.degraded
+        for m in methods:
+            outputs[m.name] = torch.stack([
+                m.run(unit.degraded[i], unit.params[i], unit.masks[i] if unit.masks is not None else None)
+                for i in range(len(unit.levels))])
         try:
             for name, restorer in restorers:
                 outputs[name] = restorer(unit.degraded, unit.masks)
@@ -549,7 +568,7 @@ def _summary(mode: str, times: list[float], images: int, megapixels: float, devi
 def speed(*, arch: str | None = None, weights: str | None = None, size: int = 1024, batch_size: int = 4,
           dtype: str = "auto", device: str = "auto", compile: bool = False, repeats: int | None = None,
           warmup: int = 2, folder: str | Path | None = None, naive: bool = False,
-          channels_last: bool = False) -> dict:
+          channels_last: bool = False, baseline: bool = False) -> dict:
     """Time one restore model; returns the ``irae.benchmark.speed/1`` dict.
 
     Without ``folder``: ``batch_size`` random images of ``size`` x ``size``
@@ -588,53 +607,72 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
         if side != size:
             notes.append(f"size {size} rounded up to {side}, a multiple of the model's size multiple {multiple}")
         settings["size"] = side
-        model = model.to(dev).eval()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        run_model = model
-        if compile:
-            run_model, note = _compile(model)
-            if note:
-                notes.append(note)
-        n = batch_size
-        while True:
-            x = torch.rand(n, model.config.channels, side, side, generator=torch.Generator().manual_seed(0)).to(dev)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-
-            def call():
-                autocast = (torch.autocast(device_type=dev.type, dtype=dt) if dt != torch.float32
-                            else contextlib.nullcontext())
-                with torch.inference_mode(), autocast:
-                    run_model(x)
-            oom = False
-            try:
-                times = _time_calls(call, dev, warmup, repeats)
-                break
-            except torch.OutOfMemoryError:
-                if n == 1:
-                    raise IraeError(f"out of device memory at batch 1 and {side}px; lower --size") from None
-                oom = True  # freed below, once the traceback no longer holds the failed call's tensors
-            except Exception as e:  # compile failures surface at the first call
-                if run_model is model:
-                    raise
-                notes.append(f"torch.compile failed at run time ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                             "timed eager instead")
-                settings["compile"] = False
-                run_model = model
-            if oom:
-                n //= 2
-                notes.append(f"out of memory: batch halved to {n}")
-                del x
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-        results.append(_summary("model", times, n, n * side * side / 1e6, dev, batch_size=n))
+        runs = [("model", dtype, compile, True)]
+        if baseline:
+            runs.insert(0, ("baseline: eager fp32, unfolded", "fp32", False, False))
+        for mode, run_dtype, run_compile, folded in runs:
+            times, n, resolved, compiled = _time_model(lm, task, dev, run_dtype, run_compile, folded, channels_last,
+                                                       side, batch_size, warmup, repeats, notes)
+            results.append(_summary(mode, times, n, n * side * side / 1e6, dev, batch_size=n,
+                                    dtype=resolved, compile=compiled, folded=folded))
+        settings["compile"] = results[-1]["compile"]
+        settings["dtype"] = results[-1]["dtype"]
     else:
         settings["repeats"] = repeats = repeats or 1
         results.extend(_speed_folder(lm, Path(folder), task, dev, dtype, batch_size, warmup, repeats, naive, notes))
     out_model = {**lm.entry(), "params": params, "mac_per_pixel": mac, "size_multiple": multiple}
     return {"schema": SPEED_SCHEMA, "settings": settings, "versions": versions(dev), "model": out_model,
             "results": results, "notes": notes}
+
+
+def _time_model(lm: LoadedModel, task: str, dev: torch.device, dtype: str, compile: bool, folded: bool,
+                channels_last: bool, side: int, batch_size: int, warmup: int, repeats: int,
+                notes: list[str]) -> tuple[list[float], int, str, bool]:
+    """Times of the restore path's model call (as ``Restorer`` builds it) on random images on ``dev``.
+
+    Returns the times, the batch size that fitted, the dtype the path resolved to (a folded IRAE
+    runs only its coupling nets in it) and whether the timed calls were compiled.
+    """
+    restorer = Restorer(lm.model, get_task(task), device=dev, dtype=dtype, tile=0, folded=folded)
+    resolved = str(restorer.dtype).removeprefix("torch.")
+    if isinstance(restorer.runner, FoldedIRAE) and restorer.dtype != torch.float32:
+        resolved += " (coupling nets)"
+    run_model = restorer.runner
+    if channels_last:
+        run_model = run_model.to(memory_format=torch.channels_last)
+    if compile:
+        run_model, note = _compile(run_model)
+        if note:
+            notes.append(note)
+    channels = lm.model.config.channels
+    n = batch_size
+    while True:
+        x = torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(0)).to(dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def call():
+            with torch.inference_mode(), restorer._autocast():
+                run_model(x)
+        oom = False
+        try:
+            return _time_calls(call, dev, warmup, repeats), n, resolved, compile
+        except torch.OutOfMemoryError:
+            if n == 1:
+                raise IraeError(f"out of device memory at batch 1 and {side}px; lower --size") from None
+            oom = True  # freed below, once the traceback no longer holds the failed call's tensors
+        except Exception as e:  # compile failures surface at the first call
+            if not compile:
+                raise
+            notes.append(f"torch.compile failed at run time ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "timed eager instead")
+            compile, run_model = False, restorer._eager
+        if oom:
+            n //= 2
+            notes.append(f"out of memory: batch halved to {n}")
+            del x
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _compile(model):
@@ -678,9 +716,14 @@ def _speed_folder(lm: LoadedModel, folder: Path, task: str, dev: torch.device, d
         # Like for like: both runs write PNG at restore's default level, at the same precision.
         opts = RestoreOptions(task=task, weights=weights, device=str(dev), dtype=dtype, batch_size=batch_size,
                               format="png")
-        dt = pick_dtype(dtype, dev)
-        precision = {"dtype": str(dt).replace("torch.", ""), "conv_tf32": _conv_tf32(dev),
-                     "output": f"PNG level {opts.png_level}"}
+        # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16.
+        from .model.folded import FoldedIRAE, fold
+
+        coupling_only = isinstance(fold(lm.model), FoldedIRAE)
+        dt = pick_dtype(dtype, dev, coupling_only=coupling_only)
+        scope = None if dt == torch.float32 else ("coupling nets" if coupling_only else "whole model")
+        precision = {"dtype": str(dt).replace("torch.", ""), "low_precision_scope": scope,
+                     "conv_tf32": _conv_tf32(dev), "output": f"PNG level {opts.png_level}"}
         # Warm-up on the first file: CUDA context, kernels and allocator are process-wide, so later runs start warm.
         for w in range(warmup):
             restore(sources[0].path, tmp / f"warm-{w}", opts, quiet=True)
@@ -703,7 +746,7 @@ def _speed_folder(lm: LoadedModel, folder: Path, task: str, dev: torch.device, d
                 dest.mkdir()
                 _sync(dev)
                 t0 = time.perf_counter()
-                _naive_loop(sources, dest, model, dev, dt, opts.png_level)
+                _naive_loop(sources, dest, model, dev, dt, opts.png_level, coupling_only)
                 _sync(dev)
                 times.append(time.perf_counter() - t0)
             out.append(_summary("naive", times, len(sources), megapixels, dev, **precision,
@@ -723,18 +766,28 @@ def _conv_tf32(dev: torch.device) -> bool | None:
 
 
 def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, dt: torch.dtype = torch.float32,
-                png_level: int = 1) -> None:
+                png_level: int = 1, coupling_only: bool = False) -> None:
+    """The plain loop: Pillow read, the unfolded model on one image, Pillow PNG write; at ``dt`` with
+    restore's scope (an IRAE flow's coupling nets only, else the whole model)."""
     from PIL import Image
 
-    for s in sources:
-        with Image.open(s.path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
-        autocast = torch.autocast(device_type=dev.type, dtype=dt) if dt != torch.float32 else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-        Image.fromarray(np.round(y * 255).astype(np.uint8), "RGB").save(dest / (s.path.stem + ".png"),
-                                                                       compress_level=png_level)
+    from .train import autocast_coupling_nets
+
+    hooks = autocast_coupling_nets(model, dev.type, dt) if dt != torch.float32 and coupling_only else []
+    whole = dt != torch.float32 and not coupling_only
+    try:
+        for s in sources:
+            with Image.open(s.path) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
+            autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            Image.fromarray(np.round(y * 255).astype(np.uint8), "RGB").save(dest / (s.path.stem + ".png"),
+                                                                           compress_level=png_level)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # --------------------------------------------------------------------------- invertibility
@@ -848,26 +901,34 @@ def invertibility(*, weights: str | None = None, arch: str | None = None, images
             else:
                 back = model.inverse(model.forward(y))
         diff = back.double() - y.double()
+        levels = diff.abs() * 255
         results.append({"image": rel, "shape": list(y.shape[1:]),
                         "rel_error": (diff.norm() / y.double().norm()).item(),
-                        "max_abs_error": diff.abs().max().item()})
+                        "max_abs_error": diff.abs().max().item(),
+                        "max_error_levels": levels.max().item(),
+                        "exact_u8_fraction": (levels < 0.5).double().mean().item()})
     if not results:
         raise IraeError(f"no image could be measured ({failures[0]['error']})")
     conds = model.condition_numbers()
     worst = max(r["rel_error"] for r in results)
+    worst_levels = max(r["max_error_levels"] for r in results)
     tol = INVERT_TOLERANCE[dtype]
+    measured = worst_levels if dtype == "fp32" else worst
     settings = {"weights": lm.weights, "arch": lm.arch, "trained": weights is not None, "images": str(folder),
                 "dtype": dtype, "device": str(dev), "size": size, "size_multiple": multiple,
                 "fit": (f"mirror-extended and centre-cropped to {size}+ rounded up to a multiple of {multiple}"
                         if size else f"centre-cropped to a multiple of {multiple}"),
-                "tolerance": tol}
+                "criterion": INVERT_CRITERION[dtype], "tolerance": tol}
     return {"schema": INVERTIBILITY_SCHEMA, "settings": settings, "versions": versions(dev),
             "model": lm.entry(),
             "condition_numbers": {"count": len(conds), "min": min(conds) if conds else None,
                                   "max": max(conds) if conds else None},
             "results": results,
             "summary": {"max_rel_error": worst, "max_abs_error": max(r["max_abs_error"] for r in results),
-                        "passed": worst <= tol},
+                        "max_error_levels": worst_levels,
+                        "exact_u8_fraction": min(r["exact_u8_fraction"] for r in results),
+                        "megapixels": max(r["shape"][1] * r["shape"][2] for r in results) / 1e6,
+                        "passed": measured < tol if dtype == "fp32" else measured <= tol},
             "failures": failures}
 
 
@@ -935,7 +996,10 @@ def speed_table(result: dict):
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
         if r["peak_memory_bytes"] is not None and r["peak_memory_source"] != "cuda max_memory_allocated":
             mem += " (process)"
-        table.add_row(r["mode"], str(r["images"]), f"{r['megapixels']:.3g}", f"{r['median_s']:.4f}",
+        mode = r["mode"]
+        if "dtype" in r:
+            mode += f" ({r['dtype']}{', compiled' if r.get('compile') else ''}{', folded' if r.get('folded') else ''})"
+        table.add_row(mode, str(r["images"]), f"{r['megapixels']:.3g}", f"{r['median_s']:.4f}",
                       f"{r['p90_s']:.4f}", _fmt(r["mp_per_s"], 3), _fmt(r["images_per_s"], 2), mem)
     return table
 
@@ -945,13 +1009,18 @@ def invertibility_table(result: dict):
 
     s, c, summ = result["settings"], result["condition_numbers"], result["summary"]
     verdict = "PASS" if summ["passed"] else "FAIL"
+    if s["dtype"] == "fp32":
+        bar = (f"max error {summ['max_error_levels']:.3f} of one 8-bit level, must be < 0.5; "
+               f"{summ['exact_u8_fraction']:.4%} of pixels exact")
+    else:
+        bar = f"max rel {summ['max_rel_error']:.2e}, tolerance {s['tolerance']:.0e}"
     table = Table(title=f"irae benchmark invertibility — {s['arch']} {s['dtype']} on {s['device']}: {verdict} "
-                        f"(max rel {summ['max_rel_error']:.2e}, tolerance {s['tolerance']:.0e})",
+                        f"({bar})",
                   caption=f"1x1 conv condition numbers ({c['count']}): min {_fmt(c['min'], 6)}, "
                           f"max {_fmt(c['max'], 6)}; images {s['fit']}")
-    for col in ("image", "size", "rel error", "max abs error"):
+    for col in ("image", "size", "rel error", "max error (levels)", "exact 8-bit"):
         table.add_column(col, justify="left" if col == "image" else "right")
     for r in result["results"]:
         table.add_row(r["image"], f"{r['shape'][2]}x{r['shape'][1]}", f"{r['rel_error']:.3e}",
-                      f"{r['max_abs_error']:.3e}")
+                      f"{r['max_error_levels']:.4f}", f"{r['exact_u8_fraction']:.4%}")
     return table

@@ -42,7 +42,8 @@ from PIL import Image
 from . import __version__
 from . import degrade as D
 from .errors import ImageError, IraeError
-from .imageio import Source, atomic_write_bytes, discover, read_image
+from .imageio import (Source, atomic_write_bytes, discover, folder_problem, read_image,
+                      remove_stale_temp_files)
 from .tasks import INPAINT_FILL, TASKS, get_task
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -113,6 +114,9 @@ def build_levels(task: str, *, sigma: list[tuple[float, float]] | None = None, n
         for lo, hi in sigma or DEFAULT_SIGMAS:
             if lo < 0:
                 raise IraeError(f"--sigma: {lo:g} is negative")
+            if hi > 255:
+                raise IraeError(f"--sigma {hi:g} is beyond the 0-255 scale (255 is already noise as strong as the "
+                                f"whole range of an 8-bit image); give sigma on the 0-255 scale, e.g. 15,25,50")
             name = f"sigma{_num(lo)}" if lo == hi else f"sigma{_num(lo)}-{_num(hi)}"
             params = {"sigma": lo} if lo == hi else {"sigma_range": [lo, hi]}
             levels.append(Level(name, "denoise", {**params, "protocol": protocol}))
@@ -384,6 +388,9 @@ def _check_paths(clean: Path, out: Path, policy: str) -> None:
                         f"folder (irae never writes into CLEAN)")
     if out.exists() and not out.is_dir():
         raise IraeError(f"{out}: exists and is not a folder")
+    problem = folder_problem(out)
+    if problem:
+        raise IraeError(problem)
     if policy == "new" and out.is_dir() and any(os.scandir(out)):
         raise IraeError(f"{out}: output folder is not empty; use --overwrite to replace files, "
                         f"--skip-existing to keep identical ones, or choose a new folder")
@@ -444,6 +451,8 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
         return result
 
     writer = _Writer(out, policy)
+    if out.is_dir():  # what a killed earlier run left mid-write (.NAME.irae-tmp-PID-*, its process gone)
+        remove_stale_temp_files([out], recursive=True)
     versions = library_versions()
     if on_start:
         on_start(len(sources))

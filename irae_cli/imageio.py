@@ -17,7 +17,10 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import re
 import struct
+import sys
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -25,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, one_line
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
@@ -40,6 +43,34 @@ MASK_THRESHOLD = 0.5
 ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GRAY_MODES = ("L", "LA", "I;16", "I;16B", "I;16L", "I", "1")
+
+
+# --- warnings ------------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+_warning_handler = None  # callable(line) set by a command that prints around a progress bar
+
+
+def set_warning_handler(handler) -> object:
+    """Route ``warn`` lines through ``handler(line)`` (None = stderr); returns the previous handler."""
+    global _warning_handler
+    previous, _warning_handler = _warning_handler, handler
+    return previous
+
+
+def warn(message: str) -> None:
+    """One line ``irae: warning: MESSAGE`` on stderr, once per message per process (thread-safe)."""
+    line = one_line(f"irae: warning: {message}")
+    with _warn_lock:
+        if line in _warned:
+            return
+        _warned.add(line)
+    handler = _warning_handler
+    if handler is not None:
+        handler(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -179,17 +210,62 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 
 
-def _exif_without_orientation(img: Image.Image) -> tuple[bytes | None, int]:
-    """(EXIF bytes without the orientation tag, orientation); ``img``'s own EXIF is left as it is."""
-    source = img.getexif()
-    orientation = int(source.get(ORIENTATION, 1) or 1)
-    if not len(source):
+def exif_orientation(img: Image.Image, path: str | Path) -> int:
+    """The EXIF orientation (1-8) of an open image: the one place irae reads it, for every command.
+
+    A malformed tag (text, a list, a number outside 1-8) is ignored -- the pixels
+    are used as stored -- with one warning naming the file; 0, which some
+    cameras write for "unknown", means 1 silently.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own two-line "Metadata Warning"s about odd tags
+            value = img.getexif().get(ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF is like no EXIF: the pixels are what counts
+        warn(f"{path}: unreadable EXIF data; ignored (orientation not applied)")
+        return 1
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 8:
+        return value or 1
+    warn(f"{path}: malformed EXIF orientation {value!r:.40}; ignored, the image is used as stored")
+    return 1
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    """Turn an image upright for an orientation from ``exif_orientation`` (as ImageOps.exif_transpose would)."""
+    method = _TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
+
+
+def upright(img: Image.Image, path: str | Path) -> Image.Image:
+    """``img`` with its EXIF orientation applied (a malformed tag is ignored with a warning)."""
+    return apply_orientation(img, exif_orientation(img, path))
+
+
+def _exif_without_orientation(img: Image.Image, path: str | Path = "") -> tuple[bytes | None, int]:
+    """(EXIF bytes without the orientation tag, orientation) of an open image.
+
+    The image's own EXIF object is edited (the pixels are stored upright in the
+    output, so the tag must go); EXIF that cannot be written back is dropped
+    with a warning rather than failing the image.
+    """
+    orientation = exif_orientation(img, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif = img.getexif()
+            if not len(exif):
+                return None, orientation
+            if ORIENTATION in exif:
+                del exif[ORIENTATION]
+            return (exif.tobytes() if len(exif) else None), orientation
+    except Exception:  # noqa: BLE001 - a malformed tag Pillow cannot re-encode
+        warn(f"{path}: EXIF data cannot be copied (malformed tags); the output is written without it")
         return None, orientation
-    exif = Image.Exif()
-    exif.load(source.tobytes())  # a copy: exif_transpose still has to see the tag on ``img``
-    if ORIENTATION in exif:
-        del exif[ORIENTATION]  # the pixels are stored upright in the output
-    return (exif.tobytes() if len(exif) else None), orientation
 
 
 def _read_png16_colour(path: Path) -> tuple[torch.Tensor, ImageMeta]:
@@ -198,7 +274,8 @@ def _read_png16_colour(path: Path) -> tuple[torch.Tensor, ImageMeta]:
 
     with _open(path, load=False) as img:
         info = dict(img.info)
-        exif, orientation = _exif_without_orientation(img)
+        _refuse_frames(img, path)
+        exif, orientation = _exif_without_orientation(img, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29+ points to torchcodec
@@ -231,27 +308,53 @@ def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     return img.convert("RGB")
 
 
+def _refuse_frames(img: Image.Image, path: Path) -> None:
+    """Animated GIF/PNG/WebP and multi-page TIFF: refused, never silently cut to the first frame."""
+    try:
+        frames = int(getattr(img, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001 - a broken frame table: let decoding say what is wrong
+        return
+    if frames > 1 and img.format != "MPO":  # MPO: a JPEG whose extra frames are previews / depth maps
+        kind = "pages" if img.format == "TIFF" else "frames"
+        raise ImageError(f"{path}: has {frames} {kind} ({img.format}); irae restores single images only and "
+                         f"will not drop {kind} silently -- split it into one file per {kind[:-1]} first")
+
+
 def read_image(path: str | Path) -> tuple[torch.Tensor, ImageMeta]:
     """Decode ``path`` -> (C, H, W) float32 in [0, 1] with C = 1 or 3, and its meta.
 
     EXIF orientation is applied (the pixels come back upright and the tag is
-    dropped from the meta); palette images become RGB(A); CMYK becomes RGB;
-    alpha is split off into ``meta.alpha``.  Any failure is an ``ImageError``
-    with one line naming the file.
+    dropped from the meta; a malformed tag is ignored with a warning); palette
+    images become RGB(A); CMYK becomes RGB; alpha is split off into
+    ``meta.alpha``; animated and multi-page files are refused.  Any failure is
+    an ``ImageError`` with one line naming the file.
     """
     path = Path(path)
+    try:
+        return _read_image(path)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's surprise on one odd file is that file's problem
+        raise _decode_failure(path, e) from None
+
+
+def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     ihdr = _png_ihdr(path)
     if ihdr is not None and ihdr[0] == 16 and ihdr[1] in (2, 4, 6):
         try:
             return _read_png16_colour(path)
         except (ImportError, AttributeError):
             pass  # no torchvision PNG decoder: Pillow reads it at 8 bits
-    img = _open(path)
+    img = _open(path, load=False)
+    _refuse_frames(img, path)
+    try:
+        img.load()
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
+        raise _decode_failure(path, e) from None
     fmt = img.format
     icc = img.info.get("icc_profile")
-    exif_bytes, orientation = _exif_without_orientation(img)
-    if orientation != 1:
-        img = ImageOps.exif_transpose(img)
+    exif_bytes, orientation = _exif_without_orientation(img, path)
+    img = apply_orientation(img, orientation)
     mode = img.mode
     alpha = None
     if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -290,11 +393,10 @@ def image_size(path: str | Path) -> tuple[int, int, int] | None:
     try:
         with _open(path, load=False) as img:
             w, h = img.size
-            exif = img.getexif()
-            if int(exif.get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):
+            if exif_orientation(img, path) in (5, 6, 7, 8):
                 w, h = h, w
             return (1 if img.mode in _GRAY_MODES else 3), h, w
-    except (ImageError, OSError):
+    except (ImageError, OSError, ValueError, SyntaxError, struct.error, EOFError):
         return None
 
 
@@ -324,14 +426,16 @@ def read_mask(path: str | Path, size: tuple[int, int], image: str | Path = "") -
     """
     path = Path(path)
     img = _open(path)
-    if int(img.getexif().get(ORIENTATION, 1) or 1) != 1:
-        img = ImageOps.exif_transpose(img)
+    _refuse_frames(img, path)
+    img = upright(img, path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        missing = np.asarray(img).astype(np.float32) >= MASK_THRESHOLD * 65535
+        values, full = np.asarray(img).astype(np.float32), 65535
     else:
         if img.mode == "P":
             img = img.convert("RGB")
-        missing = np.asarray(img.convert("L")) >= round(MASK_THRESHOLD * 255)
+        values, full = np.asarray(img.convert("L")), 255
+    missing = values >= round(MASK_THRESHOLD * full)
+    _warn_partial(path, values, full, "mask")
     h, w = missing.shape
     if (h, w) != tuple(size):
         about = f" but {image} is {size[1]}x{size[0]}" if image else f", expected {size[1]}x{size[0]}"
@@ -345,7 +449,18 @@ def mask_from_alpha(meta: ImageMeta, path: str | Path = "") -> torch.Tensor:
         raise ImageError(f"{path}: has no alpha channel; --mask-from alpha needs transparent holes "
                          f"(or give mask files with --masks)")
     full = 65535 if meta.alpha.dtype == np.uint16 else 255
+    _warn_partial(path, meta.alpha, full, "alpha")
     return torch.from_numpy(np.asarray(meta.alpha).astype(np.float32) < MASK_THRESHOLD * full)[None]
+
+
+def _warn_partial(path: str | Path, values: np.ndarray, full: int, what: str) -> None:
+    """Masks are meant to be 0 or full scale; say once per file how values in between were read."""
+    between = int(np.count_nonzero((values > 0) & (values < full)))
+    if between:
+        half = round(MASK_THRESHOLD * full)
+        rule = (f"values >= {half} are holes" if what == "mask" else
+                f"alpha below {half} is a hole")
+        warn(f"{path}: {between} {what} pixel(s) lie between 0 and {full} (anti-aliased or lossy?); {rule}")
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -494,6 +609,91 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False
             pass
 
 
+# --- output folders: checked before any work, cleaned of what an interrupted run left -------------
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<pid>\d+)-[0-9a-f]+", re.S)  # atomic_write_bytes' temp files
+
+
+def existing_ancestor(path: str | Path) -> Path:
+    """``path`` itself or the nearest folder above it that exists (where a new folder would be made)."""
+    p = Path(os.path.abspath(path))
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def folder_problem(folder: str | Path, what: str = "output folder") -> str | None:
+    """Why files cannot be written into ``folder`` (made if missing), or None: checked before any work.
+
+    Catches a regular file where a folder must be (or above it) and a folder
+    without write permission; root passes the permission check, as it would
+    pass the write itself.
+    """
+    folder = Path(folder)
+    base = existing_ancestor(folder)
+    if not base.is_dir():
+        if base == Path(os.path.abspath(folder)):
+            return f"{what} {folder} exists and is a file, not a folder"
+        return f"{what} {folder} cannot be made: {base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        where = "" if base == Path(os.path.abspath(folder)) else f" ({base}, where it would be made)"
+        return f"{what} {folder}{where} is not writable (permission denied); choose another or fix its permissions"
+    return None
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes this process may still write on the file system that holds ``folder`` (or would); None if unknown."""
+    try:
+        st = os.statvfs(existing_ancestor(folder))
+    except (OSError, AttributeError):
+        return None
+    root = hasattr(os, "geteuid") and os.geteuid() == 0  # root may use the blocks reserved for it
+    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # someone else's process (or cannot tell): leave its files alone
+    return True
+
+
+def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pattern = TEMP_NAME) -> list[Path]:
+    """Delete ``.NAME.irae-tmp-PID-*`` files whose writer is gone (killed mid-write) in ``folders``.
+
+    Only irae's own temp-file pattern is touched, and only when the process that
+    made it no longer runs, so a concurrent irae writing into the same folder
+    keeps its files.  Returns what was removed.
+    """
+    removed: list[Path] = []
+    for folder in {os.path.abspath(f) for f in folders}:
+        walker = os.walk(folder) if recursive else [(folder, [], None)]
+        for top, _dirs, names in walker:
+            if names is None:
+                try:
+                    names = [e.name for e in os.scandir(top) if e.is_file(follow_symlinks=False)]
+                except OSError:
+                    continue
+            for name in names:
+                m = pattern.fullmatch(name)
+                pid = next((v for k, v in m.groupdict().items() if k.startswith("pid") and v), None) if m else None
+                if pid is None or _pid_alive(int(pid)):
+                    continue
+                path = Path(top) / name
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
+                        removed.append(path)
+                except OSError:
+                    pass
+    return sorted(removed)
+
+
 def write_image(path: str | Path, x: torch.Tensor, meta: ImageMeta, *, quality: int = 95,
                 png_compress_level: int = 1, overwrite: bool = False) -> None:
     path = Path(path)
@@ -516,7 +716,7 @@ def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, in
     with img:
         if img.format != "JPEG" or img.mode not in ("RGB", "L"):
             return None
-        exif, orientation = _exif_without_orientation(img)
+        exif, orientation = _exif_without_orientation(img, path)
         # nvJPEG does not apply EXIF orientation (torchvision implements it on the CPU
         # only), so rotated or mirrored files go through Pillow.
         if orientation not in (None, 1):

@@ -44,12 +44,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import IraeError
+from .imageio import exif_orientation, upright
 
 FORMAT = "irae-pack"
 FORMAT_VERSION = 1
@@ -70,7 +71,7 @@ class PackError(IraeError, ValueError):
 def _read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+            im = upright(im, path)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bit first
                 arr = np.asarray(im, dtype=np.float64)
                 scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
@@ -133,7 +134,7 @@ def build_pack(image_paths, out_path, *, crop: int = 192, crops_per_mp: float | 
         try:
             with Image.open(p) as im:
                 w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
+                if exif_orientation(im, p) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
                     w, h = h, w
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__

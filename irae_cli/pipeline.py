@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError, io_reason, one_line
 from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
-                      image_size, output_suffix)
+                      folder_problem, image_size, output_suffix, remove_stale_temp_files, set_warning_handler)
 
 OUTPUT_FORMATS = ("auto", "same", *FORMATS)
 # A batch never holds more than this many pixels (large images go one at a time and are tiled).
@@ -42,7 +42,7 @@ class RestoreOptions:
     device: str = "auto"
     dtype: str = "auto"
     tile: int | str = "auto"
-    tile_overlap: int = 32
+    tile_overlap: int | None = None  # None = 32, or a quarter of a smaller --tile
     batch_size: int = 4
     workers: int = 0  # 0 = auto: I/O threads for reading and as many for writing
     format: str = "auto"  # auto = same, except JPEG inputs of the jpeg task become PNG
@@ -58,6 +58,7 @@ class RestoreOptions:
     dry_run: bool = False
     masks: Path | None = None
     mask_from: str | None = None  # "alpha"
+    compile: str = "auto"  # auto | on | off (see inference.COMPILE_MODES)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Job:
     source: Source
     output: Path
     exists: bool = False
+    redo_empty: bool = False  # --skip-existing found a 0-byte file here (a killed write elsewhere): made again
 
 
 @dataclass
@@ -77,10 +79,12 @@ class Plan:
     collisions: dict[Path, list[Source]]
     onto_inputs: list[Job]  # output path is an input file
     report_problem: str | None = None
+    folder_problems: list[str] = field(default_factory=list)  # output folders that cannot be written
 
     def problems(self) -> list[str]:
         """Why this plan must not run (usage errors, exit 2); empty when it may."""
         out = [self.report_problem] if self.report_problem else []
+        out += self.folder_problems
         if self.onto_inputs:
             out.append("these outputs would replace input files; choose another OUTPUT or a --suffix: "
                        + _listing([str(j.output) for j in self.onto_inputs]))
@@ -173,6 +177,9 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
         if output.suffix.lower() in PIL_FORMAT and not output.is_dir():
             targets = [output]
         else:
+            if (output.exists() or output.is_symlink()) and not output.is_dir():
+                raise IraeError(f"OUTPUT {output} exists and is neither a folder nor an image file; give a folder, "
+                                f"or an image file name such as {output.with_suffix('.png')}")
             targets = [output / f"{input.stem}{opts.suffix}{_output_ext(input, opts)}"]
     else:
         if output.exists() and not output.is_dir():
@@ -196,6 +203,9 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
         job = Job(s, t, exists=t.exists() or t.is_symlink())
         if os.path.realpath(t) in inputs_real:
             onto.append(job)
+        elif job.exists and opts.skip_existing and _empty_file(t):
+            job.redo_empty = True  # an empty file is no finished output: make it again
+            jobs.append(job)
         elif job.exists and opts.skip_existing:
             skipped.append(job)
         elif job.exists and not opts.overwrite:
@@ -205,7 +215,20 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
     collisions = {t: srcs for t, srcs in by_output.items() if len(srcs) > 1}
     plan = Plan(input, output, jobs, skipped, existing, collisions, onto)
     plan.report_problem = _report_problem(input, opts, by_output, inputs_real)
+    folders = sorted({j.output.parent for j in jobs})
+    problems = [p for p in (folder_problem(f) for f in folders) if p]
+    problems = sorted(set(problems))
+    if len(problems) > 1:
+        problems = [f"{len(problems)} output folders cannot be written: " + _listing(problems)]
+    plan.folder_problems = problems
     return plan
+
+
+def _empty_file(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _report_problem(input: Path, opts: RestoreOptions, outputs: dict, inputs_real: set) -> str | None:
@@ -213,14 +236,22 @@ def _report_problem(input: Path, opts: RestoreOptions, outputs: dict, inputs_rea
     if opts.report is None:
         return None
     report = Path(opts.report)
+    if report.is_dir():
+        return f"--report {report} is a folder; give a file name such as {report / 'report.jsonl'}"
     real = os.path.realpath(report)
     if real in inputs_real or real in {os.path.realpath(o) for o in outputs}:
         return f"--report {report} is one of the images; choose another file name"
     if input.is_dir() and os.path.commonpath([real, os.path.realpath(input)]) == os.path.realpath(input):
         return f"--report {report} lies inside the INPUT folder; irae never writes into its input"
     if report.exists() and not (opts.overwrite or opts.skip_existing):
-        return f"--report {report} already exists; pass --overwrite or --skip-existing to replace it"
-    return None
+        return (f"--report {report} already exists; pass --overwrite to replace it, --skip-existing to add this "
+                f"run's lines to it, or choose another file")
+    if (report.exists() or report.is_symlink()) and not report.is_file():
+        return f"--report {report} is not a regular file; give a file name"
+    if report.exists() and not os.access(report, os.W_OK):
+        return f"--report {report} is not writable (permission denied); choose another file"
+    problem = folder_problem(report.parent, "--report folder")
+    return problem
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -238,6 +269,7 @@ class _Item:
     tiles: int = 0
     notes: list[str] = field(default_factory=list)
     hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
+    reported: bool = False  # its report line and count are done (Ctrl-C must neither lose nor repeat them)
 
 
 class _Reporter:
@@ -251,11 +283,22 @@ class _Reporter:
         self.common = common
         self.started = time.perf_counter()
         self.report = None
+        self.report_path = Path(opts.report) if opts.report is not None else None
+        self.report_error: str | None = None
         if opts.report is not None:
             path = Path(opts.report)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.report = open(path, "w", encoding="utf-8")
+                # --skip-existing resumes a run: its lines go after the earlier run's, nothing is lost.
+                append = opts.skip_existing and path.is_file()
+                # Unbuffered: each line goes out whole or, on a full disk, is cut back off (see _write).
+                self.report = open(path, "ab" if append else "wb", buffering=0)
+                if append and self.report.tell() > 0:
+                    with open(path, "rb") as f:
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":  # an earlier run killed mid-line: keep its lines whole
+                            self.report.write(b"\n")
+                            self.report.flush()
             except OSError as e:
                 raise IraeError(f"--report {path}: cannot write ({e.strerror or e})") from None
         self.progress = None
@@ -272,15 +315,36 @@ class _Reporter:
             self.bar = self.progress.add_task("restore", total=total, mps=0.0)
 
     def say(self, line: str) -> None:
+        line = one_line(line)
         if self.progress is not None:
             self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             print(line, file=self.err, flush=True)
 
     def _write(self, record: dict) -> None:
-        if self.report is not None:
-            self.report.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.report.flush()
+        if self.report is None:
+            return
+        data = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
+        start = None
+        try:
+            start = self.report.tell()
+            while data:
+                data = data[self.report.write(data):]
+        except OSError as e:
+            # Disk full (or gone): keep the report's complete lines, cut a partial one, and go on restoring.
+            try:
+                if start is not None:
+                    os.ftruncate(self.report.fileno(), start)
+            except OSError:
+                pass
+            try:
+                self.report.close()
+            except OSError:
+                pass
+            self.report = None
+            self.report_error = (f"--report {self.report_path}: cannot write ({io_reason(e)}); the report stops "
+                                 f"here, restoring goes on and the run will exit 1")
+            self.say(f"irae: error: {self.report_error}")
 
     def skipped(self, job: Job) -> None:
         self.summary.skipped += 1
@@ -288,6 +352,9 @@ class _Reporter:
                      "error": None, "reason": "output exists (--skip-existing)"})
 
     def done(self, item: _Item) -> None:
+        if item.reported:
+            return
+        item.reported = True
         record = {"input": str(item.job.source.path), "output": str(item.job.output),
                   "status": "failed" if item.error else "ok", "error": item.error}
         if item.hw is not None:
@@ -312,10 +379,14 @@ class _Reporter:
         if self.progress is not None:
             self.progress.stop()
         if self.report is not None:
-            self.report.close()
+            try:
+                self.report.close()
+            except OSError as e:
+                self.report_error = f"--report {self.report_path}: cannot write ({io_reason(e)})"
+                self.say(f"irae: error: {self.report_error}")
         s = self.summary
         s.seconds = time.perf_counter() - self.started
-        s.exit_code = EXIT_SOME_FAILED if s.failed else EXIT_OK
+        s.exit_code = EXIT_SOME_FAILED if s.failed or self.report_error else EXIT_OK
         return s
 
 
@@ -396,7 +467,11 @@ def _write(item: _Item, y, opts: RestoreOptions) -> _Item:
     try:
         data = encode_image(y, item.meta, item.job.output.suffix, quality=opts.quality,
                             png_compress_level=opts.png_level)
-        atomic_write_bytes(item.job.output, data, overwrite=opts.overwrite)
+        replace = opts.overwrite
+        if item.job.redo_empty:  # replace the empty file found by the plan, nothing that has appeared since
+            replace = _empty_file(item.job.output) or not (item.job.output.exists() or item.job.output.is_symlink())
+            item.notes.append("replaced an empty (0-byte) output")
+        atomic_write_bytes(item.job.output, data, overwrite=replace)
     except ImageError as e:
         msg = str(e)
         item.error = msg if str(item.job.output) in msg else f"{item.job.output}: {msg}"
@@ -412,7 +487,8 @@ def describe_plan(plan: Plan, opts: RestoreOptions, weights_label: str) -> list[
     """The --dry-run listing: every input -> output, skips, problems and the batches it would run."""
     lines = [f"plan: restore {len(plan.jobs)} image(s), skip {len(plan.skipped)}; task {opts.task}, "
              f"weights {weights_label}"]
-    lines += [f"  {j.source.path} -> {j.output}" for j in plan.jobs]
+    lines += [f"  {j.source.path} -> {j.output}" + (" (replaces an empty file)" if j.redo_empty else "")
+              for j in plan.jobs]
     lines += [f"  skip {j.source.path} ({j.output} exists)" for j in plan.skipped]
     lines += [f"  exists {j.output} <- {j.source.path}" for j in plan.existing]
     lines += [f"  collision {o} <- {', '.join(str(s.path) for s in srcs)}" for o, srcs in plan.collisions.items()]
@@ -434,7 +510,20 @@ def describe_plan(plan: Plan, opts: RestoreOptions, weights_label: str) -> list[
     return lines
 
 
-def _load_restorer(opts: RestoreOptions):
+WORKLOAD_SAMPLE = 64  # headers read to estimate a run's megapixels (for --compile auto)
+
+
+def _workload_megapixels(jobs: list[Job]) -> float | None:
+    """The run's megapixels, from the headers of an evenly spread sample of its images."""
+    if not jobs:
+        return None
+    stride = max(1, len(jobs) // WORKLOAD_SAMPLE)
+    sizes = [image_size(j.source.path) for j in jobs[::stride]]
+    sizes = [h * w for s in sizes if s for _, h, w in [s]]
+    return len(jobs) * sum(sizes) / len(sizes) / 1e6 if sizes else None
+
+
+def _load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None):
     from .inference import Restorer
     from .tasks import get_task
     from .weights import default_weights_for, load_weights
@@ -445,9 +534,11 @@ def _load_restorer(opts: RestoreOptions):
                         f"'irae train --task {opts.task} ... --out w.safetensors' and pass --weights w.safetensors")
     loaded = load_weights(name, device="cpu", expect_task=opts.task)
     task = get_task(opts.task)
-    params = {**task.default_task_params(), **(loaded.task_params or {})}
+    params = task.params_for_weights(loaded.task_params)
     restorer = Restorer(loaded.model, task, task_params=params, device=opts.device, dtype=opts.dtype,
-                        tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size)
+                        tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size,
+                        compile=opts.compile,
+                        workload_megapixels=_workload_megapixels(jobs) if opts.compile == "auto" and jobs else None)
     return restorer, loaded
 
 
@@ -470,19 +561,25 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
         except IraeError as e:
             label, problems = "(unusable)", [*problems, str(e)]
         for line in describe_plan(plan, opts, label):
-            print(line, file=out)
+            print(one_line(line), file=out)
         for p in problems:
-            print(f"irae: error: {p}", file=err)
+            print(f"irae: error: {one_line(p)}", file=err)
         return RestoreSummary(skipped=len(plan.skipped), exit_code=EXIT_USAGE if problems else EXIT_OK)
     if problems:
         raise IraeError(problems[0] if len(problems) == 1 else " | ".join(problems))
-    restorer, loaded = _load_restorer(opts)
+    restorer, loaded = _load_restorer(opts, plan.jobs)
+    # A run killed mid-write (SIGKILL, power loss) leaves hidden temp files: remove those of dead irae processes.
+    stale = remove_stale_temp_files({j.output.parent for j in plan.jobs + plan.skipped if j.output.parent.is_dir()})
+    if stale and not quiet:
+        print(one_line(f"irae: note: removed {len(stale)} temporary file(s) an interrupted run left behind, e.g. "
+                       f"{stale[0]}"), file=err)
 
     import torch
 
     common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
               "weights_sha256": loaded.sha256}
     rep = _Reporter(len(plan.jobs), opts, progress, quiet, err, common)
+    previous_handler = set_warning_handler(rep.say)  # warnings (EXIF, masks) print above the progress bar
     for job in plan.skipped:
         rep.skipped(job)
     workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
@@ -502,7 +599,8 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
 
     def drain_writes(limit: int) -> None:
         while len(writes) > limit:
-            rep.done(writes.popleft().result())
+            rep.done(writes[0].result())  # reported before it leaves the queue: Ctrl-C cannot lose it
+            writes.popleft()
 
     def run_batch(items: list[_Item]) -> None:
         tiles0, notes0 = restorer.stats.tiles, len(restorer.stats.notes)
@@ -589,6 +687,10 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
         if decoder is not None:
             decoder.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True)  # writes in flight finish (atomically) even on Ctrl-C
+        for f in writes:  # ... and every file written, even during shutdown, gets its report line
+            if f.done() and not f.cancelled() and f.exception() is None:
+                rep.done(f.result())
+        set_warning_handler(previous_handler)
         summary = rep.close()
     if not quiet:
         print(summary.line(), file=err)

@@ -15,9 +15,12 @@ import torch
 from .degrade import apply_holes
 from .errors import IraeError
 
-# Holes are filled with mid-grey before the model sees them; the value is
-# stored in every inpainting weights file (task_params["fill"]) and read back.
+# Holes in a stored holed image are mid-grey (task_params["fill"]).  Before the model sees
+# them they are pre-filled (task_params["prefill"]): "harmonic" solves the smooth Laplace fill
+# from the hole's border, so the network only learns what a smooth fill misses; "none" leaves
+# the grey, as inpainting weights made before the pre-fill existed expect (they lack the key).
 INPAINT_FILL = 0.5
+PREFILLS = ("harmonic", "none")
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,27 @@ class Task:
     train_defaults: dict = field(default_factory=dict)
 
     def default_task_params(self) -> dict:
-        return {"fill": INPAINT_FILL} if self.needs_mask else {}
+        return {"fill": INPAINT_FILL, "prefill": "harmonic"} if self.needs_mask else {}
+
+    def params_for_weights(self, stored: dict | None) -> dict:
+        """Task parameters a weights file runs with: the task's defaults, then what the file says."""
+        params = {**self.default_task_params(), **(stored or {})}
+        if self.needs_mask and "prefill" not in (stored or {}):
+            params["prefill"] = "none"  # made before the pre-fill existed: trained on grey holes
+        return params
 
     def model_input(self, degraded: torch.Tensor, mask: torch.Tensor | None, task_params: dict) -> torch.Tensor:
         if not self.needs_mask:
             return degraded
         if mask is None:
             raise IraeError(f"task {self.name!r} needs a mask (255 = missing)")
+        prefill = task_params.get("prefill", "none")
+        if prefill == "harmonic":
+            from .fill import harmonic_fill
+
+            return harmonic_fill(degraded, mask)
+        if prefill != "none":
+            raise IraeError(f"unknown inpainting pre-fill {prefill!r}; this irae knows {', '.join(PREFILLS)}")
         return apply_holes(degraded, mask, float(task_params.get("fill", INPAINT_FILL)))
 
     def finish(self, restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

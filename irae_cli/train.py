@@ -70,10 +70,11 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,7 @@ CALIBRATION_STEPS = (2, 12)  # with --minutes alone: the steps whose speed sets 
 PROVISIONAL_WARMUP = 100  # warm-up length used until the schedule length is known
 DEFAULT_VAL_EVERY = 2000
 DEFAULT_INVERSE_GAIN = 250.0  # fp32 rounding x 250 stays well under the 1e-4 round-trip bar
+DEFAULT_INVERSE_GAIN_EVERY = 4
 INVERSE_PROBE = 1e-3  # size of the finite-difference probe on the restored patches
 DEFAULT_CHECKPOINT_EVERY = 1000
 DEVICE_DATA_FRACTION = 0.5  # keep the photos on the GPU when they take at most this much free memory
@@ -132,6 +134,9 @@ class TrainConfig:
     # image (~6e-8) times that gain is the round-trip error: unpenalised, 32 minutes of
     # CPU training reached a gain of ~4,000 and a 6e-4 round trip (README, "Precision").
     inverse_gain: float = 0.0
+    # The penalty's probe costs a whole extra inverse pass and its backward (~2x a step), while
+    # the gain drifts slowly: probing every N-th step, weighted by N, buys the bound at ~1/N of it.
+    inverse_gain_every: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,6 +208,7 @@ def build_config(given: dict, device: torch.device) -> TrainConfig:
 
     if getattr(PRESETS.get(d["arch"]), "arch", None) == "irae":
         d.setdefault("inverse_gain", DEFAULT_INVERSE_GAIN)
+        d.setdefault("inverse_gain_every", DEFAULT_INVERSE_GAIN_EVERY)
     defaults = task.train_defaults
     if task.name == "denoise":
         d.setdefault("sigma", tuple(defaults.get("sigma", (0.0, 55.0))))
@@ -245,6 +251,8 @@ def _validate(c: TrainConfig) -> None:
         bad(f"--batch-size must be at least 1, not {c.batch_size}")
     if c.inverse_gain != 0 and not (c.inverse_gain >= 1 and math.isfinite(c.inverse_gain)):
         bad(f"--inverse-gain must be 0 (off) or at least 1, not {c.inverse_gain}")
+    if c.inverse_gain_every < 1:
+        bad(f"--inverse-gain-every must be at least 1, not {c.inverse_gain_every}")
     if not (c.lr > 0 and math.isfinite(c.lr)):
         bad(f"--lr must be a positive number, not {c.lr}")
     if c.warmup is not None and c.warmup < 0:
@@ -737,8 +745,9 @@ def load_checkpoint(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise IraeError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e}); "
-                        f"it may be truncated") from None
+        from .weights import unreadable_safetensors
+
+        raise IraeError(unreadable_safetensors(path, e, "checkpoint")) from None
     if raw.get("format") != CHECKPOINT_FORMAT:
         hint = " (that is a weights file; resume from the .ckpt.safetensors next to it)" \
             if raw.get("format") == "irae-weights" else ""
@@ -748,8 +757,60 @@ def load_checkpoint(path: Path) -> dict:
         if k in ("format", "format_version", "irae_version"):
             meta[k] = v
         else:
-            meta[k] = json.loads(v)
+            try:
+                meta[k] = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise IraeError(f"{path}: checkpoint metadata field {k!r} is not valid JSON ({e.msg}); the file "
+                                f"was damaged or edited -- resume from another checkpoint or start a new run") from None
+    problem = _checkpoint_problem(tensors, meta)
+    if problem:
+        raise IraeError(f"{path}: unusable checkpoint: {problem}; the file was damaged or edited -- resume from "
+                        f"another checkpoint or start a new run")
     return {"tensors": tensors, "meta": meta}
+
+
+def _checkpoint_problem(tensors: dict, meta: dict) -> str | None:
+    """What in a checkpoint would make --resume fail half-way (wrong fields, tensor shapes), or None."""
+    from .model import config_from_dict, create_model
+
+    kinds = {"config": dict, "model_config": dict, "step": int, "patches_seen": int, "train_seconds": (int, float),
+             "run_id": str, "data": dict, "optimizer": dict}
+    for key, kind in kinds.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"metadata field {key!r} is missing or of the wrong type"
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        model = create_model(config_from_dict(meta["model_config"]))
+    except (KeyError, ValueError, TypeError, AttributeError, IraeError) as e:
+        return f"metadata fields 'config'/'model_config' do not describe a model ({str(e).splitlines()[0]})"
+    expected = model.state_dict()
+    for prefix in ("model.", "ema.") if config.ema > 0 else ("model.",):
+        got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if set(got) != set(expected):
+            missing = sorted(set(expected) - set(got))
+            return f"the {prefix[:-1]} tensors do not match the {config.arch} model ({len(missing)} missing, " \
+                   f"{len(set(got) - set(expected))} unexpected)"
+        for k, v in expected.items():
+            if tuple(got[k].shape) != tuple(v.shape):
+                return f"tensor {prefix}{k} has shape {tuple(got[k].shape)}, the {config.arch} model needs " \
+                       f"{tuple(v.shape)}"
+    params = list(model.parameters())
+    groups = meta["optimizer"].get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
+            and len(groups[0].get("params", [])) == len(params)):
+        return "the optimizer state does not match the model's parameters"
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            parts = name.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+                return f"optimizer tensor {name} belongs to no parameter of the model"
+            if parts[2] in ("exp_avg", "exp_avg_sq") and tuple(t.shape) != tuple(params[int(parts[1])].shape):
+                return f"optimizer tensor {name} has shape {tuple(t.shape)}, its parameter " \
+                       f"{tuple(params[int(parts[1])].shape)}"
+    torch_state = tensors.get("rng.torch")
+    if torch_state is None or torch_state.dtype != torch.uint8 or torch_state.shape != torch.get_rng_state().shape:
+        return "the random-generator state rng.torch is missing or malformed"
+    return None
 
 
 # --------------------------------------------------------------------------- validation
@@ -1028,6 +1089,72 @@ def check_outputs(out: Path, ckpt: Path, log: Path, *, overwrite: bool, run_id: 
     return earlier_log
 
 
+def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, model_config: dict | None) -> None:
+    """Before training: the output folders are writable and have room for the weights, checkpoint and log.
+
+    Also removes what a killed earlier run left of these three files'
+    temporary copies (``.NAME.tmp-PID`` of a process that is gone).
+    """
+    from .imageio import existing_ancestor, folder_problem, free_bytes, remove_stale_temp_files
+    from .model import config_from_dict, create_model
+
+    for path, what in ((out, "--out"), (ckpt, "--checkpoint"), (log, "--log")):
+        problem = folder_problem(path.parent, f"{what} folder")
+        if problem:
+            raise IraeError(problem)
+    pattern = re.compile("|".join(rf"\.(?P<name{i}>{re.escape(p.name)})\.tmp-(?P<pid{i}>\d+)"
+                                  for i, p in enumerate((out, ckpt, log))), re.S)
+    remove_stale_temp_files({p.parent for p in (out, ckpt, log) if p.parent.is_dir()}, pattern=pattern)
+    model = create_model(config_from_dict(model_config) if model_config else config.arch)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Tensors only (metadata adds a few KB): weights = the model; checkpoint = model, EMA, Adam's two moments.
+    needs = {out: state, ckpt: state * (2 if config.ema > 0 else 1) + 2 * params, log: 4096}
+    by_fs: dict[int, list[Path]] = {}
+    for path in needs:
+        try:
+            by_fs.setdefault(os.stat(existing_ancestor(path.parent)).st_dev, []).append(path)
+        except OSError:
+            continue
+    for paths in by_fs.values():
+        free = free_bytes(paths[0].parent)
+        need = sum(needs[p] for p in paths)
+        if free is not None and free < need:
+            names = ", ".join(str(p) for p in paths)
+            raise IraeError(f"{paths[0].parent}: only {_kib(free)} free, but {names} need{'s' * (len(paths) == 1)} "
+                            f"about {_kib(need)}; free some space or choose another folder (nothing was trained)")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+@contextmanager
+def _save_attempt(path: Path, failures: dict, echo):
+    """Write one output; on failure (disk full, ...) note it once, keep training/saving the rest, and go on."""
+    from safetensors import SafetensorError
+
+    from .errors import io_reason
+
+    try:
+        yield
+        failures.pop(path, None)
+    except (OSError, SafetensorError) as e:
+        reason = io_reason(e)
+        if failures.get(path) != reason:
+            echo(f"irae: warning: {path}: cannot write ({reason}); the earlier copy, if any, is intact")
+        failures[path] = reason
+
+
+def _raise_save_failures(failures: dict, saved: list[Path], step: int) -> None:
+    from .errors import SaveError
+
+    failed = "; ".join(f"{p}: cannot write ({reason})" for p, reason in failures.items())
+    kept = f"saved: {', '.join(map(str, saved))}" if saved else "nothing was saved"
+    raise SaveError(f"{failed} -- {kept} (step {step}); free some space or choose another --out, then train again "
+                    f"or --resume from an intact checkpoint")
+
+
 def _ckpt_run_id(path: Path) -> str | None:
     try:
         from safetensors import safe_open
@@ -1038,11 +1165,14 @@ def _ckpt_run_id(path: Path) -> str | None:
         return None
 
 
+RESUME_MAY_CHANGE = ("steps", "inverse_gain_every")  # how long and how often: not what is learned
+
+
 def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
     """A resumed run keeps its checkpoint's settings; --steps may change (the schedule then follows it)."""
     conflicts = []
     for key, value in given.items():
-        if value is None or key == "steps":
+        if value is None or key in RESUME_MAY_CHANGE:
             continue
         have = getattr(saved, key)
         norm = tuple(value) if isinstance(value, list) else value
@@ -1057,11 +1187,19 @@ def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
              f"schedule now runs over {steps} steps (the run is an extension, not a replay)")
         saved = dataclasses.replace(saved, steps=steps)
         _validate(saved)
+    every = given.get("inverse_gain_every")
+    if every is not None and every != saved.inverse_gain_every:
+        echo(f"irae: note: --inverse-gain-every {every} differs from the checkpoint's {saved.inverse_gain_every}; "
+             f"the run continues with it (an extension, not a replay)")
+        saved = dataclasses.replace(saved, inverse_gain_every=every)
+        _validate(saved)
     return saved
 
 
 def _default_echo(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .errors import one_line
+
+    print(one_line(msg), file=sys.stderr, flush=True)
 
 
 def train(session: Session, given: dict | None = None) -> TrainResult:
@@ -1101,13 +1239,16 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     if dist_ctx.main:  # only rank 0 writes, so only rank 0 asks (others would race with its first writes)
         earlier_log = check_outputs(out, ckpt_path, log_path, overwrite=session.overwrite,
                                     run_id=run_id if ckpt_data else None, resume=session.resume)
+        check_output_space(out, ckpt_path, log_path, config, ckpt_data["meta"]["model_config"] if ckpt_data else None)
     if session.stop_at is not None and session.stop_at < 1:
         raise IraeError(f"--stop-at must be at least 1, not {session.stop_at}")
 
     # dtype: flows keep float32 arithmetic; only coupling nets (or the whole CNN) autocast
-    compute_dtype = torch.float32 if device.type == "cpu" else pick_dtype(session.dtype, device)
     if session.dtype not in ("auto", "fp32", "bf16"):
         raise IraeError(f"--dtype must be auto, fp32 or bf16 for training, not {session.dtype!r}")
+    from .model import PRESETS
+
+    compute_dtype = pick_dtype(session.dtype, device, coupling_only=PRESETS[config.arch].arch == "irae")
     if device.type == "cuda":
         strict_fp32()
         torch.backends.cudnn.benchmark = True
@@ -1174,7 +1315,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         validator = Validator(Path(session.val), task, task_params, crop=session.val_crop, seed=session.val_seed,
                               noise_protocol=config.noise_protocol, subsampling=config.subsampling, echo=echo)
         eval_model = create_model(config.arch)
-        restorer = Restorer(eval_model, task, task_params=task_params, device=device, dtype="fp32")
+        # Not folded: the eval model is reloaded with the EMA weights before every validation.
+        restorer = Restorer(eval_model, task, task_params=task_params, device=device, dtype="fp32", folded=False)
 
     invertible = bool(getattr(model, "invertible", False))
     hooks: list = []
@@ -1222,19 +1364,24 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             state.update({f"{k}.rank0": v for k, v in mine.items()})
         return state
 
+    save_failures: dict[Path, str] = {}  # files whose last write failed (disk full, ...): reported at the end
+
     def write_checkpoint() -> None:
         rng = rng_state()  # collective under DDP: every rank takes part
         if not dist_ctx.main:
             return
-        save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer, rng=rng, meta={
-            "config": config.to_dict(), "model_config": json.loads(config_to_json(model.config)),
-            "step": step, "patches_seen": patches_seen, "train_seconds": train_seconds + (time.monotonic() - t_run),
-            "run_id": run_id, "data": data.description, "world_size": dist_ctx.world, "sessions": sessions,
-            "task_params": task_params})
+        with _save_attempt(ckpt_path, save_failures, quiet_echo):
+            save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer, rng=rng, meta={
+                "config": config.to_dict(), "model_config": json.loads(config_to_json(model.config)),
+                "step": step, "patches_seen": patches_seen,
+                "train_seconds": train_seconds + (time.monotonic() - t_run),
+                "run_id": run_id, "data": data.description, "world_size": dist_ctx.world, "sessions": sessions,
+                "task_params": task_params})
 
     def write_log() -> None:
         if dist_ctx.main:
-            _atomic_write_text(log_path, json.dumps(log, indent=1, default=str) + "\n")
+            with _save_attempt(log_path, save_failures, quiet_echo):
+                _atomic_write_text(log_path, json.dumps(log, indent=1, default=str) + "\n")
 
     log_every = session.log_every or (max(1, min(100, config.steps // 20)) if config.steps else 50)
     val_every = session.val_every if session.val_every is not None else DEFAULT_VAL_EVERY
@@ -1321,8 +1468,9 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                     restored = train_model(inp)
                 loss = F.l1_loss(restored.float(), clean)
                 objective = loss
-                if config.inverse_gain > 0 and invertible:
-                    objective = loss + inverse_gain_penalty(model, restored, inp, config.inverse_gain, data_gen)
+                if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
+                    objective = loss + config.inverse_gain_every * inverse_gain_penalty(
+                        model, restored, inp, config.inverse_gain, data_gen)
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
             except torch.OutOfMemoryError:
@@ -1456,7 +1604,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         }
         final = create_model(config.arch)
         final.load_state_dict(ema.state_dict() if ema is not None else model.state_dict())
-        sha = save_weights(final, out, task=config.task, task_params=task_params, training=result_summary)
+        with _save_attempt(out, save_failures, quiet_echo):  # tried even when the (larger) checkpoint failed
+            sha = save_weights(final, out, task=config.task, task_params=task_params, training=result_summary)
         log["summary"] = {**result_summary, "out": str(out), "sha256": sha}
         write_log()
     if dist_ctx.active:
@@ -1464,6 +1613,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
 
         dist.barrier()
         dist.destroy_process_group()
+    if save_failures:
+        _raise_save_failures(save_failures, [p for p in (out, ckpt_path, log_path) if p not in save_failures], step)
     if stopped == "interrupted":
         raise KeyboardInterrupt
     return TrainResult(out=out, checkpoint=ckpt_path, log=log_path, sha256=sha, steps=step,

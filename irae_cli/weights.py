@@ -134,19 +134,20 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"{path}: not a readable safetensors file ({reason}); "
-                           f"it may be truncated — download or train it again") from e
+        raise WeightsError(unreadable_safetensors(path, e, "weights")) from None
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: safetensors file without irae metadata (format={meta.get('format')!r}); "
                            f"only files written by 'irae train' can be loaded")
+    config_dict = metadata_json(meta, "config", path, required=True)
+    task_params = metadata_json(meta, "task_params", path)
+    training = metadata_json(meta, "training", path)
     try:
-        config = config_from_dict(json.loads(meta["config"]))
+        config = config_from_dict(config_dict)
         if config.arch != meta.get("arch"):
             raise ValueError(f"metadata arch {meta.get('arch')!r} disagrees with config arch {config.arch!r}")
         model = create_model(config)
-    except (KeyError, ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: unusable model description in metadata ({e})") from e
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{path}: unusable model description in metadata field 'config' ({e})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -159,9 +160,53 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
     if not getattr(model, "is_initialized", True):
         raise WeightsError(f"{path}: model's ActNorm layers were never initialised; the file is not a trained model")
     model.eval().to(device)
-    return LoadedWeights(model=model, path=path, sha256=sha, task=task,
-                         task_params=json.loads(meta.get("task_params", "{}")),
-                         training=json.loads(meta.get("training", "{}")), metadata=meta)
+    return LoadedWeights(model=model, path=path, sha256=sha, task=task, task_params=task_params,
+                         training=training, metadata=meta)
+
+
+def metadata_json(meta: dict, key: str, path: Path, *, required: bool = False) -> dict:
+    """A JSON-object field of a safetensors file's metadata; a one-line WeightsError naming file and field."""
+    raw = meta.get(key)
+    if raw is None:
+        if required:
+            raise WeightsError(f"{path}: metadata has no {key!r} field; the file was not written by 'irae train' "
+                               f"or was edited -- train it again")
+        return {}
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise WeightsError(f"{path}: metadata field {key!r} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
+                           f"the file was damaged or edited -- download or train it again") from None
+    if not isinstance(value, dict):
+        raise WeightsError(f"{path}: metadata field {key!r} is a JSON {type(value).__name__}, not an object; "
+                           f"the file was damaged or edited -- download or train it again")
+    return value
+
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
+
+
+def unreadable_safetensors(path: Path, e: BaseException, what: str = "weights") -> str:
+    """Why safetensors could not open ``path``: a pickle, not safetensors at all, or truncated (one line)."""
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError as err:
+        return f"{path}: cannot read ({err.strerror or err})"
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) \
+            or path.suffix.lower() in _PICKLE_SUFFIXES:
+        advice = ("convert it with torch.load(..., weights_only=True) and irae_cli.weights.save_weights in your "
+                  "own Python (README, 'Weights'), or train weights with 'irae train'" if what == "weights" else
+                  "resume from the .ckpt.safetensors file 'irae train' wrote")
+        return f"{path}: not a safetensors file but a PyTorch/pickle file (irae never loads pickle files); {advice}"
+    if len(head) < 9 or head[8:9] != b"{":
+        return (f"{path}: not a readable safetensors file ({reason}); it is not a {what} file 'irae train' "
+                f"wrote")
+    if 8 + int.from_bytes(head[:8], "little") > size:
+        return f"{path}: not a readable safetensors file ({reason}); it is truncated -- download or train it again"
+    return f"{path}: not a readable safetensors file ({reason}); it may be truncated -- download or train it again"
 
 
 def register(name: str, path: Path, *, task: str, default: bool = True, card: str | None = None,

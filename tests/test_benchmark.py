@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -82,7 +83,7 @@ def test_done_when_command(work, tmp_path):
     (photos / "camera_128_gray.png").unlink()  # RGB only, so the numpy reference stays three lines
     r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "25", photos, "--weights", work / "A.safetensors",
              "--compare", f"cnn={work / 'B.safetensors'}", "--json", tmp_path / "r.json", "--sheet",
-             tmp_path / "s.png", cwd=tmp_path)
+             tmp_path / "s.png", "--classical", "none", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if "sigma25" in line]
     assert [line.split("│")[1].strip() for line in rows] == ["input", "A", "cnn"]
@@ -117,7 +118,8 @@ def test_done_when_command(work, tmp_path):
 @pytest.fixture(scope="module")
 def denoise_result(work):
     return bench.quality(work / "photos", task="denoise", weights=str(work / "A.safetensors"),
-                         compare=[("cnn", str(work / "B.safetensors"))], sigmas=[0, 25], device="cpu")
+                         compare=[("cnn", str(work / "B.safetensors"))], sigmas=[0, 25], device="cpu",
+                         classical="none")
 
 
 def test_quality_json_schema_is_stable(denoise_result):
@@ -125,7 +127,8 @@ def test_quality_json_schema_is_stable(denoise_result):
     assert set(r) == {"schema", "settings", "versions", "models", "results", "failures"}
     assert r["schema"] == "irae.benchmark.quality/1"
     assert set(r["settings"]) == {"task", "source", "source_kind", "seed", "levels", "metric_conventions", "device",
-                                  "dtype", "tile", "batch_size", "n_images", "sheet"}
+                                  "dtype", "tile", "batch_size", "n_images", "sheet", "classical"}
+    assert r["settings"]["classical"] == {"rows": [], "missing": [], "install": None}
     assert set(r["versions"]) == {"irae", "python", "torch", "numpy", "pillow", "cuda", "cudnn", "platform", "device"}
     for m in r["models"].values():
         assert set(m) == {"weights", "sha256", "arch", "params"}
@@ -172,7 +175,7 @@ def test_manifest_gives_the_same_figures_as_the_folder(work, tmp_path):
     from_set = bench.quality(tmp_path / "set" / "manifest.jsonl", **kw)
     from_folder = bench.quality(work / "photos", masks=["box"], seed=7, **kw)
     assert from_set["results"] == from_folder["results"]
-    assert [e["model"] for e in from_set["results"]] == ["input", "harmonic-fill", "I"]
+    assert [e["model"] for e in from_set["results"]] == ["input", "harmonic-fill", "telea", "navier-stokes", "I"]
     first = from_set["results"][0]
     assert set(first["metrics"]) == {"psnr_rgb_u8", "psnr_y601_u8", "ssim_rgb_u8", "ssim_y601_u8",
                                      "psnr_hole_rgb_u8", "hole_ratio"}
@@ -204,7 +207,7 @@ def test_bad_image_is_reported_and_the_rest_scored(work, tmp_path):
     assert r.returncode == 2 and "already exists" in r.stderr
     assert (tmp_path / "r.json").read_text() == "mine"
     r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "25", photos, "--weights",
-             work / "A.safetensors", "--json", tmp_path / "r.json", "--overwrite")
+             work / "A.safetensors", "--json", tmp_path / "r.json", "--overwrite", "--classical", "nlm")
     assert r.returncode == 1
     assert "broken.png" in r.stderr and "Traceback" not in r.stderr
     result = json.loads((tmp_path / "r.json").read_text())
@@ -261,8 +264,10 @@ def test_speed_cpu_tiny(work, tmp_path):
     assert s["model"]["mac_per_pixel"] == 3 * 16 * 9 + 3 * 16 * 16 * 9 + 16 * 3 * 9
     (m,) = s["results"]
     assert set(m) == {"mode", "images", "megapixels", "repeats", "median_s", "p90_s", "mp_per_s", "images_per_s",
-                      "peak_memory_bytes", "peak_memory_source", "times_s", "batch_size"}
+                      "peak_memory_bytes", "peak_memory_source", "times_s", "batch_size", "dtype", "compile",
+                      "folded"}
     assert m["mode"] == "model" and m["repeats"] == len(m["times_s"]) == 3 and m["images"] == 2
+    assert m["dtype"] == "float32" and m["compile"] is False  # a CNN runs fp32 on the CPU's auto path
     assert m["p90_s"] >= m["median_s"] > 0
     assert m["mp_per_s"] == pytest.approx(2 * 64 * 64 / 1e6 / m["median_s"])
     assert s["versions"]["torch"] == torch.__version__ and s["versions"]["device"].startswith("cpu")
@@ -278,16 +283,16 @@ def test_speed_folder_end_to_end_and_naive(work):
 
 
 def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
-    """JPEG in: both runs write PNG at the same level and run at the same precision (autocast for bf16)."""
+    """JPEG in: both runs write PNG at the same level and run at the same precision (bf16 coupling nets)."""
     import irae_cli.pipeline as pl
-    from irae_cli.model.irae import IRAE
+    from irae_cli.model.flows import CouplingNet
 
     jpegs = tmp_path / "jpegs"
     jpegs.mkdir()
     for name in RGB:
         Image.open(DATA / name).save(jpegs / (Path(name).stem + ".jpg"), quality=80)
     written, autocast = [], []
-    real_restore, real_naive, real_forward = pl.restore, bench._naive_loop, IRAE.forward
+    real_restore, real_naive, real_forward = pl.restore, bench._naive_loop, CouplingNet.forward
 
     def restore(input, output, opts, **kw):
         summary = real_restore(input, output, opts, **kw)
@@ -295,23 +300,25 @@ def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
         return summary
 
     def naive(sources, dest, *args):
+        autocast.clear()  # the ActNorm initialisation of the preset ran its coupling nets in fp32
         real_naive(sources, dest, *args)
         written.append(("naive", sorted(p.suffix for p in Path(dest).rglob("*") if p.is_file())))
 
-    def forward(self, x):
+    def forward(self, x, *args, **kwargs):  # the unfolded coupling nets: the naive loop's (restore runs folded)
         autocast.append(torch.is_autocast_enabled("cpu"))
-        return real_forward(self, x)
+        return real_forward(self, x, *args, **kwargs)
 
     monkeypatch.setattr(pl, "restore", restore)
     monkeypatch.setattr(bench, "_naive_loop", naive)
-    monkeypatch.setattr(IRAE, "forward", forward)
+    monkeypatch.setattr(CouplingNet, "forward", forward)
     monkeypatch.setattr(bench, "macs_per_pixel", lambda *a: 1.0)  # its fp32 forward is not a timed run
     s = bench.speed(arch="tiny", folder=jpegs, naive=True, device="cpu", dtype="bf16", warmup=0)
     e2e, nv = s["results"]
     assert written == [("end-to-end", [".png"] * 3), ("naive", [".png"] * 3)]
-    for key in ("dtype", "conv_tf32", "output"):
+    for key in ("dtype", "low_precision_scope", "conv_tf32", "output"):
         assert e2e[key] == nv[key], key
     assert nv["dtype"] == "bfloat16" and nv["output"] == "PNG level 1" and nv["conv_tf32"] is None
+    assert nv["low_precision_scope"] == "coupling nets"
     assert "bfloat16" in nv["pipeline"] and "level 1" in nv["pipeline"]
     assert autocast and all(autocast)
 
@@ -338,9 +345,13 @@ def test_invertibility_tiny(work, tmp_path):
     assert set(r) == {"schema", "settings", "versions", "model", "condition_numbers", "results", "summary",
                       "failures"}
     assert len(r["results"]) == 4 and r["summary"]["passed"]
+    assert r["settings"]["criterion"] == "max error in 8-bit levels" and r["settings"]["tolerance"] == 0.5
     assert r["summary"]["max_rel_error"] < 1e-5
+    assert r["summary"]["max_error_levels"] < 0.5 and r["summary"]["exact_u8_fraction"] == 1.0
     for e in r["results"]:
-        assert set(e) == {"image", "shape", "rel_error", "max_abs_error"} and e["rel_error"] < 1e-5
+        assert set(e) == {"image", "shape", "rel_error", "max_abs_error", "max_error_levels", "exact_u8_fraction"}
+        assert e["rel_error"] < 1e-5
+        assert e["max_error_levels"] == pytest.approx(255 * e["max_abs_error"])
     assert r["condition_numbers"]["max"] == pytest.approx(1.0, abs=1e-6)
 
     at = bench.invertibility(arch="tiny", images=DATA / RGB[0], dtype="fp64", size=150, device="cpu")
@@ -354,3 +365,57 @@ def test_fit_to_multiple_crops_to_real_pixels():
     x = torch.arange(3 * 10 * 13, dtype=torch.float32).view(3, 10, 13)
     y = bench.fit_to_multiple(x, 4)
     assert y.shape == (3, 8, 12) and torch.equal(y, x[:, 1:9, 0:12])
+
+
+# --------------------------------------------------------------------------- classical rows
+
+def test_classical_denoise_rows_beat_the_input(work, tmp_path):
+    pytest.importorskip("skimage")
+    wanted = "nlm,cbm3d" if importlib.util.find_spec("bm3d") else "nlm"
+    r = bench.quality(work / "photos" / RGB[0], task="denoise", sigmas=[25], weights=str(work / "A.safetensors"),
+                      device="cpu", classical=wanted)
+    rows = {e["model"]: e for e in r["results"]}
+    assert list(rows)[:1 + len(wanted.split(","))] == ["input", *[m for m in ("cbm3d", "nlm") if m in wanted]]
+    for name in wanted.split(","):
+        assert r["models"][name]["classical"] and r["models"][name]["licence"]
+        assert rows[name]["metrics"]["psnr_rgb_u8"] > rows["input"]["metrics"]["psnr_rgb_u8"] + 3
+    assert r["settings"]["classical"]["rows"] == [m for m in ("cbm3d", "nlm") if m in wanted]
+
+
+def test_classical_inpaint_rows_keep_known_pixels(work):
+    pytest.importorskip("cv2")
+    r = bench.quality(work / "photos" / RGB[1], task="inpaint", masks=["box"], weights=str(work / "I.safetensors"),
+                      device="cpu")
+    rows = {e["model"]: e for e in r["results"]}
+    for name in ("harmonic-fill", "telea", "navier-stokes"):
+        assert rows[name]["metrics"]["psnr_hole_rgb_u8"] > rows["input"]["metrics"]["psnr_hole_rgb_u8"] + 3
+    import irae_cli.classical as classical
+
+    x = torch.rand(3, 32, 32)
+    mask = torch.zeros(1, 32, 32, dtype=torch.bool)
+    mask[:, 8:20, 10:24] = True
+    out = classical.METHODS[3].run(x, {}, mask)
+    assert torch.equal(out[:, ~mask[0]], x[:, ~mask[0]])
+
+
+def test_missing_classical_package_is_one_note_and_bad_name_is_usage_error(work, monkeypatch, tmp_path):
+    import irae_cli.classical as classical
+
+    monkeypatch.setattr(classical.Classical, "available", property(lambda self: self.module is None))
+    r = bench.quality(work / "photos" / RGB[0], task="inpaint", masks=["box"], weights=str(work / "I.safetensors"),
+                      device="cpu")
+    assert [e["model"] for e in r["results"]] == ["input", "harmonic-fill", "I"]
+    assert r["settings"]["classical"] == {"rows": ["harmonic-fill"], "missing": ["telea", "navier-stokes"],
+                                         "install": "pip install 'irae[classical]'"}
+    bad = irae("benchmark", "quality", "--task", "denoise", work / "photos", "--weights", work / "A.safetensors",
+               "--classical", "bm4d", "--device", "cpu")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cbm3d, nlm" in bad.stderr
+
+
+def test_speed_baseline_row_times_eager_fp32_in_the_same_run(work):
+    s = bench.speed(weights=str(work / "A.safetensors"), size=64, batch_size=1, repeats=2, warmup=1, device="cpu",
+                    dtype="bf16", baseline=True)
+    base, model = s["results"]
+    assert base["mode"].startswith("baseline") and base["dtype"] == "float32" and not base["folded"]
+    assert model["mode"] == "model" and model["dtype"] == "bfloat16 (coupling nets)" and model["folded"]
+    assert s["settings"]["dtype"] == model["dtype"]

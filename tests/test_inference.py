@@ -121,7 +121,7 @@ def test_oom_halving_is_remembered_and_frees_after_the_except(model, photos, mon
         freed.append((sys.exc_info()[0] is None, all(ref() is None for ref in fake.alive[:-1])))
     monkeypatch.setattr(r, "_free_device_memory", free)
     batch = photos[:, :, :64, :64].repeat(3, 1, 1, 1)[:8]  # 8 images
-    whole = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0)(batch)
+    whole = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0, folded=False)(batch)
     outs = [r(batch) for _ in range(2)]  # 16 images in two calls
     assert all(torch.allclose(o, whole, atol=1e-6) for o in outs)
     # 8 -> 4 -> 2 fail once each, then every call runs batches of 2: 16 useful images in 8 calls

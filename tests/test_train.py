@@ -453,7 +453,8 @@ def test_training_halves_its_batch_on_out_of_memory(tmp_path, photos, monkeypatc
     monkeypatch.setattr(tr, "inverse_gain_penalty", penalty)
     monkeypatch.setattr(tr, "_free_device_memory", lambda device: freed.append(sys.exc_info()[0] is None))
     notes = []
-    result = run_train(tmp_path, "oom", photos, {"steps": 4, "batch_size": 8}, echo=notes.append)
+    result = run_train(tmp_path, "oom", photos, {"steps": 4, "batch_size": 8, "inverse_gain_every": 1},
+                       echo=notes.append)
     assert tried == [8, 4, 2, 2, 2, 2] and freed == [True, True]
     assert result.steps == 4 and result.patches_seen == 4 * 2 and result.summary["config"]["batch_size"] == 2
     assert [h["to"] for h in result.summary["oom_halvings"]] == [4, 2]

@@ -39,4 +39,13 @@ for module in (train, restore, degrade, benchmark):
 
 
 def run() -> None:
+    import sys
+
+    from ..errors import EXIT_USAGE, one_line
+    from ._common import empty_argument_problem
+
+    problem = empty_argument_problem(sys.argv[1:])
+    if problem:  # checked before typer turns '' into a default or '.'
+        print(f"irae: error: {one_line(problem)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
     app()

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import typer
 
-from ..errors import EXIT_USAGE, IraeError
+from ..errors import EXIT_USAGE, IraeError, one_line
 
 
 @contextmanager
@@ -17,7 +17,7 @@ def user_errors():
     try:
         yield
     except IraeError as e:
-        print(f"irae: error: {e}", file=sys.stderr)
+        print(f"irae: error: {one_line(e)}", file=sys.stderr)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         print("irae: interrupted; finished files are complete, none is half-written", file=sys.stderr)
@@ -25,18 +25,58 @@ def user_errors():
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    print(f"irae: error: {message}", file=sys.stderr)
+    print(f"irae: error: {one_line(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
 def parse_list(text: str | None, cast=float, name: str = "value") -> list:
-    """'15,25,50' -> [15.0, 25.0, 50.0]; raises IraeError naming the option on bad input."""
-    if text is None or text == "":
+    """'15,25,50' -> [15.0, 25.0, 50.0]; None -> []; raises IraeError naming the option on bad or empty input."""
+    if text is None:
         return []
     try:
-        return [cast(part) for part in text.split(",") if part.strip()]
+        values = [cast(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise IraeError(f"{name}: cannot read {text!r}; give comma-separated numbers, e.g. 15,25,50") from None
+    if not values:
+        raise IraeError(f"{name} {text!r} gives no value; give comma-separated numbers, e.g. 15,25,50, "
+                        f"or leave the option out for its default")
+    return values
+
+
+def parse_names(text: str | None, name: str = "value") -> list[str] | None:
+    """'box,strokes' -> ['box', 'strokes']; None -> None; an option given with no names is a usage error."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise IraeError(f"{name} {text!r} gives no value; give comma-separated names, e.g. box,strokes, "
+                        f"or leave the option out for its default")
+    return names
+
+
+# Options whose empty value means something ("no suffix"); any other empty argument is a usage error.
+EMPTY_ALLOWED = {"--suffix"}
+
+
+def empty_argument_problem(argv: list[str]) -> str | None:
+    """An empty value (--weights '', --report=, or an empty INPUT) would silently mean a default or '.'."""
+    previous = None
+    for i, token in enumerate(argv):
+        if token == "--":
+            previous = None
+            continue
+        if token.startswith("--") and "=" in token:
+            option, value = token.split("=", 1)
+            if not value.strip() and option not in EMPTY_ALLOWED:
+                return f"{option} is empty; give a value or leave the option out"
+        elif not token.strip():
+            if previous is not None and previous.startswith("-") and previous != "-":
+                if previous not in EMPTY_ALLOWED:
+                    return f"{previous} has an empty value; give a value or leave the option out"
+            else:
+                return f"argument {i + 1} is empty; give a file or folder name"
+        previous = token
+    return None
 
 
 def parse_range(text: str, cast=float, name: str = "value") -> tuple:

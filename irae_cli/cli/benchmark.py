@@ -14,7 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import parse_list, parse_range, user_errors
+from ..errors import one_line
+from ._common import parse_list, parse_names, parse_range, user_errors
 
 sub = typer.Typer(
     name="benchmark",
@@ -36,7 +37,8 @@ def _progress():
 
     def tick(image: str) -> None:
         count[0] += 1
-        print(f"\rirae: {count[0]} image(s) scored, last {image[-60:]}\033[K", end="", file=sys.stderr, flush=True)
+        print(f"\rirae: {count[0]} image(s) scored, last {one_line(image)[-60:]}\033[K", end="", file=sys.stderr,
+              flush=True)
 
     return tick
 
@@ -53,7 +55,7 @@ def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> 
     console.width = max(console.width, natural)
     console.print(table)
     for f in result.get("failures", []):
-        print(f"irae: error: {f['error']}", file=sys.stderr)
+        print(f"irae: error: {one_line(f['error'])}", file=sys.stderr)
     if json_path is not None:
         write_json(result, json_path, overwrite=overwrite)
     return 1 if result.get("failures") else 0
@@ -91,9 +93,17 @@ def quality_cmd(
     sheet_images: int = typer.Option(8, "--sheet-images", help="Images per level shown on the sheet."),
     sheet_region: str = typer.Option("worst", "--sheet-region",
                                      help="worst: the crop where the first model errs most; centre."),
+    classical: str = typer.Option("all", "--classical",
+                                  help="Classical rows: all, none, or names (cbm3d, nlm; harmonic-fill, telea, "
+                                       "navier-stokes). cbm3d/nlm/telea/navier-stokes need "
+                                       "pip install 'irae[classical]'."),
     overwrite: bool = _OVERWRITE,
 ) -> None:
-    """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint)."""
+    """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
+
+    Classical methods (CBM3D and non-local means for denoising, harmonic fill and OpenCV's Telea
+    and Navier-Stokes for inpainting) are scored in the same run, on the same degraded images.
+    """
     with user_errors():
         from ..bench import check_outputs, parse_compare, quality_table
         from ..bench import quality as run_quality
@@ -108,11 +118,16 @@ def quality_cmd(
         result = run_quality(
             source, task=task, weights=weights, compare=parse_compare(compare),
             sigmas=parse_list(sigma, float, "--sigma") or None, qualities=parse_list(quality, int, "--quality") or None,
-            masks=[m.strip() for m in mask.split(",") if m.strip()] if mask else None,
+            masks=parse_names(mask, "--mask"),
             hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
             noise_protocol=noise_protocol, seed=seed,
             device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop,
-            sheet_images=sheet_images, sheet_crop_mode=sheet_region, overwrite=overwrite, progress=_progress())
+            sheet_images=sheet_images, sheet_crop_mode=sheet_region, overwrite=overwrite, progress=_progress(),
+            classical=classical)
+        missing = result["settings"]["classical"]["missing"]
+        if missing:
+            print(f"irae: note: classical rows {', '.join(missing)} skipped: {result['settings']['classical']['install']}",
+                  file=sys.stderr)
         if sys.stderr.isatty():
             print(file=sys.stderr)
         code = _finish(result, quality_table(result), json_path, overwrite)
@@ -134,6 +149,8 @@ def speed_cmd(
     folder: Optional[Path] = typer.Option(None, "--folder",
                                           help="End to end: restore this folder into a temp folder, I/O included."),
     naive: bool = typer.Option(False, "--naive", help="With --folder: also time a plain per-image loop."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also time the eager fp32 unfolded model in the "
+                                  "same run, as the reference for speed-ups."),
     json_path: Optional[Path] = _JSON,
     overwrite: bool = _OVERWRITE,
 ) -> None:
@@ -144,9 +161,9 @@ def speed_cmd(
         check_outputs([json_path], overwrite)
         result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
                        compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
-                       channels_last=channels_last)
+                       channels_last=channels_last, baseline=baseline)
         for note in result["notes"]:
-            print(f"irae: note: {note}", file=sys.stderr)
+            print(f"irae: note: {one_line(note)}", file=sys.stderr)
         code = _finish(result, speed_table(result), json_path, overwrite)
     raise typer.Exit(code)
 
@@ -163,7 +180,11 @@ def invertibility_cmd(
     json_path: Optional[Path] = _JSON,
     overwrite: bool = _OVERWRITE,
 ) -> None:
-    """Round-trip error of inverse(forward(y)) on real images, and the 1x1 convs' condition numbers."""
+    """Round-trip error of inverse(forward(y)) on real images, and the 1x1 convs' condition numbers.
+
+    fp32 passes when every pixel of the round trip rounds back to the 8-bit input (max error
+    < 0.5 of one level); fp64 when the relative error is <= 1e-9.
+    """
     with user_errors():
         from ..bench import check_outputs, invertibility, invertibility_table
 
@@ -171,8 +192,13 @@ def invertibility_cmd(
         result = invertibility(weights=weights, arch=arch, images=images, dtype=dtype, device=device, size=size)
         code = _finish(result, invertibility_table(result), json_path, overwrite)
         if not result["summary"]["passed"]:
-            print(f"irae: error: round-trip error {result['summary']['max_rel_error']:.2e} exceeds the "
-                  f"{dtype} tolerance {result['settings']['tolerance']:.0e}", file=sys.stderr)
+            summ = result["summary"]
+            if dtype == "fp32":
+                print(f"irae: error: the round trip misses the 8-bit input by up to {summ['max_error_levels']:.3f} "
+                      f"of one level (must be < 0.5)", file=sys.stderr)
+            else:
+                print(f"irae: error: round-trip error {summ['max_rel_error']:.2e} exceeds the "
+                      f"{dtype} tolerance {result['settings']['tolerance']:.0e}", file=sys.stderr)
             code = 1
     raise typer.Exit(code)
 

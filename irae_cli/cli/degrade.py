@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import EXIT_SOME_FAILED
-from ._common import parse_list, parse_range, user_errors
+from ..errors import EXIT_SOME_FAILED, IraeError, one_line
+from ._common import parse_list, parse_names, parse_range, user_errors
 
 
 def _ranges(text: str | None, name: str) -> list[tuple[float, float]] | None:
@@ -18,7 +18,9 @@ def _ranges(text: str | None, name: str) -> list[tuple[float, float]] | None:
     if text is None:
         return None
     parts = [p for p in text.split(",") if p.strip()]
-    return [parse_range(p, float, name) for p in parts] or None
+    if not parts:
+        raise IraeError(f"{name} {text!r} gives no value; give e.g. 15,25 or 0-55, or leave the option out")
+    return [parse_range(p, float, name) for p in parts]
 
 
 def register(app: typer.Typer) -> None:
@@ -93,7 +95,7 @@ def register(app: typer.Typer) -> None:
             def on_file(src, failures: list[str]) -> None:
                 if failures:
                     failed.add(src.rel)
-                for line in failures:
+                for line in map(one_line, failures):
                     if progress is not None:
                         progress.console.print(f"irae: error: {line}", markup=False, highlight=False, soft_wrap=True)
                     else:
@@ -105,9 +107,9 @@ def register(app: typer.Typer) -> None:
                 result = make_test_set(
                     clean, out, task=task, seed=seed, sigma=_ranges(sigma, "--sigma"),
                     noise_protocol=noise_protocol,
-                    quality=(parse_list(quality, int, "--quality") or None) if quality is not None else None,
+                    quality=parse_list(quality, int, "--quality") if quality is not None else None,
                     subsampling=subsampling, double_quality=double_quality,
-                    masks=[m.strip() for m in mask.split(",") if m.strip()] if mask is not None else None,
+                    masks=parse_names(mask, "--mask"),
                     hole_ratio=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
                     hole_bins=_ranges(hole_bins, "--hole-bins"), recursive=recursive, include=include,
                     exclude=exclude, workers=workers, overwrite=overwrite, skip_existing=skip_existing,
@@ -118,7 +120,8 @@ def register(app: typer.Typer) -> None:
 
             n_img, n_lvl = len(result.sources), len(result.levels)
             if dry_run:
-                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into {out}")
+                print(f"would degrade {n_img} image(s) x {n_lvl} level(s) = {n_img * n_lvl} output(s) into "
+                      f"{one_line(out)}")
                 for level in result.levels:
                     print(f"  {level.name}: {level.task} {level.params}")
                 return
@@ -127,9 +130,9 @@ def register(app: typer.Typer) -> None:
                 made = len(result.records) - result.carried
                 kept = f", {result.kept} identical file(s) kept" if result.kept else ""
                 carried = f" ({result.carried} from the earlier manifest)" if result.carried else ""
-                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in {out}: "
-                      f"{result.written} file(s) written{kept}; {result.manifest} lists {len(result.records)} "
-                      f"output(s){carried}", file=sys.stderr)
+                print(f"irae: {made} output(s) from {n_img - failed_images} image(s) x {n_lvl} level(s) in "
+                      f"{one_line(out)}: {result.written} file(s) written{kept}; {one_line(result.manifest)} lists "
+                      f"{len(result.records)} output(s){carried}", file=sys.stderr)
             if result.failures:
                 print(f"irae: {len(result.failures)} problem(s) with {failed_images} of {n_img} image(s), listed "
                       f"above; the manifest lists only complete outputs", file=sys.stderr)

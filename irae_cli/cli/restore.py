@@ -48,12 +48,15 @@ def register(app: typer.Typer) -> None:
                                            "alone."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on capable GPUs, else fp32), fp32, bf16 "
-                                  "or fp16."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the GPU or CPU computes it "
+                                  "natively, else fp32), fp32, bf16 or fp16."),
+        compile_mode: str = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the model "
+                                         "(auto: only when the run is long enough to repay the compile time)."),
         tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; 0 = whole "
                                  "image; auto = 1024, halved on out-of-memory."),
-        tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles, blended "
-                                         "linearly."),
+        tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Overlap between tiles, "
+                                                   "blended linearly (default: 32, or a quarter of a smaller "
+                                                   "--tile).", show_default=False),
         batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images (or tiles) of equal size per "
                                        "batch."),
         workers: int = typer.Option(0, "--workers", "-j", help="Threads for decoding and for encoding "
@@ -84,6 +87,6 @@ def register(app: typer.Typer) -> None:
                 tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, format=out_format.lower(),
                 quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
                 include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
-                report=report, dry_run=dry_run, masks=masks, mask_from=mask_from)
+                report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
