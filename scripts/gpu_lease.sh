@@ -33,11 +33,14 @@
 #
 # Knobs (environment): MINUTES per model (1.2), PACK, VAL, ARCH / CNN (presets), DEVICE (cuda),
 # EXTRA (more train flags), SMOKE (1 = run the smoke check first), the caps SMOKE_S (150; the
-# step gets 20 s more), QUALITY_S (90), INVERT_S (40), OUT (out/lease), WORK (/tmp/irae-lease-TASK),
-# PY (python3), PLAN_ONLY (1 = print the plan only).
-# CPU rehearsal at tiny scale (the carry paths in place; the CPU scores SSIM slower, hence QUALITY_S):
+# step gets 20 s more), QUALITY_S (90), INVERT_S (40), CLASSICAL (the quality run's classical rows:
+# all, none or names; all = what is installed there, e.g. NLM through OpenCV, CBM3D only where the
+# bm3d package is), OUT (out/lease), WORK (/tmp/irae-lease-TASK), PY (python3), PLAN_ONLY (1 = print
+# the plan only).
+# CPU rehearsal at tiny scale (the carry paths in place; two CPU cores score SSIM and run the
+# classical methods far slower, hence QUALITY_S and CLASSICAL):
 #   ARCH=tiny CNN=cnn-tiny MINUTES=0.2 DEVICE=cpu EXTRA="--patch 32 --batch-size 8" SMOKE_S=100 \
-#     QUALITY_S=200 OUT=/tmp/fake-out scripts/gpu_lease.sh denoise
+#     QUALITY_S=200 CLASSICAL=none OUT=/tmp/fake-out scripts/gpu_lease.sh denoise
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TASK=${1:?usage: scripts/gpu_lease.sh denoise|jpeg|inpaint}
@@ -50,6 +53,7 @@ SMOKE=${SMOKE:-1}
 SMOKE_S=${SMOKE_S:-150}
 QUALITY_S=${QUALITY_S:-90}
 INVERT_S=${INVERT_S:-40}
+CLASSICAL=${CLASSICAL:-all}
 OUT=${OUT:-out/lease}
 WORK=${WORK:-/tmp/irae-lease-$TASK}
 NAME=lease-$TASK
@@ -94,7 +98,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
   if need "benchmark quality" "$VAL" "$WORK/irae-$TASK.safetensors" "$WORK/cnn-$TASK.safetensors"; then
     step "benchmark quality" "$QUALITY_S" "$PY" -m irae_cli benchmark quality --task "$TASK" $LEVELS "$VAL" --device "$DEVICE" \
       --dtype fp32 --weights "$WORK/irae-$TASK.safetensors" --compare "cnn=$WORK/cnn-$TASK.safetensors" \
-      --json "$WORK/quality-$TASK.json" --sheet "$WORK/sheet-$TASK.png" --overwrite
+      --classical "$CLASSICAL" --json "$WORK/quality-$TASK.json" --sheet "$WORK/sheet-$TASK.png" --overwrite
   fi
   if need "benchmark invertibility" "$VAL" "$WORK/irae-$TASK.safetensors"; then
     # exit 1 = above the fp32 tolerance: a result, recorded in the JSON
