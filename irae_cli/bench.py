@@ -654,21 +654,25 @@ def _time_model(lm: LoadedModel, task: str, dev: torch.device, dtype: str, compi
         def call():
             with torch.inference_mode(), restorer._autocast():
                 run_model(x)
+        oom = False
         try:
             return _time_calls(call, dev, warmup, repeats), n, resolved, compile
         except torch.OutOfMemoryError:
             if n == 1:
                 raise IraeError(f"out of device memory at batch 1 and {side}px; lower --size") from None
-            n //= 2
-            notes.append(f"out of memory: batch halved to {n}")
-            del x
-            torch.cuda.empty_cache()
+            oom = True  # freed below, once the traceback no longer holds the failed call's tensors
         except Exception as e:  # compile failures surface at the first call
             if not compile:
                 raise
             notes.append(f"torch.compile failed at run time ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                          "timed eager instead")
             compile, run_model = False, restorer._eager
+        if oom:
+            n //= 2
+            notes.append(f"out of memory: batch halved to {n}")
+            del x
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _compile(model):
@@ -709,7 +713,17 @@ def _speed_folder(lm: LoadedModel, folder: Path, task: str, dev: torch.device, d
         if weights is None:  # an untrained preset goes through the same file path as real weights
             weights = str(tmp / f"{lm.arch}.safetensors")
             save_weights(lm.model, weights, task=task)
-        opts = RestoreOptions(task=task, weights=weights, device=str(dev), dtype=dtype, batch_size=batch_size)
+        # Like for like: both runs write PNG at restore's default level, at the same precision.
+        opts = RestoreOptions(task=task, weights=weights, device=str(dev), dtype=dtype, batch_size=batch_size,
+                              format="png")
+        # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16.
+        from .model.folded import FoldedIRAE, fold
+
+        coupling_only = isinstance(fold(lm.model), FoldedIRAE)
+        dt = pick_dtype(dtype, dev, coupling_only=coupling_only)
+        scope = None if dt == torch.float32 else ("coupling nets" if coupling_only else "whole model")
+        precision = {"dtype": str(dt).replace("torch.", ""), "low_precision_scope": scope,
+                     "conv_tf32": _conv_tf32(dev), "output": f"PNG level {opts.png_level}"}
         # Warm-up on the first file: CUDA context, kernels and allocator are process-wide, so later runs start warm.
         for w in range(warmup):
             restore(sources[0].path, tmp / f"warm-{w}", opts, quiet=True)
@@ -722,9 +736,8 @@ def _speed_folder(lm: LoadedModel, folder: Path, task: str, dev: torch.device, d
             times.append(time.perf_counter() - t0)
             if summary.failed:
                 notes.append(f"end-to-end run {r + 1}: {summary.failed} file(s) failed")
-        out.append(_summary("end-to-end", times, len(sources), megapixels, dev,
-                            pipeline=f"irae restore pipeline ({opts.format} format, PNG level {opts.png_level}, "
-                                     f"weights load included)"))
+        out.append(_summary("end-to-end", times, len(sources), megapixels, dev, **precision,
+                            pipeline=f"irae restore pipeline (PNG level {opts.png_level}, weights load included)"))
         if naive:
             model = lm.model.to(dev).float().eval()
             times = []
@@ -733,24 +746,48 @@ def _speed_folder(lm: LoadedModel, folder: Path, task: str, dev: torch.device, d
                 dest.mkdir()
                 _sync(dev)
                 t0 = time.perf_counter()
-                _naive_loop(sources, dest, model, dev)
+                _naive_loop(sources, dest, model, dev, dt, opts.png_level, coupling_only)
                 _sync(dev)
                 times.append(time.perf_counter() - t0)
-            out.append(_summary("naive", times, len(sources), megapixels, dev,
-                                pipeline="Pillow read, one image at a time, eager fp32, Pillow PNG write (level 6)"))
+            out.append(_summary("naive", times, len(sources), megapixels, dev, **precision,
+                                pipeline=f"Pillow read, one image at a time, eager, {precision['dtype']}, "
+                                         f"Pillow PNG write (level {opts.png_level})"))
     return out
 
 
-def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device) -> None:
+def _conv_tf32(dev: torch.device) -> bool | None:
+    """Whether fp32 convolutions run as TF32 on this device (None off CUDA)."""
+    if dev.type != "cuda":
+        return None
+    try:
+        return torch.backends.cudnn.conv.fp32_precision == "tf32"
+    except AttributeError:  # torch before the fp32_precision API
+        return bool(torch.backends.cudnn.allow_tf32)
+
+
+def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, dt: torch.dtype = torch.float32,
+                png_level: int = 1, coupling_only: bool = False) -> None:
+    """The plain loop: Pillow read, the unfolded model on one image, Pillow PNG write; at ``dt`` with
+    restore's scope (an IRAE flow's coupling nets only, else the whole model)."""
     from PIL import Image
 
-    for s in sources:
-        with Image.open(s.path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
-        with torch.inference_mode():
-            y = model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-        Image.fromarray(np.round(y * 255).astype(np.uint8), "RGB").save(dest / (s.path.stem + ".png"))
+    from .train import autocast_coupling_nets
+
+    hooks = autocast_coupling_nets(model, dev.type, dt) if dt != torch.float32 and coupling_only else []
+    whole = dt != torch.float32 and not coupling_only
+    try:
+        for s in sources:
+            with Image.open(s.path) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
+            autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            Image.fromarray(np.round(y * 255).astype(np.uint8), "RGB").save(dest / (s.path.stem + ".png"),
+                                                                           compress_level=png_level)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # --------------------------------------------------------------------------- invertibility

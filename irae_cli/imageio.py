@@ -741,7 +741,10 @@ def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, in
 
 
 def decode_jpegs_cuda(blobs: list[bytes], gray: list[bool], device: torch.device) -> list[torch.Tensor]:
-    """Batched nvJPEG decode -> list of (C, H, W) float32 CPU tensors in [0, 1] (files without EXIF rotation only)."""
+    """Batched nvJPEG decode -> list of (C, H, W) uint8 CPU tensors (files without EXIF rotation only).
+
+    The pixels cross to the host as uint8 (a quarter of float32's bytes); the caller makes them float.
+    """
     import torchvision.io as tio
 
     out = []
@@ -756,4 +759,4 @@ def decode_jpegs_cuda(blobs: list[bytes], gray: list[bool], device: torch.device
             decoded = tio.decode_jpeg(data, mode=mode, device=device)
         out.extend(zip(idx, decoded))
     out.sort(key=lambda t: t[0])
-    return [t.float().div_(255.0).cpu() for _, t in out]
+    return [t.cpu() for _, t in out]

@@ -167,6 +167,11 @@ class Restorer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
+    def _free_device_memory(self) -> None:
+        """Return cached blocks to the device; call it after an ``except`` block, when the failed attempt is gone."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _maybe_compile(self, seconds: float, megapixels: float) -> None:
         """Decide --compile once: 'on' at the first call, 'auto' after timing the first eager call."""
         if self.compiled or self.compile == "off":
@@ -210,24 +215,31 @@ class Restorer:
         return y
 
     def _run_model(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, C, h, w) on CPU -> restored (N, C, h, w) float32 on CPU, halving the batch on CUDA OOM."""
+        """x (N, C, h, w) on CPU -> restored (N, C, h, w) float32 on CPU, halving the batch on CUDA OOM.
+
+        A halved batch is kept for the rest of the run (``self.batch_size``): under memory
+        pressure every later batch would otherwise repeat the same failing attempts.
+        """
         n = x.shape[0]
         chunk = min(n, self.batch_size)
         out = []
         i = 0
         while i < n:
             part = x[i:i + chunk]
+            oom = False
             try:
                 out.append(self._call(part))
                 i += chunk
             except torch.OutOfMemoryError:
                 if chunk == 1:
                     raise
+                oom = True  # handled below: the traceback holds the failed attempt's tensors until here
+            if oom:
                 chunk = max(1, chunk // 2)
+                self.batch_size = min(self.batch_size, chunk)
                 self.stats.oom_retries += 1
-                self.stats.notes.append(f"out of memory: batch halved to {chunk}")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                self.stats.notes.append(f"out of memory: batch halved to {chunk} (kept for the rest of the run)")
+                self._free_device_memory()
         return torch.cat(out)
 
     def _adapt_channels(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,11 +271,11 @@ class Restorer:
                 new_tile -= new_tile % self.multiple
                 if new_tile < max(MIN_TILE, 2 * self.overlap + self.multiple):
                     raise IraeError(f"out of device memory even with {tile}px tiles; use --device cpu") from None
-                self.stats.oom_retries += 1
-                self.stats.notes.append(f"out of memory: tile halved to {new_tile}")
-                tile = new_tile
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            # The tile that failed is not tried again on later images (kept for the rest of the run).
+            self.stats.oom_retries += 1
+            self.stats.notes.append(f"out of memory: tile halved to {new_tile} (kept for the rest of the run)")
+            tile = self.tile = new_tile
+            self._free_device_memory()
 
     def _restore_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -424,8 +424,17 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool)
     return item
 
 
+def _gpu_jpeg_decode(restorer, needs_mask: bool) -> bool:
+    """Whether plain JPEGs are decoded in batches with nvJPEG (CUDA, and a task without masks)."""
+    return restorer.device.type == "cuda" and not needs_mask
+
+
 def _decode_gpu_jpegs(items: list[_Item], device) -> list[_Item]:
-    """Decode the collected JPEG blobs in one nvJPEG batch; anything it cannot do goes through Pillow."""
+    """Decode the collected JPEG blobs in one nvJPEG batch; anything it cannot do goes through Pillow.
+
+    Runs on its own thread (the main thread keeps the model busy meanwhile); the decoded
+    uint8 pixels become float here, on the host.
+    """
     from .imageio import decode_jpegs_cuda, read_image
 
     t0 = time.perf_counter()
@@ -439,7 +448,7 @@ def _decode_gpu_jpegs(items: list[_Item], device) -> list[_Item]:
         it.blob = None
         it.seconds += share
         if x is not None and tuple(x.shape) == tuple(shape):
-            it.x, it.meta = x, meta
+            it.x, it.meta = x.float().div_(255.0), meta
             continue
         t1 = time.perf_counter()
         try:
@@ -575,8 +584,11 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
         rep.skipped(job)
     workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
     needs_mask = restorer.task.needs_mask
-    gpu_jpeg = restorer.device.type == "cuda" and not needs_mask
+    gpu_jpeg = _gpu_jpeg_decode(restorer, needs_mask)
     readers = ThreadPoolExecutor(workers, thread_name_prefix="irae-read")
+    # nvJPEG batches decode on one thread of their own, one batch ahead of the model
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="irae-nvjpeg") if gpu_jpeg else None
+    decodes: deque[Future] = deque()
     writers = ThreadPoolExecutor(workers, thread_name_prefix="irae-write")
     reads: deque[Future] = deque()
     writes: deque[Future] = deque()
@@ -632,11 +644,17 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
             fullest = max(buckets, key=lambda k: len(buckets[k]))
             run_batch(buckets.pop(fullest))
 
+    def drain_decodes(limit: int) -> None:
+        """Add decoded batches: every finished one, and wait until at most ``limit`` are in flight."""
+        while decodes and (len(decodes) > limit or decodes[0].done()):
+            for it in decodes.popleft().result():
+                add(it)
+
     def flush_blobs() -> None:
         if blobs:
-            for it in _decode_gpu_jpegs(list(blobs), restorer.device):
-                add(it)
+            decodes.append(decoder.submit(_decode_gpu_jpegs, list(blobs), restorer.device))
             blobs.clear()
+            drain_decodes(1)
 
     try:
         while True:
@@ -647,6 +665,8 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
                 reads.append(readers.submit(_read, job, needs_mask, opts, gpu_jpeg))
             if not reads:
                 break
+            if decodes:
+                drain_decodes(1)
             item = reads.popleft().result()
             if item.blob is not None:
                 blobs.append(item)
@@ -655,6 +675,8 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
             else:
                 add(item)
         flush_blobs()
+        if decodes:
+            drain_decodes(0)
         for key in list(buckets):
             run_batch(buckets.pop(key))
         drain_writes(0)
@@ -662,6 +684,8 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
         for f in reads:
             f.cancel()
         readers.shutdown(wait=True, cancel_futures=True)
+        if decoder is not None:
+            decoder.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True)  # writes in flight finish (atomically) even on Ctrl-C
         for f in writes:  # ... and every file written, even during shutdown, gets its report line
             if f.done() and not f.cancelled() and f.exception() is None:

@@ -477,25 +477,30 @@ def jpeg_batch_u8(x: torch.Tensor, qualities: list[int], subsampling: str = "4:2
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
 
-def _nvjpeg_available(device: torch.device) -> bool:
+def nvjpeg_problem(device: torch.device) -> str | None:
+    """None when the nvJPEG round trip works on ``device``; else why not (one line)."""
     if device.type != "cuda":
-        return False
+        return "not a CUDA device"
     try:
-        import warnings
+        jpeg_batch_cuda(torch.zeros(2, 3, 16, 16, dtype=torch.uint8, device=device), [50, 60])
+        return None
+    except Exception as e:  # any build without nvJPEG, or a driver problem: Pillow it is
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
-        from torchvision.io import decode_jpeg, encode_jpeg
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            probe = torch.zeros(3, 16, 16, dtype=torch.uint8, device=device)
-            decode_jpeg(encode_jpeg([probe], quality=50), device=device)
-        return True
-    except Exception:  # any build without nvJPEG, or a driver problem: Pillow it is
-        return False
+def _nvjpeg_available(device: torch.device) -> bool:
+    return nvjpeg_problem(device) is None
+
+
+def _bytes_to_host(encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The CUDA encoder returns its JPEG bytes on the device, the batched decoder takes host tensors only
+    ("Input list must contain tensors on CPU"): one copy of all the (small) files, then views."""
+    sizes = [int(e.numel()) for e in encoded]
+    return list(torch.cat(list(encoded)).cpu().split(sizes))
 
 
 def jpeg_batch_cuda(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
-    """nvJPEG through torchvision (4:4:4 only): one batched encode per distinct quality."""
+    """nvJPEG through torchvision (4:4:4 only): one batched encode and decode per distinct quality."""
     import warnings
 
     from torchvision.io import decode_jpeg, encode_jpeg
@@ -507,7 +512,7 @@ def jpeg_batch_cuda(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
         for quality in sorted(set(qualities)):
             idx = torch.nonzero(q == quality).flatten().tolist()
             encoded = encode_jpeg([x[i] for i in idx], quality=int(quality))
-            decoded = decode_jpeg(encoded, device=x.device)
+            decoded = decode_jpeg(_bytes_to_host(encoded), device=x.device)
             for i, d in zip(idx, decoded):
                 out[i] = d
     return out
@@ -532,9 +537,12 @@ class Degrader:
         self.task_params = task_params
         self.pool = None
         self.nvjpeg = False
+        self.nvjpeg_problem = None  # why 4:4:4 on CUDA fell back to Pillow
         self.masks = None
         if task.name == "jpeg":
-            self.nvjpeg = config.subsampling == "4:4:4" and _nvjpeg_available(device)
+            if config.subsampling == "4:4:4" and device.type == "cuda":
+                self.nvjpeg_problem = nvjpeg_problem(device)
+                self.nvjpeg = self.nvjpeg_problem is None
             if not self.nvjpeg:
                 workers = min(8, os.cpu_count() or 1)
                 self.pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else None
@@ -969,15 +977,33 @@ class Dist:
         return self.world > 1
 
 
-def init_distributed() -> Dist:
-    """Under torchrun (WORLD_SIZE > 1): one process group, NCCL on GPUs, gloo on CPUs."""
+def train_device(name: str, world: int | None = None, local_rank: int | None = None) -> torch.device:
+    """The training device. ``--device`` decides, under torchrun too: a visible GPU never overrides
+    ``--device cpu``; ``auto``/``cuda`` give each process the GPU of its LOCAL_RANK."""
+    from .inference import pick_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+    device = pick_device(name)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise IraeError(f"torchrun process with LOCAL_RANK {local_rank} has no GPU of its own: this machine has "
+                            f"{count} GPU(s) and DDP needs one per process; use --nproc_per_node {count} or "
+                            f"--device cpu")
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device: torch.device | None = None) -> Dist:
+    """Under torchrun (WORLD_SIZE > 1): one process group, NCCL when training on CUDA, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -1179,21 +1205,18 @@ def _default_echo(msg: str) -> None:
 
 def train(session: Session, given: dict | None = None) -> TrainResult:
     """Run (or resume) one training; ``given`` holds the TrainConfig fields the user set explicitly."""
-    from .inference import Restorer, pick_device, pick_dtype, strict_fp32
+    from .inference import Restorer, pick_dtype, strict_fp32
     from .model import config_from_dict, config_to_json, create_model
     from .weights import save_weights
 
     t_start = time.monotonic()
     given = dict(given or {})
     echo = session.echo or _default_echo
-    dist_ctx = init_distributed()
-    quiet_echo = echo if dist_ctx.main else (lambda msg: None)
-
-    if dist_ctx.active and torch.cuda.is_available():
-        device = torch.device("cuda", dist_ctx.local_rank)
+    device = train_device(session.device)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.cuda.set_device(device)
-    else:
-        device = pick_device(session.device)
+    dist_ctx = init_distributed(device)
+    quiet_echo = echo if dist_ctx.main else (lambda msg: None)
     if session.out is None:
         raise IraeError("--out is required: the .safetensors file the trained weights go to")
     if session.minutes is not None and not session.minutes > 0:
@@ -1250,6 +1273,9 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     torch.manual_seed(derive_seed(config.seed, "torch"))
     sampler = PatchSampler(data, config.patch, data_gen)
     degrader = Degrader(task, config, device, data_gen, host_gen, task_params)
+    if degrader.nvjpeg_problem:
+        quiet_echo(f"irae: note: nvJPEG is not usable here ({degrader.nvjpeg_problem}); the 4:4:4 JPEG "
+                   f"degradation runs in Pillow on the CPU")
 
     # model, EMA, optimiser
     model = create_model(config.arch)
@@ -1387,6 +1413,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         return save_seconds + (validator.pixels / max(pixels_per_s, 1.0)) / 3
 
     pixels_per_s = 0.0
+    initialized_here = False
 
     def over_budget() -> bool:
         if budget is None:
@@ -1416,7 +1443,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
 
             clean_u8 = sampler.sample(config.batch_size)
             inp, clean = degrader(clean_u8)
-            if fresh and step == 0:
+            if fresh and step == 0 and not initialized_here:
+                initialized_here = True
                 # The one ActNorm initialisation, from the first batch, in float32 without hooks.
                 for h in hooks:
                     h.remove()
@@ -1438,20 +1466,43 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             lr = lr_at(step, config) * guard.lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with whole_autocast():
-                restored = train_model(inp)
-            loss = F.l1_loss(restored.float(), clean)
-            if _diverged(guard, loss, dist_ctx):
+            oom = diverged = False
+            try:
+                with whole_autocast():
+                    restored = train_model(inp)
+                loss = F.l1_loss(restored.float(), clean)
+                diverged = _diverged(guard, loss, dist_ctx)
+                if not diverged:
+                    guard.after_good_check(model, optimizer, ema)
+                    objective = loss
+                    if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
+                        objective = loss + config.inverse_gain_every * inverse_gain_penalty(
+                            model, restored, inp, config.inverse_gain, data_gen)
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.backward()
+            except torch.OutOfMemoryError:
+                if dist_ctx.active or config.batch_size == 1:
+                    raise IraeError(f"out of device memory at --batch-size {config.batch_size}"
+                                    f"{' per process' if dist_ctx.active else ''}; lower --batch-size or --patch")
+                oom = True  # handled below, once the traceback no longer holds the failed step's tensors
+            if diverged:
                 quiet_echo(guard.roll_back(model, optimizer, ema, step))
                 log.setdefault("rollbacks", []).append({"step": step, "lr_scale": guard.lr_scale})
                 continue
-            guard.after_good_check(model, optimizer, ema)
-            objective = loss
-            if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
-                objective = loss + config.inverse_gain_every * inverse_gain_penalty(
-                    model, restored, inp, config.inverse_gain, data_gen)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            if oom:
+                # Halve the batch and redo the step; the smaller batch is kept for the rest of the run
+                # (and in the checkpoint's config, so a resume does not fail the same way).
+                optimizer.zero_grad(set_to_none=True)
+                restored = loss = objective = inp = clean = clean_u8 = None
+                _free_device_memory(device)
+                halved = config.batch_size // 2
+                quiet_echo(f"irae: note: out of device memory at step {step} with batch {config.batch_size}; "
+                           f"batch halved to {halved} for the rest of the run")
+                log["sessions"][-1].setdefault("oom_halvings", []).append(
+                    {"step": step, "from": config.batch_size, "to": halved})
+                config = dataclasses.replace(config, batch_size=halved)
+                log["config"] = config.to_dict()
+                continue
             if config.clip > 0:
                 torch.nn.utils.clip_grad_norm_(param_list, config.clip)
             optimizer.step()
@@ -1559,6 +1610,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             "val_seed": session.val_seed if validator else None, "val_crop": session.val_crop if validator else None,
             "degradation": config.degradation(), "seed": config.seed, "lr": config.lr,
             "ema": config.ema, "stopped": stopped, "sessions": sessions, "jpeg_engine": degrader.jpeg_engine,
+            "oom_halvings": log["sessions"][-1].get("oom_halvings", []),
             "torch": torch.__version__, "irae_version": __version__,
         }
         final = create_model(config.arch)
@@ -1592,6 +1644,12 @@ def _diverged(guard: DivergenceGuard, loss: torch.Tensor, dist_ctx: Dist) -> boo
         dist.all_reduce(value)
         value /= dist_ctx.world
     return guard.is_bad(float(value.item()))
+
+
+def _free_device_memory(device: torch.device) -> None:
+    """Give cached blocks back to the device (after an ``except`` block: the failed step is gone by then)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _restore_rng(tensors: dict, meta: dict, data_gen: torch.Generator, host_gen: torch.Generator,

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,41 @@ from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 RGB_NAMES = ["astronaut_128.png", "coffee_128.png", "chelsea_128.png"]
+
+# The suite is a CPU suite that must pass on a GPU machine too: every test sees a CPU machine
+# (torch.cuda.is_available() is False in-process, CUDA_VISIBLE_DEVICES="" for the `irae`
+# subprocesses) unless it is marked `cuda` (needs a GPU, skipped without one) or `sees_gpu`
+# (leaves a GPU visible and pins its own --device). Asking once here, before anything changes
+# the environment, fixes this process's real answer.
+HAS_CUDA = torch.cuda.is_available()
+_real_is_available = torch.cuda.is_available
+_ORIGINAL_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one); sees the real device")
+    config.addinivalue_line("markers", "sees_gpu: runs anywhere, with a present GPU left visible "
+                                       "(the test pins its own --device)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_machine():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _gpu_where_marked(request, monkeypatch):
+    if request.node.get_closest_marker("cuda") or request.node.get_closest_marker("sees_gpu"):
+        monkeypatch.setattr(torch.cuda, "is_available", _real_is_available)
+        if _ORIGINAL_VISIBLE is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", _ORIGINAL_VISIBLE)
+    yield
+
 
 
 def load_rgb(name: str) -> torch.Tensor:

@@ -282,6 +282,55 @@ def test_speed_folder_end_to_end_and_naive(work):
     assert s["model"]["mac_per_pixel"] > 0 and s["model"]["params"] > 0
 
 
+def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
+    """JPEG in: both runs write PNG at the same level and run at the same precision (bf16 coupling nets)."""
+    import irae_cli.pipeline as pl
+    from irae_cli.model.flows import CouplingNet
+
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    for name in RGB:
+        Image.open(DATA / name).save(jpegs / (Path(name).stem + ".jpg"), quality=80)
+    written, autocast = [], []
+    real_restore, real_naive, real_forward = pl.restore, bench._naive_loop, CouplingNet.forward
+
+    def restore(input, output, opts, **kw):
+        summary = real_restore(input, output, opts, **kw)
+        written.append(("end-to-end", sorted(p.suffix for p in Path(output).rglob("*") if p.is_file())))
+        return summary
+
+    def naive(sources, dest, *args):
+        autocast.clear()  # the ActNorm initialisation of the preset ran its coupling nets in fp32
+        real_naive(sources, dest, *args)
+        written.append(("naive", sorted(p.suffix for p in Path(dest).rglob("*") if p.is_file())))
+
+    def forward(self, x, *args, **kwargs):  # the unfolded coupling nets: the naive loop's (restore runs folded)
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return real_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(pl, "restore", restore)
+    monkeypatch.setattr(bench, "_naive_loop", naive)
+    monkeypatch.setattr(CouplingNet, "forward", forward)
+    monkeypatch.setattr(bench, "macs_per_pixel", lambda *a: 1.0)  # its fp32 forward is not a timed run
+    s = bench.speed(arch="tiny", folder=jpegs, naive=True, device="cpu", dtype="bf16", warmup=0)
+    e2e, nv = s["results"]
+    assert written == [("end-to-end", [".png"] * 3), ("naive", [".png"] * 3)]
+    for key in ("dtype", "low_precision_scope", "conv_tf32", "output"):
+        assert e2e[key] == nv[key], key
+    assert nv["dtype"] == "bfloat16" and nv["output"] == "PNG level 1" and nv["conv_tf32"] is None
+    assert nv["low_precision_scope"] == "coupling nets"
+    assert "bfloat16" in nv["pipeline"] and "level 1" in nv["pipeline"]
+    assert autocast and all(autocast)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_speed_folder_naive_fp32_is_ieee(work):
+    s = bench.speed(arch="tiny", folder=work / "photos", naive=True, device="cuda", dtype="fp32", warmup=0)
+    assert [r["conv_tf32"] for r in s["results"]] == [False, False]
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_speed_cuda_bf16_compile():
     s = bench.speed(arch="tiny", size=256, batch_size=2, dtype="bf16", device="cuda", compile=True, repeats=3)

@@ -64,7 +64,77 @@ def test_bad_tile_options(model):
         Restorer(model, get_task("denoise"), device="cpu", tile=8)
     with pytest.raises(IraeError, match="less than half"):
         Restorer(model, get_task("denoise"), device="cpu", tile=64, tile_overlap=40)
-    with pytest.raises(IraeError, match="CUDA is not available|does not exist"):
-        if torch.cuda.is_available():
-            raise IraeError("CUDA is not available")  # nothing to check on a GPU machine
+
+
+def test_bad_devices_on_a_cpu_machine(model):
+    # conftest pins every test not marked cuda to a CPU machine, even where a GPU is present
+    with pytest.raises(IraeError, match="CUDA is not available"):
         Restorer(model, get_task("denoise"), device="cuda")
+    with pytest.raises(IraeError, match="unsupported device"):
+        Restorer(model, get_task("denoise"), device="meta")
+
+
+def test_bad_devices_on_an_emulated_one_gpu_machine(model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(IraeError, match="'cuda:1' does not exist; this machine has 1 GPU"):
+        Restorer(model, get_task("denoise"), device="cuda:1")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bad_device_index(model):
+    n = torch.cuda.device_count()
+    with pytest.raises(IraeError, match=f"does not exist; this machine has {n} GPU"):
+        Restorer(model, get_task("denoise"), device=f"cuda:{n}")
+
+
+class OomAbove(torch.nn.Module):
+    """Wraps a model; raises the CUDA out-of-memory error above a batch or a side, like a full card."""
+
+    def __init__(self, inner, max_batch=None, max_side=None):
+        super().__init__()
+        self.inner, self.max_batch, self.max_side = inner, max_batch, max_side
+        self.config, self.size_multiple = inner.config, inner.size_multiple
+        self.calls, self.failed, self.alive = 0, 0, []
+
+    def forward(self, x):
+        import weakref
+
+        self.calls += 1
+        held = torch.empty(1 << 16)  # what a failed attempt holds until its traceback is gone
+        self.alive.append(weakref.ref(held))
+        if (self.max_batch and x.shape[0] > self.max_batch) or (self.max_side and max(x.shape[-2:]) > self.max_side):
+            self.failed += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (emulated)")
+        return self.inner(x)
+
+
+def test_oom_halving_is_remembered_and_frees_after_the_except(model, photos, monkeypatch):
+    import sys
+
+    fake = OomAbove(model, max_batch=2)
+    r = Restorer(fake, get_task("denoise"), device="cpu", dtype="fp32", tile=0, batch_size=8)
+    freed = []
+
+    def free():  # the failed attempt must be gone by the time the cache is emptied
+        freed.append((sys.exc_info()[0] is None, all(ref() is None for ref in fake.alive[:-1])))
+    monkeypatch.setattr(r, "_free_device_memory", free)
+    batch = photos[:, :, :64, :64].repeat(3, 1, 1, 1)[:8]  # 8 images
+    whole = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0, folded=False)(batch)
+    outs = [r(batch) for _ in range(2)]  # 16 images in two calls
+    assert all(torch.allclose(o, whole, atol=1e-6) for o in outs)
+    # 8 -> 4 -> 2 fail once each, then every call runs batches of 2: 16 useful images in 8 calls
+    assert fake.failed == 2 and fake.calls == 2 + 16 // 2, (fake.failed, fake.calls)
+    assert r.batch_size == 2 and r.stats.oom_retries == 2
+    assert freed == [(True, True), (True, True)]
+
+
+def test_oom_tile_halving_is_remembered(model, photos):
+    fake = OomAbove(model, max_side=64)
+    r = Restorer(fake, get_task("denoise"), device="cpu", dtype="fp32", tile=0, tile_overlap=8, batch_size=16)
+    for _ in range(3):
+        y = r(photos[:1])  # 128 px: fails whole, then runs in 64 px tiles
+        assert y.shape == photos[:1].shape
+    assert fake.failed == 1 and r.tile == 64 and r.stats.oom_retries == 1
+    assert "tile halved to 64" in r.stats.notes[0]

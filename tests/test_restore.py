@@ -377,6 +377,7 @@ def test_option_errors(weights, tmp_path):
         plan_restore(tmp_path / "missing", tmp_path / "o", RestoreOptions(task="denoise"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_restore_and_batched_jpeg_decode(weights, tmp_path):
     from irae_cli.imageio import decode_jpegs_cuda, jpeg_for_gpu
@@ -390,7 +391,53 @@ def test_cuda_restore_and_batched_jpeg_decode(weights, tmp_path):
     decoded = decode_jpegs_cuda([b[0] for b in blobs], [b[2][0] == 1 for b in blobs], torch.device("cuda"))
     for p, x in zip(sorted(src.glob("*.jpg")), decoded):
         ref, _ = read_image(p)
-        assert x.shape == ref.shape and (x - ref).abs().mean() < 2 / 255
+        assert x.dtype == torch.uint8 and x.device.type == "cpu"
+        assert x.shape == ref.shape and (x.float() / 255 - ref).abs().mean() < 2 / 255
     summary, _, err = run(src, tmp_path / "out", task="denoise", weights=str(weights["cnn-tiny"]),
                           device="cuda", format="png")
     assert summary.restored == 4 and summary.exit_code == 0, err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 deprecates its codecs
+def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path, monkeypatch):
+    """The CUDA JPEG path, emulated on the CPU (torchvision's CPU decoder stands in for nvJPEG):
+    batches decode on their own thread, cross as uint8, and odd files fall back to Pillow."""
+    import threading
+
+    import irae_cli.imageio as iio
+    import irae_cli.pipeline as pl
+    from irae_cli.imageio import read_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(("astronaut_128.png", "coffee_128.png", "chelsea_128.png")):
+        small(name).save(src / f"{i}.jpg", quality=85, progressive=i == 1, subsampling=0 if i == 2 else 2)
+    small("camera_128_gray.png").save(src / "gray.jpg", quality=85)
+    small("coffee_128.png").convert("CMYK").save(src / "cmyk.jpg", quality=90)  # not for nvJPEG: Pillow
+    data = (src / "0.jpg").read_bytes()
+    (src / "cut.jpg").write_bytes(data[:len(data) // 2])  # truncated: the batch decoder refuses it
+    seen = []
+    real = iio.decode_jpegs_cuda
+
+    def decode(blobs, gray, device):
+        seen.append([threading.current_thread().name, len(blobs), None])
+        out = real(blobs, gray, device)  # a batch holding the truncated file raises: Pillow decodes that batch
+        seen[-1][2] = {x.dtype for x in out}
+        return out
+
+    monkeypatch.setattr(iio, "decode_jpegs_cuda", decode)
+    monkeypatch.setattr(pl, "_gpu_jpeg_decode", lambda restorer, needs_mask: True)
+    summary, _, err = run(src, tmp_path / "gpu", task="denoise", weights=str(weights["cnn-tiny"]), device="cpu",
+                          format="png", batch_size=2, skip_existing=False)
+    assert seen and all(name.startswith("irae-nvjpeg") for name, _, _ in seen)
+    assert {torch.uint8} in [dtypes for _, _, dtypes in seen] and None in [dtypes for _, _, dtypes in seen]
+    assert sum(n for _, n, _ in seen) == 5  # 4 plain JPEGs + the truncated one; CMYK never goes there
+    monkeypatch.setattr(pl, "_gpu_jpeg_decode", lambda restorer, needs_mask: False)
+    ref, _, _ = run(src, tmp_path / "cpu", task="denoise", weights=str(weights["cnn-tiny"]), device="cpu",
+                    format="png", batch_size=2)
+    assert (summary.restored, summary.failed) == (ref.restored, ref.failed), err
+    assert summary.restored >= 5  # the truncated file: restored or failed exactly as through Pillow
+    for p in sorted((tmp_path / "cpu").glob("*.png")):
+        a, _ = read_image(p)
+        b, _ = read_image(tmp_path / "gpu" / p.name)
+        assert a.shape == b.shape and (a - b).abs().mean() < 1 / 255, p.name

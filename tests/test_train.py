@@ -324,6 +324,7 @@ def test_cli_minutes_stops_and_saves(tmp_path, photos):
     assert t["stopped"] == "time budget" and 1 <= t["steps"] < 100000
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training(tmp_path, photos):
     result = tr.train(tr.Session(data=photos, out=tmp_path / "g.safetensors", quiet=True, device="cuda",
@@ -331,13 +332,35 @@ def test_cuda_bf16_training(tmp_path, photos):
     assert result.summary["dtype"] == "bf16" and result.summary["data"]["on_device"]
 
 
+FAKE_ONE_GPU = """
+import sys
+import torch
+if not torch.cuda.is_available():  # a CPU machine that tells irae (not torch itself) it has one GPU
+    def _asked_by_irae():
+        return sys._getframe(2).f_globals.get("__name__", "").startswith("irae_cli")
+    _real_available, _real_count = torch.cuda.is_available, torch.cuda.device_count
+    torch.cuda.is_available = lambda: True if _asked_by_irae() else _real_available()
+    torch.cuda.device_count = lambda: 1 if _asked_by_irae() else _real_count()
+"""
+
+
+@pytest.mark.sees_gpu
 def test_torchrun_two_cpu_processes(tmp_path, photos):
-    """DistributedDataParallel over gloo: rank 0 initialises and writes; every rank's generators are saved."""
+    """DistributedDataParallel over gloo: rank 0 initialises and writes; every rank's generators are saved.
+
+    Run where a GPU is visible -- a real one, or on a CPU machine one that torch.cuda claims
+    (sitecustomize) -- ``--device cpu`` must still mean gloo on the CPU (it used to mean NCCL on
+    ``cuda:LOCAL_RANK``: "invalid device ordinal" for rank 1 of a one-GPU machine).
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAKE_ONE_GPU)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "ddp.safetensors"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_port", str(29500 + os.getpid() % 1000), "-m", "irae_cli", "train", str(photos),
                         "--arch", "tiny", "--steps", "3", "--patch", "16", "--batch-size", "4", "--out", str(out),
-                        "-q"], capture_output=True, text=True, timeout=300)
+                        "--device", "cpu", "-q"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("saved") == 1  # only rank 0 reports and writes
     from irae_cli.weights import load_weights
@@ -445,3 +468,102 @@ def test_a_diverging_run_is_rolled_back_and_finishes(tmp_path, monkeypatch):
     assert sum("rolled back" in n for n in notes) == 1
     log = json.loads((tmp_path / "w.log.json").read_text())
     assert log["rollbacks"] == [{"step": 11, "lr_scale": 0.5}]
+
+
+# --------------------------------------------------------------------------- CUDA paths, emulated on the CPU
+
+def test_train_device_follows_the_device_flag_on_an_emulated_one_gpu_machine(monkeypatch):
+    import torch.distributed as dist
+
+    from irae_cli.errors import IraeError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert tr.train_device("cpu", world=2, local_rank=1) == torch.device("cpu")
+    assert tr.train_device("auto", world=2, local_rank=0) == torch.device("cuda", 0)
+    assert tr.train_device("cuda", world=1, local_rank=0) == torch.device("cuda")
+    with pytest.raises(IraeError, match="LOCAL_RANK 1 has no GPU of its own.*--device cpu"):
+        tr.train_device("auto", world=2, local_rank=1)
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: backends.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    tr.init_distributed(torch.device("cpu"))
+    tr.init_distributed(torch.device("cuda", 0))
+    assert backends == ["gloo", "nccl"]
+
+
+def test_training_halves_its_batch_on_out_of_memory(tmp_path, photos, monkeypatch):
+    """Emulated: the inverse-gain pass runs out of memory above 2 patches; the run goes on at 2."""
+    real = tr.inverse_gain_penalty
+    tried, freed = [], []
+
+    def penalty(model, restored, *args):
+        tried.append(restored.shape[0])
+        if restored.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 119.00 GiB (emulated)")
+        return real(model, restored, *args)
+
+    monkeypatch.setattr(tr, "inverse_gain_penalty", penalty)
+    monkeypatch.setattr(tr, "_free_device_memory", lambda device: freed.append(sys.exc_info()[0] is None))
+    notes = []
+    result = run_train(tmp_path, "oom", photos, {"steps": 4, "batch_size": 8, "inverse_gain_every": 1},
+                       echo=notes.append)
+    assert tried == [8, 4, 2, 2, 2, 2] and freed == [True, True]
+    assert result.steps == 4 and result.patches_seen == 4 * 2 and result.summary["config"]["batch_size"] == 2
+    assert [h["to"] for h in result.summary["oom_halvings"]] == [4, 2]
+    assert sum("batch halved" in n for n in notes) == 2
+    ckpt = tr.load_checkpoint(tmp_path / "oom.ckpt.safetensors")
+    assert ckpt["meta"]["config"]["batch_size"] == 2  # a resume keeps the batch that fits
+
+
+def _fake_tv_jpeg(monkeypatch):
+    """torchvision 0.26's CUDA JPEG semantics on the CPU: encode returns device tensors, and the batched
+    decoder refuses any that was not copied to the host ("Input list must contain tensors on CPU.")."""
+    import torchvision.io as tio
+
+    real_encode, real_decode = tio.encode_jpeg, tio.decode_jpeg
+    on_device = []  # what the "CUDA" encoder returned: on the GPU until copied to the host
+
+    def encode(images, quality=75):
+        out = real_encode(list(images), quality=quality)
+        on_device.extend(out)
+        return out
+
+    def decode(data, mode=tio.ImageReadMode.UNCHANGED, device="cpu"):
+        if any(t is d for t in data for d in on_device):
+            raise ValueError("Input list must contain tensors on CPU.")
+        return real_decode(data, mode=mode)
+
+    monkeypatch.setattr(tio, "encode_jpeg", encode)
+    monkeypatch.setattr(tio, "decode_jpeg", decode)
+    return real_encode, real_decode
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 deprecates its codecs
+def test_nvjpeg_training_round_trip_takes_host_bytes(monkeypatch):
+    real_encode, real_decode = _fake_tv_jpeg(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(5, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    qualities = [30, 60, 30, 90, 60]
+    y = tr.jpeg_batch_cuda(x, qualities)
+    for i, q in enumerate(qualities):
+        assert torch.equal(y[i], real_decode(real_encode(x[i], quality=q)))
+    assert not torch.equal(y, x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_nvjpeg_training_engine():
+    assert tr.nvjpeg_problem(torch.device("cuda")) is None
+    c = tr.TrainConfig(task="jpeg", subsampling="4:4:4", quality=(20, 20))
+    d = tr.Degrader(get_task("jpeg"), c, torch.device("cuda"), torch.Generator("cuda").manual_seed(0),
+                    torch.Generator().manual_seed(0), {})
+    assert d.jpeg_engine.startswith("nvjpeg")
+    ramp = torch.linspace(0, 255, 32, device="cuda")
+    smooth = ramp.view(1, 1, 1, 32) * 0.5 + ramp.view(1, 1, 32, 1) * 0.5  # JPEG at q20 keeps it close
+    clean = smooth.expand(4, 3, 32, 32).to(torch.uint8).contiguous()
+    inp, _ = d(clean)
+    assert inp.device.type == "cuda" and 0 < (inp * 255 - clean.float()).abs().mean() < 10
