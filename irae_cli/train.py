@@ -539,6 +539,7 @@ class Degrader:
         self.nvjpeg = False
         self.nvjpeg_problem = None  # why 4:4:4 on CUDA fell back to Pillow
         self.masks = None
+        self.last_mask: torch.Tensor | None = None  # the holes of the last inpainting batch (for the loss)
         if task.name == "jpeg":
             if config.subsampling == "4:4:4" and device.type == "cuda":
                 self.nvjpeg_problem = nvjpeg_problem(device)
@@ -583,6 +584,7 @@ class Degrader:
         m = torch.where((flags & 1).bool(), m.transpose(-1, -2), m)
         m = torch.where((flags & 2).bool(), m.flip(-2), m)
         m = torch.where((flags & 4).bool(), m.flip(-1), m)
+        self.last_mask = m
         return self.task.model_input(clean, m, self.task_params), clean
 
     def _noise_gen(self, clean: torch.Tensor) -> torch.Generator:
@@ -1470,7 +1472,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             try:
                 with whole_autocast():
                     restored = train_model(inp)
-                loss = F.l1_loss(restored.float(), clean)
+                loss = training_loss(restored, clean, degrader.last_mask if task.needs_mask else None)
                 diverged = _diverged(guard, loss, dist_ctx)
                 if not diverged:
                     guard.after_good_check(model, optimizer, ema)
@@ -1632,6 +1634,15 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                        steps_planned=config.steps, patches_seen=patches_seen,
                        minutes=(train_seconds + session_seconds) / 60, stopped=stopped, val=final_val,
                        device=device_name(device), summary=result_summary or {})
+
+
+def training_loss(restored: torch.Tensor, clean: torch.Tensor, holes: torch.Tensor | None) -> torch.Tensor:
+    """L1; for inpainting over the hole pixels only -- restore keeps every known pixel as it was,
+    so what the model does there is never seen, and a whole-image loss would spend it on them."""
+    if holes is None:
+        return F.l1_loss(restored.float(), clean)
+    weight = holes.to(clean.dtype)
+    return ((restored.float() - clean).abs() * weight).sum() / (weight.sum() * clean.shape[1]).clamp_min(1.0)
 
 
 def _diverged(guard: DivergenceGuard, loss: torch.Tensor, dist_ctx: Dist) -> bool:

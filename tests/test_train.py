@@ -567,3 +567,15 @@ def test_cuda_nvjpeg_training_engine():
     clean = smooth.expand(4, 3, 32, 32).to(torch.uint8).contiguous()
     inp, _ = d(clean)
     assert inp.device.type == "cuda" and 0 < (inp * 255 - clean.float()).abs().mean() < 10
+
+
+def test_inpaint_loss_counts_hole_pixels_only():
+    clean = torch.rand(2, 3, 16, 16)
+    holes = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    holes[:, :, 4:8, 4:12] = True
+    restored = clean.clone()
+    restored[:, :, ~holes[0, 0]] += 0.5  # wrong everywhere a restore keeps the known pixels anyway
+    assert tr.training_loss(restored, clean, holes).item() == 0.0
+    restored[holes.expand_as(restored)] += 0.25
+    assert tr.training_loss(restored, clean, holes).item() == pytest.approx(0.25)
+    assert tr.training_loss(restored, clean, None).item() > 0.25  # denoise and jpeg: the whole image
