@@ -138,6 +138,9 @@ class TrainConfig:
     # The penalty's probe costs a whole extra inverse pass and its backward (~2x a step), while
     # the gain drifts slowly: probing every N-th step, weighted by N, buys the bound at ~1/N of it.
     inverse_gain_every: int = 1
+    # How an IRAE starts (model.initialize): "data" = each flow from its own data and rotations;
+    # "identity" = the decoder a copy of the encoder, so the untrained model returns its input.
+    init_start: str = "data"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,6 +213,8 @@ def build_config(given: dict, device: torch.device) -> TrainConfig:
     if getattr(PRESETS.get(d["arch"]), "arch", None) == "irae":
         d.setdefault("inverse_gain", DEFAULT_INVERSE_GAIN)
         d.setdefault("inverse_gain_every", DEFAULT_INVERSE_GAIN_EVERY)
+    # Inpainting starts from its classical pre-fill, which only an identity start preserves.
+    d.setdefault("init_start", "identity" if task.needs_mask else "data")
     defaults = task.train_defaults
     if task.name == "denoise":
         d.setdefault("sigma", tuple(defaults.get("sigma", (0.0, 55.0))))
@@ -252,6 +257,8 @@ def _validate(c: TrainConfig) -> None:
         bad(f"--batch-size must be at least 1, not {c.batch_size}")
     if c.inverse_gain != 0 and not (c.inverse_gain >= 1 and math.isfinite(c.inverse_gain)):
         bad(f"--inverse-gain must be 0 (off) or at least 1, not {c.inverse_gain}")
+    if c.init_start not in ("data", "identity"):
+        bad(f"--init-start must be data or identity, not {c.init_start!r}")
     if c.inverse_gain_every < 1:
         bad(f"--inverse-gain-every must be at least 1, not {c.inverse_gain_every}")
     if not (c.lr > 0 and math.isfinite(c.lr)):
@@ -1451,7 +1458,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 for h in hooks:
                     h.remove()
                 if dist_ctx.main:
-                    model.initialize(inp, clean)
+                    model.initialize(inp, clean, start=config.init_start)
                 if dist_ctx.active:
                     _broadcast_module(model)
                 if compute_dtype != torch.float32 and invertible:

@@ -168,3 +168,17 @@ def test_cnn_comparator_has_at_least_irae_parameters():
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model"):
         create_model("nope")
+
+
+def test_identity_start_returns_the_input_until_trained(photos):
+    model = create_model("tiny").eval()
+    y = noisy(photos)
+    model.initialize(y, photos, start="identity")
+    with torch.no_grad():
+        assert rel_err(model(y), y) < 1e-6
+    data = create_model("tiny").eval()
+    data.initialize(y, photos)
+    with torch.no_grad():
+        assert rel_err(data(y), y) > 1e-2  # the data start scrambles until trained
+    with pytest.raises(ValueError, match="unknown start"):
+        create_model("tiny").initialize(y, photos, start="zeros")

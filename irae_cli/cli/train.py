@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
                                                      "the inverse direction (finite-difference penalty that keeps "
                                                      "the fp32 round trip exact in 8 bits); 0 = off (default: "
                                                      "250)."),
+        init_start: Optional[str] = typer.Option(None, "--init-start", help="IRAE: data (each flow initialised "
+                                                 "from its own data) or identity (the untrained model returns "
+                                                 "its input) (default: identity for inpaint, else data)."),
         inverse_gain_every: Optional[int] = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
                                                          "inverse gain every N steps, its penalty weighted by N "
                                                          "(default: 4; 1 = every step, ~2x slower)."),
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
             given = {
                 "task": task, "arch": arch, "steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr,
                 "warmup": warmup, "clip": clip, "ema": ema, "seed": seed, "inverse_gain": inverse_gain,
-                "inverse_gain_every": inverse_gain_every,
+                "inverse_gain_every": inverse_gain_every, "init_start": init_start,
                 "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
                 "noise_protocol": noise_protocol,
                 "quality": parse_range(quality, int, "--quality") if quality is not None else None,

@@ -33,7 +33,7 @@ class ResidualCNN(nn.Module):
         with torch.no_grad():
             self.body[-1].weight.mul_(0.1)
 
-    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor) -> None:
+    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor, *, start: str = "data") -> None:
         """Nothing is data-dependent here; present so training treats every model alike."""
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
 
 
+INIT_STARTS = ("data", "identity")
+
+
 class IRAE(nn.Module):
     invertible = True
 
@@ -43,12 +46,24 @@ class IRAE(nn.Module):
         return all(bool(a.initialized) for f in (self.encoder, self.decoder) for a in f.actnorms())
 
     @torch.no_grad()
-    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor) -> None:
-        """Set every ActNorm from one batch of data, once: E from degraded, D from clean."""
+    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor, *, start: str = "data") -> None:
+        """Set every ActNorm from one batch of data, once.
+
+        ``start="data"``: E from degraded, D from clean, each flow with its own random 1x1
+        rotations, so the untrained restore is a fixed channel scramble.  ``start="identity"``:
+        E from degraded and D an exact copy of E; with zero-initialised couplings
+        ``D^-1(E(y)) = y``, so training starts from the input itself (for inpainting: from
+        its classical pre-fill) and learns what to change.
+        """
+        if start not in INIT_STARTS:
+            raise ValueError(f"unknown start {start!r}; use one of {', '.join(INIT_STARTS)}")
         if self.is_initialized:
             raise RuntimeError("model is already initialised; initialise only once, before training")
         self.encoder(self._prepare(degraded)[0], init=True)
-        self.decoder(self._prepare(clean)[0], init=True)
+        if start == "identity":
+            self.decoder.load_state_dict(self.encoder.state_dict())
+        else:
+            self.decoder(self._prepare(clean)[0], init=True)
 
     def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x, hw = pad_to_multiple(x, self.size_multiple)
