@@ -656,7 +656,12 @@ def _time_model(lm: LoadedModel, task: str, dev: torch.device, dtype: str, compi
                 run_model(x)
         oom = False
         try:
-            return _time_calls(call, dev, warmup, repeats), n, resolved, compile
+            breaks = _graph_breaks()
+            times = _time_calls(call, dev, warmup, repeats)
+            breaks = _graph_breaks() - breaks
+            if compile and breaks:
+                notes.append(f"torch.compile was partial: {breaks} graph break(s); parts of the model ran eager")
+            return times, n, resolved, compile
         except torch.OutOfMemoryError:
             if n == 1:
                 raise IraeError(f"out of device memory at batch 1 and {side}px; lower --size") from None
@@ -673,6 +678,15 @@ def _time_model(lm: LoadedModel, task: str, dev: torch.device, dtype: str, compi
             del x
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def _graph_breaks() -> int:
+    """Graph breaks dynamo has counted in this process (0 where the counter is unavailable)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return sum(counters["graph_break"].values())
 
 
 def _compile(model):

@@ -419,3 +419,19 @@ def test_speed_baseline_row_times_eager_fp32_in_the_same_run(work):
     assert base["mode"].startswith("baseline") and base["dtype"] == "float32" and not base["folded"]
     assert model["mode"] == "model" and model["dtype"] == "bfloat16 (coupling nets)" and model["folded"]
     assert s["settings"]["dtype"] == model["dtype"]
+
+
+def test_partial_compile_is_noted(work, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    def fake_compile(model, **kwargs):
+        def run(x):
+            counters["graph_break"]["emulated break"] += 1  # what dynamo counts when it splits a graph
+            return model(x)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    s = bench.speed(weights=str(work / "A.safetensors"), size=32, batch_size=1, repeats=1, warmup=0, device="cpu",
+                    dtype="fp32", compile=True)
+    assert s["results"][0]["compile"] is True
+    assert any(n.startswith("torch.compile was partial: 1 graph break") for n in s["notes"])
