@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         inverse_gain: Optional[float] = typer.Option(None, "--inverse-gain", help="IRAE: largest gain allowed to "
                                                      "the inverse direction (finite-difference penalty that keeps "
                                                      "the fp32 round trip exact in 8 bits); 0 = off (default: "
-                                                     "250)."),
+                                                     "1000)."),
         init_start: Optional[str] = typer.Option(None, "--init-start", help="IRAE: data (each flow initialised "
                                                  "from its own data) or identity (the untrained model returns "
                                                  "its input) (default: identity for inpaint, else data)."),
