@@ -218,7 +218,7 @@ def test_resume_continues_exactly_and_never_reinitialises(tmp_path, photos, monk
 
     calls = []
     original = IRAE.initialize
-    monkeypatch.setattr(IRAE, "initialize", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    monkeypatch.setattr(IRAE, "initialize", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
     given = {"steps": 8, "ema": 0.9}
     full = run_train(tmp_path, "full", photos, given)
     assert calls == [1]
