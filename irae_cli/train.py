@@ -1175,7 +1175,9 @@ def _ckpt_run_id(path: Path) -> str | None:
         return None
 
 
-RESUME_MAY_CHANGE = ("steps", "inverse_gain_every")  # how long and how often: not what is learned
+# How long and how often, not what is learned: what --resume lets change, and what it then means.
+RESUME_MAY_CHANGE = {"steps": "the learning-rate schedule now runs over {} steps",
+                     "inverse_gain_every": "the inverse gain is probed every {} steps from now on"}
 
 
 def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
@@ -1191,18 +1193,13 @@ def merge_resumed_config(saved: TrainConfig, given: dict, echo) -> TrainConfig:
     if conflicts:
         raise IraeError("a resumed run keeps its checkpoint's settings; these differ: " + "; ".join(conflicts)
                         + ". Drop them, or start a new run without --resume")
-    steps = given.get("steps")
-    if steps is not None and steps != saved.steps:
-        echo(f"irae: note: --steps {steps} differs from the checkpoint's {saved.steps}; the learning-rate "
-             f"schedule now runs over {steps} steps (the run is an extension, not a replay)")
-        saved = dataclasses.replace(saved, steps=steps)
-        _validate(saved)
-    every = given.get("inverse_gain_every")
-    if every is not None and every != saved.inverse_gain_every:
-        echo(f"irae: note: --inverse-gain-every {every} differs from the checkpoint's {saved.inverse_gain_every}; "
-             f"the run continues with it (an extension, not a replay)")
-        saved = dataclasses.replace(saved, inverse_gain_every=every)
-        _validate(saved)
+    for key, effect in RESUME_MAY_CHANGE.items():
+        value, had = given.get(key), getattr(saved, key)
+        if value is not None and value != had:
+            echo(f"irae: note: --{key.replace('_', '-')} {value} differs from the checkpoint's {had}; "
+                 f"{effect.format(value)} (the run is an extension, not a replay)")
+            saved = dataclasses.replace(saved, **{key: value})
+            _validate(saved)
     return saved
 
 
