@@ -712,6 +712,16 @@ def write_image(path: str | Path, x: torch.Tensor, meta: ImageMeta, *, quality: 
 
 # --- CUDA JPEG decoding --------------------------------------------------------------------------
 
+def jpeg_is_complete(data: bytes) -> bool:
+    """An end-of-image marker after the last start-of-scan: the file was not cut short.
+
+    Entropy-coded data never holds FF D9 (every FF in it is stuffed), so a marker found after the
+    last scan header is the real end; an EXIF thumbnail's own end comes before that header.
+    """
+    sos = data.rfind(b"\xff\xda")
+    return sos >= 0 and data.find(b"\xff\xd9", sos + 2) >= 0
+
+
 def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, int]] | None:
     """Bytes, meta and (C, H, W) of a plain baseline/progressive RGB or gray JPEG for nvJPEG; None otherwise.
 
@@ -736,6 +746,8 @@ def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, in
         data = path.read_bytes()
     except OSError:
         return None
+    if not jpeg_is_complete(data):
+        return None  # nvJPEG decodes a cut file without complaint; Pillow names the problem
     meta = ImageMeta(mode=mode, bits=8, icc_profile=icc, exif=exif, format="JPEG")
     return data, meta, (1 if mode == "L" else 3, h, w)
 

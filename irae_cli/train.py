@@ -88,6 +88,7 @@ from .degrade import (MASK_KINDS, SUBSAMPLING, add_gaussian_noise, derive_seed, 
                       random_mask)
 from .divergence import DivergenceGuard
 from .errors import IraeError
+from .model.flows import batched_invconv_weights
 from .tasks import Task, get_task
 
 CHECKPOINT_FORMAT = "irae-train-checkpoint"
@@ -98,6 +99,10 @@ VAL_LEVELS = {"denoise": (15, 25, 50), "jpeg": (10, 20, 30, 40), "inpaint": ("bo
 LR_FLOOR = 0.01  # cosine ends at this fraction of --lr
 MASK_BANK_SIZE = 1024  # masks drawn once per run; x8 flips/rotations at sampling time
 CALIBRATION_STEPS = (2, 12)  # with --minutes alone: the steps whose speed sets the schedule length
+# ... which is set again from the speed since then at these fractions of the budget: the first steps
+# can be far slower than the rest (autotuning, other runs starting beside this one on a shared GPU),
+# and a schedule that ends at half the budget wastes the other half.
+RECALIBRATE_AT = (0.1, 0.25, 0.5)
 PROVISIONAL_WARMUP = 100  # warm-up length used until the schedule length is known
 DEFAULT_VAL_EVERY = 2000
 DEFAULT_INVERSE_GAIN = 1000.0  # measured: keeps the fp32 round trip far inside half an 8-bit level (README)
@@ -141,6 +146,9 @@ class TrainConfig:
     # How an IRAE starts (model.initialize): "data" = each flow from its own data and rotations;
     # "identity" = the decoder a copy of the encoder, so the untrained model returns its input.
     init_start: str = "data"
+    # Start from trained weights of the same preset (fine-tuning, another task, a new schedule or batch
+    # size) instead of a fresh initialisation; the path as given, its sha256 goes to the summary.
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -243,6 +251,27 @@ def inverse_gain_penalty(model, restored: torch.Tensor, inp: torch.Tensor, max_g
     back = model.inverse(restored + d)
     gain = (back.float() - inp).flatten(1).norm(dim=1) / d.float().flatten(1).norm(dim=1)
     return torch.relu(torch.log(gain / max_gain)).pow(2).mean()
+
+
+def load_init_weights(config: TrainConfig) -> tuple[dict, dict]:
+    """(what they were, state dict) of --init-from's weights, which must be of the run's preset."""
+    from .model import config_to_json, create_model
+    from .weights import load_weights
+
+    model = create_model(config.arch)
+    try:
+        loaded = load_weights(config.init_from)
+    except Exception as e:  # WeightsError or a missing file: one line naming the file
+        raise IraeError(f"--init-from: {e}") from None
+    if config_to_json(loaded.model.config) != config_to_json(model.config):
+        was = (loaded.training or {}).get("arch") or "another"
+        raise IraeError(f"--init-from {config.init_from}: holds a {was} model, not --arch {config.arch}; "
+                        f"pass weights of the {config.arch} preset, or --arch {was}")
+    training = loaded.training or {}
+    record = {"path": str(config.init_from), "sha256": loaded.sha256, "task": loaded.task,
+              "arch": training.get("arch"), "patches_seen": training.get("patches_seen"),
+              "minutes": training.get("minutes"), "device": training.get("device")}
+    return record, loaded.model.state_dict()
 
 
 def _validate(c: TrainConfig) -> None:
@@ -1249,6 +1278,11 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
         check_output_space(out, ckpt_path, log_path, config, ckpt_data["meta"]["model_config"] if ckpt_data else None)
     if session.stop_at is not None and session.stop_at < 1:
         raise IraeError(f"--stop-at must be at least 1, not {session.stop_at}")
+    init_state = init_from_record = None
+    if ckpt_data:
+        init_from_record = ckpt_data["meta"].get("init_from")
+    elif config.init_from:  # checked before the photos load
+        init_from_record, init_state = load_init_weights(config)
 
     # dtype: flows keep float32 arithmetic; only coupling nets (or the whole CNN) autocast
     if session.dtype not in ("auto", "fp32", "bf16"):
@@ -1285,6 +1319,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
 
     # model, EMA, optimiser
     model = create_model(config.arch)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     step = 0
     guard = DivergenceGuard()
     patches_seen = 0
@@ -1338,6 +1374,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 return torch.autocast(device_type=device.type, dtype=compute_dtype)
 
     train_model = model
+    step_weights = batched_invconv_weights if invertible else (lambda m: nullcontext())
     if dist_ctx.active:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -1385,7 +1422,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 "step": step, "patches_seen": patches_seen,
                 "train_seconds": train_seconds + (time.monotonic() - t_run),
                 "run_id": run_id, "data": data.description, "world_size": dist_ctx.world, "sessions": sessions,
-                "divergence_guard": guard.state(),
+                "divergence_guard": guard.state(), "init_from": init_from_record,
                 "task_params": task_params})
 
     def write_log() -> None:
@@ -1420,6 +1457,8 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
 
     pixels_per_s = 0.0
     initialized_here = False
+    recalibrate: list[float] = []  # fractions of the budget still to set the schedule again at
+    recal_step, recal_t0 = 0, 0.0
 
     def over_budget() -> bool:
         if budget is None:
@@ -1454,7 +1493,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 # The one ActNorm initialisation, from the first batch, in float32 without hooks.
                 for h in hooks:
                     h.remove()
-                if dist_ctx.main:
+                if dist_ctx.main and init_state is None:
                     model.initialize(inp, clean, start=config.init_start)
                 if dist_ctx.active:
                     _broadcast_module(model)
@@ -1474,18 +1513,20 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 group["lr"] = lr
             oom = diverged = False
             try:
-                with whole_autocast():
-                    restored = train_model(inp)
-                loss = training_loss(restored, clean, degrader.last_mask if task.needs_mask else None)
-                diverged = _diverged(guard, loss, dist_ctx)
-                if not diverged:
-                    guard.after_good_check(model, optimizer, ema)
-                    objective = loss
-                    if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
-                        objective = loss + config.inverse_gain_every * inverse_gain_penalty(
-                            model, restored, inp, config.inverse_gain, data_gen)
-                    optimizer.zero_grad(set_to_none=True)
-                    objective.backward()
+                # the 1x1 weights of this step, built once (batched) for forward, probe and backward
+                with step_weights(model):
+                    with whole_autocast():
+                        restored = train_model(inp)
+                    loss = training_loss(restored, clean, degrader.last_mask if task.needs_mask else None)
+                    diverged = _diverged(guard, loss, dist_ctx)
+                    if not diverged:
+                        guard.after_good_check(model, optimizer, ema)
+                        objective = loss
+                        if config.inverse_gain > 0 and invertible and step % config.inverse_gain_every == 0:
+                            objective = loss + config.inverse_gain_every * inverse_gain_penalty(
+                                model, restored, inp, config.inverse_gain, data_gen)
+                        optimizer.zero_grad(set_to_none=True)
+                        objective.backward()
             except torch.OutOfMemoryError:
                 if dist_ctx.active or config.batch_size == 1:
                     raise IraeError(f"out of device memory at --batch-size {config.batch_size}"
@@ -1541,6 +1582,25 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                     reporter.set_total(estimated)
                     quiet_echo(f"irae: note: --minutes {session.minutes:g} alone: the schedule is set to "
                                f"{estimated} steps from the speed of the first ones")
+                    recalibrate = list(RECALIBRATE_AT)
+                    recal_step, recal_t0 = step, time.monotonic()
+
+            # (one process only: ranks' clocks could disagree on when, and a collective needs all)
+            if recalibrate and not dist_ctx.active and step > recal_step and (
+                    step >= config.steps or (step % log_every == 0
+                                             and time.monotonic() - t_start >= recalibrate[0] * budget)):
+                now = time.monotonic()
+                recalibrate = [f for f in recalibrate[1:] if now - t_start < f * budget]
+                per_step = (now - recal_t0) / (step - recal_step)  # since the last estimate only
+                left = budget - (now - t_start) - val_reserve(pixels_per_s)
+                estimated = step + max(1, int(0.97 * left / per_step))
+                recal_step, recal_t0 = step, now
+                if abs(estimated - config.steps) > 0.02 * config.steps:
+                    quiet_echo(f"irae: note: the schedule is set again to {estimated} steps (was "
+                               f"{config.steps}) from the speed of the last ones")
+                    config = dataclasses.replace(config, steps=estimated)
+                    log["config"] = config.to_dict()
+                    reporter.set_total(estimated)
 
             done = config.steps is not None and step >= config.steps
             if step % log_every == 0 or done or (session.stop_at is not None and step >= session.stop_at):
@@ -1617,6 +1677,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
             "degradation": config.degradation(), "seed": config.seed, "lr": config.lr,
             "ema": config.ema, "stopped": stopped, "sessions": sessions, "jpeg_engine": degrader.jpeg_engine,
             "oom_halvings": log["sessions"][-1].get("oom_halvings", []),
+            "init_from": init_from_record,
             "torch": torch.__version__, "irae_version": __version__,
         }
         final = create_model(config.arch)

@@ -182,3 +182,39 @@ def test_identity_start_returns_the_input_until_trained(photos):
         assert rel_err(data(y), y) > 1e-2  # the data start scrambles until trained
     with pytest.raises(ValueError, match="unknown start"):
         create_model("tiny").initialize(y, photos, start="zeros")
+
+
+def test_batched_invconv_weights_match_the_per_module_ones_and_their_gradients():
+    from irae_cli.model.flows import batched_invconv_weights
+
+    torch.manual_seed(0)
+    model = create_model("small-inpaint").double()  # three channel counts: 12, 24, 48
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    model.initialize(x, x, start="data")
+
+    def loss_and_grads(batched: bool):
+        model.zero_grad(set_to_none=True)
+        with batched_invconv_weights(model) if batched else torch.enable_grad():
+            y = model(x)
+            back = model.inverse(y + 1e-3)  # the probe's inverse pass meets the same weights
+            loss = y.square().mean() + back.abs().mean()
+            loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    calls = []
+    real = torch.linalg.matrix_exp
+    try:
+        torch.linalg.matrix_exp = lambda m: (calls.append(m.shape), real(m))[1]
+        plain, plain_grads = loss_and_grads(False)
+        n_plain = len(calls)
+        calls.clear()
+        batched, batched_grads = loss_and_grads(True)
+    finally:
+        torch.linalg.matrix_exp = real
+    assert torch.allclose(plain, batched, rtol=0, atol=1e-12)
+    for a, b in zip(plain_grads, batched_grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    convs = [m for m in model.modules() if type(m).__name__ == "InvConv1x1"]
+    assert n_plain == 2 * len(convs)  # forward and probe, each module
+    assert len(calls) == len({c.a.shape[0] for c in convs}) == 3  # one per channel count
+    assert all(c._step is None for c in convs)  # nothing outlives the step

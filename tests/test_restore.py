@@ -377,6 +377,26 @@ def test_option_errors(weights, tmp_path):
         plan_restore(tmp_path / "missing", tmp_path / "o", RestoreOptions(task="denoise"))
 
 
+def test_a_cut_jpeg_never_reaches_the_gpu_decoder(tmp_path):
+    """nvJPEG decodes a truncated file without complaint; it must go to Pillow, which reports it."""
+    import io
+
+    from irae_cli.imageio import jpeg_for_gpu, jpeg_is_complete
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    small("astronaut_128.png").save(buf, "JPEG", quality=85, progressive=True, exif=exif)
+    whole = buf.getvalue()
+    assert jpeg_is_complete(whole) and jpeg_is_complete(whole + b"\x00" * 16)  # trailing padding is fine
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    assert jpeg_for_gpu(tmp_path / "whole.jpg") is not None
+    for cut in (len(whole) - 2, len(whole) * 2 // 3):
+        assert not jpeg_is_complete(whole[:cut])
+        (tmp_path / "cut.jpg").write_bytes(whole[:cut])
+        assert jpeg_for_gpu(tmp_path / "cut.jpg") is None
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_restore_and_batched_jpeg_decode(weights, tmp_path):

@@ -240,6 +240,37 @@ def test_resume_continues_exactly_and_never_reinitialises(tmp_path, photos, monk
     assert resumed.summary["sessions"] == 2
 
 
+def test_init_from_starts_from_trained_weights_without_reinitialising(tmp_path, photos, monkeypatch):
+    from irae_cli.model import IRAE
+
+    base = run_train(tmp_path, "base", photos, {"steps": 6})
+    calls = []
+    original = IRAE.initialize
+    monkeypatch.setattr(IRAE, "initialize", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    # another task, batch size and schedule: what a checkpoint cannot change on resume
+    tuned = run_train(tmp_path, "tuned", photos, {"steps": 1, "lr": 1e-9, "ema": 0.0, "task": "jpeg",
+                                                   "batch_size": 2, "init_from": str(base.out)})
+    assert calls == []
+    a, b = load_file(str(base.out)), load_file(str(tuned.out))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # one step at lr 1e-9 barely moves them
+    record = tuned.summary["init_from"]
+    assert record["sha256"] == base.sha256 and record["patches_seen"] == base.patches_seen
+    assert record["task"] == "denoise"
+    # the record survives a resume
+    part = run_train(tmp_path, "part", photos, {"steps": 4, "init_from": str(base.out)}, stop_at=2)
+    resumed = tr.train(tr.Session(resume=part.checkpoint, out=part.out, quiet=True), {})
+    assert resumed.summary["init_from"]["sha256"] == base.sha256
+
+
+def test_init_from_refuses_another_preset_before_reading_photos(tmp_path, photos):
+    base = run_train(tmp_path, "base", photos, {"steps": 2})
+    r = irae("train", tmp_path / "missing-photos", "--arch", "small", "--init-from", base.out, "--steps", "2",
+             "-o", tmp_path / "x.safetensors")
+    assert r.returncode != 0 and not (tmp_path / "x.safetensors").exists()
+    line = r.stderr.strip().splitlines()[-1]
+    assert "--init-from" in line and "tiny" in line and "small" in line, r.stderr
+
+
 @pytest.mark.parametrize("task,arch", [("jpeg", "tiny"), ("inpaint", "tiny"), ("denoise", "cnn-tiny")])
 def test_tasks_and_comparator_train(tmp_path, photos, val_dir, task, arch):
     from irae_cli.weights import load_weights
@@ -273,6 +304,40 @@ def test_minutes_alone_sets_the_schedule_from_measured_speed(tmp_path, photos):
     assert result.steps_planned is not None and result.steps_planned > 100
     assert result.summary["config"]["steps"] == result.steps_planned
     assert load_file(str(result.checkpoint))  # checkpoint written at the end
+
+
+def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tmp_path, photos, monkeypatch):
+    # The first steps crawl (as beside four other runs starting on one GPU), then the run is fast:
+    # the schedule must follow the later speed and use the budget, not end at a fraction of it.
+    # A fake clock that each training step advances keeps the test independent of the machine.
+    import time as real_time
+
+    clock = {"t": 1000.0, "steps": 0}
+
+    class FakeTime:
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+        @staticmethod
+        def monotonic():
+            return clock["t"]
+
+    original = tr.training_loss
+
+    def timed_loss(*a, **k):
+        clock["steps"] += 1
+        clock["t"] += 0.25 if clock["steps"] <= tr.CALIBRATION_STEPS[1] + 2 else 0.05
+        return original(*a, **k)
+
+    monkeypatch.setattr(tr, "time", FakeTime())
+    monkeypatch.setattr(tr, "training_loss", timed_loss)
+    notes = []
+    result = run_train(tmp_path, "slow", photos, {}, minutes=0.25, echo=notes.append, log_every=5)
+    # the first steps' speed alone plans ~50 steps for the 15 s; the rest run at 20 steps/s
+    assert result.stopped == "completed", notes
+    assert result.steps > 150, (result.steps, notes)
+    assert any("set again" in n for n in notes), notes
+    assert 12 <= clock["t"] - 1000.0 <= 15.5
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, photos):

@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
         init_start: Optional[str] = typer.Option(None, "--init-start", help="IRAE: data (each flow initialised "
                                                  "from its own data) or identity (the untrained model returns "
                                                  "its input) (default: identity for inpaint, else data)."),
+        init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these trained weights "
+                                                "(a file or shipped name, same --arch; any task) instead of a "
+                                                "fresh initialisation: fine-tune, or begin a new schedule."),
         inverse_gain_every: Optional[int] = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
                                                          "inverse gain every N steps, its penalty weighted by N "
                                                          "(default: 4; 1 = every step, ~2x slower)."),
@@ -92,6 +95,7 @@ def register(app: typer.Typer) -> None:
                 "task": task, "arch": arch, "steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr,
                 "warmup": warmup, "clip": clip, "ema": ema, "seed": seed, "inverse_gain": inverse_gain,
                 "inverse_gain_every": inverse_gain_every, "init_start": init_start,
+                "init_from": init_from,
                 "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
                 "noise_protocol": noise_protocol,
                 "quality": parse_range(quality, int, "--quality") if quality is not None else None,

@@ -26,8 +26,10 @@ PRESETS = {
     "medium": IRAEConfig(width=48, depth=8, levels=2),
     # Three levels give holes a larger receptive field, as paper-inpaint does.
     "small-inpaint": IRAEConfig(width=32, depth=4, levels=3),
+    "medium-inpaint": IRAEConfig(width=48, depth=8, levels=3),
     # Non-invertible comparator with at least paper-denoise's parameter count.
     "cnn": CNNConfig(width=96, depth=18),
+    "cnn-medium": CNNConfig(width=64, depth=15),  # >= medium's parameter count
     "cnn-small": CNNConfig(width=64, depth=6),  # >= small's parameter count
     "cnn-tiny": CNNConfig(width=16, depth=5),
 }

@@ -20,6 +20,7 @@ core"); the blocks here avoid each one by construction:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -72,12 +73,16 @@ class InvConv1x1(nn.Module):
         super().__init__()
         self.a = nn.Parameter(torch.randn(channels, channels, generator=generator))
         self._cache: tuple | None = None
+        self._step: tuple | None = None  # W in float32 and float64 for one training step (batched_invconv_weights)
 
     def weight64(self) -> torch.Tensor:
         skew = self.a.double() - self.a.double().t()
         return torch.linalg.matrix_exp(skew)
 
     def _weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._step is not None:
+            w = self._step[1] if like.dtype == torch.float64 else self._step[0].to(like.dtype)
+            return w, w.t()
         if torch.is_grad_enabled() and self.a.requires_grad:
             w = self.weight64().to(like.dtype)
             return w, w.t()
@@ -103,6 +108,33 @@ class InvConv1x1(nn.Module):
     @torch.no_grad()
     def condition_number(self) -> float:
         return float(torch.linalg.cond(self.weight64()))
+
+
+@contextmanager
+def batched_invconv_weights(module: nn.Module):
+    """For one training step: every 1x1 convolution's weight from one ``matrix_exp`` per channel count.
+
+    A training step meets each weight three times (forward, the inverse-gain probe's inverse pass,
+    backward); built per module that is ~100 small ``matrix_exp`` calls for a 32-step model, each
+    a string of tiny kernels and a host sync to choose its degree -- on a GPU the step becomes bound
+    by the host. Here each group of equal-sized matrices goes through one batched call (same values:
+    the degree is chosen per matrix), and the forward and the probe share it, so does backward. The
+    weights live for the ``with`` block only: after an optimiser step they are stale.
+    """
+    convs = [m for m in module.modules() if isinstance(m, InvConv1x1)]
+    groups: dict[tuple, list[InvConv1x1]] = {}
+    for conv in convs:
+        groups.setdefault((conv.a.shape[0], conv.a.device), []).append(conv)
+    try:
+        for group in groups.values():
+            a = torch.stack([conv.a for conv in group]).double()
+            w64 = torch.linalg.matrix_exp(a - a.transpose(1, 2))
+            for conv, w32, w in zip(group, w64.float().unbind(0), w64.unbind(0)):
+                conv._step = (w32, w)
+        yield
+    finally:
+        for conv in convs:
+            conv._step = None
 
 
 def _sn(conv: nn.Conv2d, enabled: bool) -> nn.Module:
