@@ -637,31 +637,29 @@ class Degrader:
 
 # --------------------------------------------------------------------------- model helpers
 
+class _CouplingDtype:
+    """Undo handle of ``autocast_coupling_nets`` (``.remove()``, like a hook handle)."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+
+    def remove(self) -> None:
+        self.net.autocast_dtype = None
+
+
 def autocast_coupling_nets(model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> list:
     """Run each coupling network of an invertible model under autocast; everything else stays float32.
 
-    Hooks (not module replacement) keep the state-dict keys unchanged; the
-    network's output is cast back to float32 before the coupling applies it.
-    Returns the hook handles (``.remove()`` them to undo).
+    The network's output is cast back to float32 before the coupling applies it; the state-dict
+    keys are unchanged. Returns handles to ``.remove()`` to undo it.
     """
     from .model.flows import CouplingNet
 
     handles = []
     for m in model.modules():
         if isinstance(m, CouplingNet):
-            stack: list = []
-
-            def pre(module, args, _stack=stack):
-                ctx = torch.autocast(device_type=device_type, dtype=dtype)
-                ctx.__enter__()
-                _stack.append(ctx)
-
-            def post(module, args, output, _stack=stack):
-                _stack.pop().__exit__(None, None, None)
-                return output.float()
-
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post))
+            m.autocast_dtype = dtype
+            handles.append(_CouplingDtype(m))
     return handles
 
 

@@ -22,7 +22,7 @@
 #   python scripts/lease_out.py unpack FILES_AT out/turn
 #
 # Carry (git-ignored inputs; the tracked tree is ~20 MiB of the 64 MiB a call may send):
-#   ["data/packs/train-128.safetensors", "data/photos/val"]
+#   carry: ["data/packs/train-128.safetensors", "data/photos/val"]
 #     python -m irae_cli.pack data/photos/train -o data/packs/train-128.safetensors --crop 128 --max-mib 36
 #
 # Knobs (environment): TRAIN_MIN (6), CMP_STEPS (4000), DEADLINE (575), DEVICE (cuda), PACK, VAL,

@@ -1,4 +1,4 @@
-# Shared by scripts/gpu_lease.sh and scripts/gpu_speed.sh (sourced, not run).
+# Shared by scripts/gpu_lease.sh and scripts/gpu_turn.sh (sourced, not run).
 #
 # step NAME CAP_S CMD...   runs CMD under a time cap (SIGINT first: `irae train` then saves), prints
 #                          one "== step" line before and one after with rc and seconds, records it,

@@ -122,7 +122,7 @@ def test_the_plan_refuses_to_start_beyond_the_limit(tmp_path):
     assert r.returncode == 0 and "580 s = 9.6 min" in r.stdout and "STARTED" in r.stdout
 
 
-@pytest.mark.parametrize("script", ["gpu_lease.sh", "gpu_speed.sh", "lease_lib.sh"])
+@pytest.mark.parametrize("script", ["gpu_lease.sh", "gpu_turn.sh", "lease_lib.sh"])
 def test_scripts_parse_and_document_their_carry(script):
     r = subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

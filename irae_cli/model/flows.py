@@ -154,8 +154,18 @@ class CouplingNet(nn.Module):
         nn.init.zeros_(self.conv3.weight)
         nn.init.zeros_(self.conv3.bias)
         self.spectral = spectral
+        # Set (not saved) to run this net alone under autocast, its output back in float32: the
+        # flow arithmetic around it must stay float32. A context inside forward, unlike hooks that
+        # enter and leave it, is one torch.compile can trace.
+        self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
+        if self.autocast_dtype is not None and not init:
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+                return self._body(x, False).float()
+        return self._body(x, init)
+
+    def _body(self, x: torch.Tensor, init: bool) -> torch.Tensor:
         h = self.conv1(x)
         if init:
             self.norm1.initialize(h)
