@@ -76,7 +76,7 @@ train_bg() {  # train_bg NAME ARGS...: one background run, console in $WORK/NAME
   local name=$1
   shift
   # two threads each: the card does the work, and five runs share the host's cores with the smoke check
-  OMP_NUM_THREADS=2 timeout -s INT -k 30 $(( $("$PY" -c "print(int(float('$TRAIN_MIN') * 60))") + 90 )) \
+  OMP_NUM_THREADS=2 timeout -s TERM -k 30 $(( $("$PY" -c "print(int(float('$TRAIN_MIN') * 60))") + 90 )) \
     "$PY" -m irae_cli train "$PACK" --device "$DEVICE" --minutes "$TRAIN_MIN" --val "$VAL" -q \
     --log "$WORK/$name.log.json" --overwrite "$@" >"$WORK/$name.out" 2>&1 &
   PIDS+=($!)

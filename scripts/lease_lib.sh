@@ -1,6 +1,7 @@
 # Shared by scripts/gpu_lease.sh and scripts/gpu_turn.sh (sourced, not run).
 #
-# step NAME CAP_S CMD...   runs CMD under a time cap (SIGINT first: `irae train` then saves), prints
+# step NAME CAP_S CMD...   runs CMD under a time cap (SIGTERM first: irae stops as on Ctrl-C and
+#                          `irae train` saves), prints
 #                          one "== step" line before and one after with rc and seconds, records it,
 #                          and never stops the script: one failed step must not cost the rest.
 # need NAME PATH...        a step's inputs: returns 1 (and the step is skipped, said once) when a
@@ -50,7 +51,7 @@ step() {
   local name=$1 cap=$2 t0=$SECONDS rc
   shift 2
   echo "== step $name (cap ${cap} s) $(date -u +%T)"
-  timeout -s INT -k 20 "$cap" "$@"
+  timeout -s TERM -k 20 "$cap" "$@"
   rc=$?
   [ "$rc" -eq 124 ] && echo "== step $name: stopped at its ${cap} s cap"
   echo "== step $name: rc $rc in $((SECONDS - t0)) s"

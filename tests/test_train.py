@@ -389,6 +389,36 @@ def test_cli_minutes_stops_and_saves(tmp_path, photos):
     assert t["stopped"] == "time budget" and 1 <= t["steps"] < 100000
 
 
+def test_sigterm_stops_training_and_saves_like_ctrl_c(tmp_path, photos):
+    # what a scheduler's time limit, `timeout` or `kill` sends; started the way a script starts a
+    # background job (SIGINT ignored), where Ctrl-C's signal would not reach it
+    import signal
+    import time
+
+    out = tmp_path / "w.safetensors"
+    p = subprocess.Popen([sys.executable, "-m", "irae_cli", "train", str(photos), "--arch", "tiny", "--patch", "16",
+                          "--steps", "100000", "--checkpoint-every", "5", "-o", str(out), "-q"],
+                         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                            signal.SIG_IGN))
+    ckpt = tmp_path / "w.ckpt.safetensors"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ckpt.exists():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted" in err
+    summary = json.loads(load_file_metadata(out)["training"])
+    assert summary["stopped"] == "interrupted" and summary["steps"] >= 5
+
+
+def load_file_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training(tmp_path, photos):
