@@ -435,13 +435,16 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
     small("camera_128_gray.png").save(src / "gray.jpg", quality=85)
     small("coffee_128.png").convert("CMYK").save(src / "cmyk.jpg", quality=90)  # not for nvJPEG: Pillow
     data = (src / "0.jpg").read_bytes()
-    (src / "cut.jpg").write_bytes(data[:len(data) // 2])  # truncated: the batch decoder refuses it
+    (src / "cut.jpg").write_bytes(data[:len(data) // 2])  # truncated: never sent to the batch decoder
+    refused = (src / "2.jpg").read_bytes()
     seen = []
     real = iio.decode_jpegs_cuda
 
     def decode(blobs, gray, device):
         seen.append([threading.current_thread().name, len(blobs), None])
-        out = real(blobs, gray, device)  # a batch holding the truncated file raises: Pillow decodes that batch
+        if refused in blobs:  # a batch the decoder refuses: Pillow decodes that batch instead
+            raise RuntimeError("emulated nvJPEG failure")
+        out = real(blobs, gray, device)
         seen[-1][2] = {x.dtype for x in out}
         return out
 
@@ -451,7 +454,7 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
                           format="png", batch_size=2, skip_existing=False)
     assert seen and all(name.startswith("irae-nvjpeg") for name, _, _ in seen)
     assert {torch.uint8} in [dtypes for _, _, dtypes in seen] and None in [dtypes for _, _, dtypes in seen]
-    assert sum(n for _, n, _ in seen) == 5  # 4 plain JPEGs + the truncated one; CMYK never goes there
+    assert sum(n for _, n, _ in seen) == 4  # the 4 plain JPEGs; the cut one and CMYK never go there
     monkeypatch.setattr(pl, "_gpu_jpeg_decode", lambda restorer, needs_mask: False)
     ref, _, _ = run(src, tmp_path / "cpu", task="denoise", weights=str(weights["cnn-tiny"]), device="cpu",
                     format="png", batch_size=2)
