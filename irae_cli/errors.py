@@ -34,6 +34,14 @@ class SaveError(IraeError):
     exit_code = EXIT_SOME_FAILED
 
 
+class QuietError(IraeError):
+    """Already said on one line by process 0 of a torchrun job: the others exit with its code, silently."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -21,6 +21,7 @@ import re
 import struct
 import sys
 import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -587,7 +588,7 @@ def encode_image(x: torch.Tensor, meta: ImageMeta, suffix: str, *, quality: int 
 def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
     """Write via a temp file in the same folder and rename; refuses to replace a file unless ``overwrite``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}")
+    tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}.{HOST_TAG}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -620,7 +621,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False
 
 # --- output folders: checked before any work, cleaned of what an interrupted run left -------------
 
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<pid>\d+)-[0-9a-f]+", re.S)  # atomic_write_bytes' temp files
+# atomic_write_bytes' temp files; the host tag came later, so names without one are read as this machine's.
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<pid>\d+)-[0-9a-f]+(?:\.(?P<host>[0-9a-f]{8}))?", re.S)
+# Machines that share an output folder (torchrun across nodes, job arrays) cannot see each other's
+# processes: a temp file made elsewhere is only taken for stale once nothing has touched it for this long.
+FOREIGN_TEMP_SECONDS = 3600
 
 
 def existing_ancestor(path: str | Path) -> Path:
@@ -660,6 +665,16 @@ def free_bytes(folder: str | Path) -> int | None:
     return (st.f_bfree if root else st.f_bavail) * st.f_frsize
 
 
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+HOST_TAG = _host_tag()
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -677,7 +692,8 @@ def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pat
 
     Only irae's own temp-file pattern is touched, and only when the process that
     made it no longer runs, so a concurrent irae writing into the same folder
-    keeps its files.  Returns what was removed.
+    keeps its files; one made on another machine only once it is an hour old.
+    Returns what was removed.
     """
     removed: list[Path] = []
     for folder in {os.path.abspath(f) for f in folders}:
@@ -691,9 +707,15 @@ def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pat
             for name in names:
                 m = pattern.fullmatch(name)
                 pid = next((v for k, v in m.groupdict().items() if k.startswith("pid") and v), None) if m else None
-                if pid is None or _pid_alive(int(pid)):
+                if pid is None:
                     continue
                 path = Path(top) / name
+                host = m.groupdict().get("host")
+                if host and host != HOST_TAG:
+                    if not _untouched_for(path, FOREIGN_TEMP_SECONDS):
+                        continue
+                elif _pid_alive(int(pid)):
+                    continue
                 try:
                     if path.is_file() and not path.is_symlink():
                         path.unlink()
@@ -701,6 +723,13 @@ def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pat
                 except OSError:
                     pass
     return sorted(removed)
+
+
+def _untouched_for(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def write_image(path: str | Path, x: torch.Tensor, meta: ImageMeta, *, quality: int = 95,

@@ -8,25 +8,35 @@ grouped into batches for the ``Restorer`` (which tiles large images), and
 writer threads encode and rename the results into place, so the device never
 waits on one file at a time and memory stays bounded on huge folders.  A bad
 file costs one line on stderr and one ``failed`` line in the report; the run
-goes on and ends with exit code 1.
+goes on and ends with exit code 1.  Under torchrun, or with ``--shard K/N``, each
+process runs its pixel-balanced part of the same plan (shard.py, distributed.py,
+report_parts.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
+from .distributed import Dist, init_distributed, rank_device
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError, io_reason, one_line
 from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
                       folder_problem, image_pixels, image_size, output_suffix, remove_stale_temp_files,
                       set_warning_handler)
+from .report_parts import join_parts, leftover_parts, part_path, settle_leftovers
+from .shard import Shard, header_pixels, parse_shard, split_by_pixels
 
 OUTPUT_FORMATS = ("auto", "same", *FORMATS)
 # A batch never holds more than this many pixels (large images go one at a time and are tiled).
@@ -34,6 +44,8 @@ BATCH_PIXELS = 32 * 2**20
 # Decoded images waiting for a batch partner; beyond this the fullest bucket is run as it is.
 BUFFER_PIXELS = 256 * 2**20
 LIST_LIMIT = 10  # how many paths an error message lists before "and N more"
+# The processes of a torchrun job finish at different times; the first must outwait the last.
+GROUP_TIMEOUT = timedelta(days=7)
 
 
 @dataclass
@@ -60,6 +72,7 @@ class RestoreOptions:
     masks: Path | None = None
     mask_from: str | None = None  # "alpha"
     compile: str = "auto"  # auto | on | off (see inference.COMPILE_MODES)
+    shard: str | None = None  # "K/N": restore part K of N (see shard.py); under torchrun, shared by its processes
 
 
 @dataclass
@@ -81,6 +94,15 @@ class Plan:
     onto_inputs: list[Job]  # output path is an input file
     report_problem: str | None = None
     folder_problems: list[str] = field(default_factory=list)  # output folders that cannot be written
+    entries: list[Job] = field(default_factory=list)  # every input in discovery order, whatever its fate
+
+    def part(self, indices: list[int]) -> Plan:
+        """The same plan for ``entries[i]`` only; the mapping's problems (collisions, onto inputs) stay whole."""
+        keep = {id(self.entries[i]) for i in indices}
+        return dataclasses.replace(self, entries=[self.entries[i] for i in sorted(indices)],
+                                   jobs=[j for j in self.jobs if id(j) in keep],
+                                   skipped=[j for j in self.skipped if id(j) in keep],
+                                   existing=[j for j in self.existing if id(j) in keep])
 
     def problems(self) -> list[str]:
         """Why this plan must not run (usage errors, exit 2); empty when it may."""
@@ -156,6 +178,8 @@ def check_options(opts: RestoreOptions) -> None:
             raise IraeError(f"--masks {opts.masks}: no such folder")
     elif opts.masks is not None or opts.mask_from is not None:
         raise IraeError(f"--masks/--mask-from only apply to --task inpaint, not {task.name!r}")
+    if opts.shard is not None:
+        parse_shard(opts.shard)
 
 
 def _output_ext(src: Path, opts: RestoreOptions) -> str:
@@ -198,10 +222,11 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
                    for s in sources]
     inputs_real = {os.path.realpath(s.path) for s in sources}
     by_output: dict[Path, list[Source]] = defaultdict(list)
-    jobs, skipped, existing, onto = [], [], [], []
+    jobs, skipped, existing, onto, entries = [], [], [], [], []
     for s, t in zip(sources, targets):
         by_output[t].append(s)
         job = Job(s, t, exists=t.exists() or t.is_symlink())
+        entries.append(job)
         if os.path.realpath(t) in inputs_real:
             onto.append(job)
         elif job.exists and opts.skip_existing and _empty_file(t):
@@ -214,7 +239,7 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
         else:
             jobs.append(job)
     collisions = {t: srcs for t, srcs in by_output.items() if len(srcs) > 1}
-    plan = Plan(input, output, jobs, skipped, existing, collisions, onto)
+    plan = Plan(input, output, jobs, skipped, existing, collisions, onto, entries=entries)
     plan.report_problem = _report_problem(input, opts, by_output, inputs_real)
     folders = sorted({j.output.parent for j in jobs})
     problems = [p for p in (folder_problem(f) for f in folders) if p]
@@ -247,6 +272,11 @@ def _report_problem(input: Path, opts: RestoreOptions, outputs: dict, inputs_rea
     if report.exists() and not (opts.overwrite or opts.skip_existing):
         return (f"--report {report} already exists; pass --overwrite to replace it, --skip-existing to add this "
                 f"run's lines to it, or choose another file")
+    parts = leftover_parts(report)
+    if parts and not (opts.overwrite or opts.skip_existing):
+        return (f"--report {report}: {parts[0]}{f' and {len(parts) - 1} more' if len(parts) > 1 else ''} were left "
+                f"by an interrupted torchrun run; pass --skip-existing to add their lines to the report or "
+                f"--overwrite to discard them")
     if (report.exists() or report.is_symlink()) and not report.is_file():
         return f"--report {report} is not a regular file; give a file name"
     if report.exists() and not os.access(report, os.W_OK):
@@ -276,22 +306,20 @@ class _Item:
 class _Reporter:
     """Counts, progress bar, one-line failures on stderr and the JSONL report; main thread only."""
 
-    def __init__(self, total: int, opts: RestoreOptions, progress: bool, quiet: bool, err: TextIO,
-                 common: dict) -> None:
+    def __init__(self, total: int, report: Path | None, append: bool, progress: bool, quiet: bool, err: TextIO,
+                 common: dict, label: str = "restoring") -> None:
         self.summary = RestoreSummary()
         self.err = err
         self.quiet = quiet
         self.common = common
         self.started = time.perf_counter()
         self.report = None
-        self.report_path = Path(opts.report) if opts.report is not None else None
+        self.report_path = report
         self.report_error: str | None = None
-        if opts.report is not None:
-            path = Path(opts.report)
+        if report is not None:
+            path = report  # this process's part of the report under torchrun
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                # --skip-existing resumes a run: its lines go after the earlier run's, nothing is lost.
-                append = opts.skip_existing and path.is_file()
                 # Unbuffered: each line goes out whole or, on a full disk, is cut back off (see _write).
                 self.report = open(path, "ab" if append else "wb", buffering=0)
                 if append and self.report.tell() > 0:
@@ -308,7 +336,7 @@ class _Reporter:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
-            self.progress = Progress(TextColumn("restoring"), BarColumn(), MofNCompleteColumn(),
+            self.progress = Progress(TextColumn(label, markup=False), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("images  {task.fields[mps]:.2f} MP/s"), TimeElapsedColumn(),
                                      TextColumn("ETA"), TimeRemainingColumn(),
                                      console=Console(file=err), transient=True)
@@ -523,7 +551,7 @@ def _workload_megapixels(jobs: list[Job]) -> float | None:
     return len(jobs) * sum(sizes) / len(sizes) / 1e6 if sizes else None
 
 
-def _load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None):
+def _load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None, device=None):
     from .inference import Restorer
     from .tasks import get_task
     from .weights import default_weights_for, load_weights
@@ -535,7 +563,7 @@ def _load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None):
     loaded = load_weights(name, device="cpu", expect_task=opts.task)
     task = get_task(opts.task)
     params = task.params_for_weights(loaded.task_params)
-    restorer = Restorer(loaded.model, task, task_params=params, device=opts.device, dtype=opts.dtype,
+    restorer = Restorer(loaded.model, task, task_params=params, device=device or opts.device, dtype=opts.dtype,
                         tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size,
                         compile=opts.compile,
                         workload_megapixels=_workload_megapixels(jobs) if opts.compile == "auto" and jobs else None)
@@ -549,25 +577,156 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
     Raises ``IraeError`` (exit 2) before any work for usage problems; per-file
     problems are reported and counted, and the summary's ``exit_code`` is 1
     when any file failed.
+
+    Under torchrun every process plans the whole run, they check that their plans agree,
+    and each restores its pixel-balanced part on its own device; a usage error is said once
+    (by process 0) and every process exits with the worst code of all.  ``opts.shard``
+    restricts the run to one part first (see shard.py).
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    plan = plan_restore(input, output, opts)
-    problems = plan.problems()
+    # Only small Python objects travel between the processes: gloo, also when they restore on GPUs.
+    ctx = init_distributed(None, GROUP_TIMEOUT)
+    plan, failure = None, None
+    try:
+        device = rank_device(opts.device, world=ctx.world, local_rank=ctx.local_rank)
+        plan = plan_restore(input, output, opts)
+    except IraeError as e:
+        failure = e
+    ctx.agree(failure, _plan_digest(plan) if ctx.active and plan is not None else None)
+    shard = parse_shard(opts.shard) if opts.shard is not None else None
+    job_plan, parts, pixels = _split(plan, shard, ctx)
+    problems = job_plan.problems()
     if opts.dry_run:
+        return _dry_run(job_plan, parts, pixels, problems, opts, shard, ctx, out, err)
+    if problems:
+        ctx.fail(problems[0] if len(problems) == 1 else " | ".join(problems))
+    plan = parts[ctx.rank]
+    report = Path(opts.report) if opts.report is not None else None
+    try:
+        if device.type == "cuda" and ctx.active:
+            import torch
+
+            torch.cuda.set_device(device)
+        restorer, loaded = _load_restorer(opts, plan.jobs, device)
+        if report is not None and ctx.main:
+            settle_leftovers(report, keep=opts.skip_existing)
+            if ctx.active:
+                _start_report(report, opts)
+    except IraeError as e:
+        failure = e
+    ctx.agree(failure)
+    if report is not None and ctx.active:
+        report, append = part_path(report, ctx.rank), False
+    else:
+        # --skip-existing resumes a run: its lines go after the earlier run's, nothing is lost.
+        append = report is not None and opts.skip_existing and report.is_file()
+    label = f"restoring (process {ctx.rank} of {ctx.world})" if ctx.active else "restoring"
+    summary = _run(plan, restorer, loaded, opts, report, append, progress=progress and ctx.main, quiet=quiet,
+                   err=err, label=label)
+    of = f" (shard {shard})" if shard is not None else ""
+    if not ctx.active:
+        if not quiet:
+            print(summary.line() + of, file=err)
+        return summary
+    total = _total(ctx.all_gather(summary))  # also: every part of the report is complete
+    code = summary.exit_code
+    if ctx.main:
+        if opts.report is not None:
+            problem = join_parts(Path(opts.report), [part_path(Path(opts.report), r) for r in range(ctx.world)])
+            if problem:
+                print(f"irae: error: {one_line(problem)}", file=err)
+                code = EXIT_SOME_FAILED
+        if not quiet:  # before the last collective: once one process exits non-zero, torchrun stops the others
+            print(f"{total.line()} by {ctx.world} processes{of}", file=err, flush=True)
+    total.exit_code = ctx.worst(code)
+    ctx.close()
+    return total
+
+
+def _plan_digest(plan: Plan) -> str:
+    """What every process of a torchrun job must agree on: each input, its output and its fate, and the problems."""
+    fate = {id(j): kind for kind, jobs in (("do", plan.jobs), ("skip", plan.skipped), ("exists", plan.existing),
+                                            ("onto", plan.onto_inputs)) for j in jobs}
+    h = hashlib.sha256()
+    for j in plan.entries:
+        h.update(f"{j.source.path}\0{j.output}\0{fate.get(id(j))}\0{j.redo_empty}\n".encode("utf-8", "surrogateescape"))
+    for p in plan.problems():
+        h.update(p.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _split(plan: Plan, shard: Shard | None, ctx: Dist) -> tuple[Plan, list[Plan], dict[int, int]]:
+    """This run's plan (``--shard``'s part of it), its parts for the processes, and each entry's pixels by id."""
+    if shard is None and not ctx.active:
+        return plan, [plan], {}
+    paths = [j.source.path for j in plan.entries]
+    pixels = [0] * len(paths)
+    # Each process reads every world-th header; all of them then split the same list the same way.
+    for r, mine in enumerate(ctx.all_gather(header_pixels(paths[ctx.rank::ctx.world]))):
+        pixels[r::ctx.world] = mine
+    chosen = list(range(len(paths)))
+    if shard is not None:
+        chosen = split_by_pixels(pixels, shard.count)[shard.index]
+    groups = split_by_pixels([pixels[i] for i in chosen], ctx.world)
+    by_id = {id(plan.entries[i]): pixels[i] for i in chosen}
+    return plan.part(chosen), [plan.part([chosen[i] for i in g]) for g in groups], by_id
+
+
+def _dry_run(plan: Plan, parts: list[Plan], pixels: dict[int, int], problems: list[str], opts: RestoreOptions,
+             shard: Shard | None, ctx: Dist, out: TextIO, err: TextIO) -> RestoreSummary:
+    """Process 0 prints the plan (with how it is split); every process exits with the same code."""
+    code = EXIT_USAGE if problems else EXIT_OK
+    if ctx.main:
         try:
             _, loaded = _load_restorer(opts)
             label = f"{loaded.path} (sha256 {loaded.sha256[:12]})"
         except IraeError as e:
-            label, problems = "(unusable)", [*problems, str(e)]
-        for line in describe_plan(plan, opts, label):
+            label, problems, code = "(unusable)", [*problems, str(e)], EXIT_USAGE
+        lines = describe_plan(plan, opts, label)
+        split = [f"  shard {shard}: part {shard.index} of {shard.count}, balanced by pixels"] if shard else []
+        if ctx.active:
+            split += [f"  process {r} of {ctx.world}: restore {len(p.jobs)} image(s), "
+                      f"{sum(pixels.get(id(j), 0) for j in p.jobs) / 1e6:.2f} MP" for r, p in enumerate(parts)]
+        for line in lines[:1] + split + lines[1:]:
             print(one_line(line), file=out)
         for p in problems:
             print(f"irae: error: {one_line(p)}", file=err)
-        return RestoreSummary(skipped=len(plan.skipped), exit_code=EXIT_USAGE if problems else EXIT_OK)
-    if problems:
-        raise IraeError(problems[0] if len(problems) == 1 else " | ".join(problems))
-    restorer, loaded = _load_restorer(opts, plan.jobs)
+    return RestoreSummary(skipped=len(plan.skipped), exit_code=ctx.worst(code))
+
+
+def _start_report(report: Path, opts: RestoreOptions) -> None:
+    """Process 0 of a torchrun job: the report exists (appended to, or emptied) before the parts are added."""
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        open(report, "ab" if opts.skip_existing else "wb").close()
+    except OSError as e:
+        raise IraeError(f"--report {report}: cannot write ({io_reason(e)})") from None
+
+
+def _total(summaries: list[RestoreSummary]) -> RestoreSummary:
+    return RestoreSummary(restored=sum(s.restored for s in summaries), skipped=sum(s.skipped for s in summaries),
+                          failed=sum(s.failed for s in summaries), seconds=max(s.seconds for s in summaries),
+                          megapixels=sum(s.megapixels for s in summaries),
+                          exit_code=max(s.exit_code for s in summaries))
+
+
+def _sigterm_as_ctrl_c():
+    """A scheduler's time limit, or torchrun stopping the others when one process died, sends SIGTERM:
+    stop as on Ctrl-C, so the writes in flight finish and each gets its report line."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return signal.SIG_DFL if previous is None else previous  # None: a handler Python did not install
+
+
+def _run(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | None, append: bool, *,
+         progress: bool, quiet: bool, err: TextIO, label: str) -> RestoreSummary:
+    """Restore ``plan.jobs`` and report ``plan.skipped``; the model is loaded and the plan checked."""
     # A run killed mid-write (SIGKILL, power loss) leaves hidden temp files: remove those of dead irae processes.
     stale = remove_stale_temp_files({j.output.parent for j in plan.jobs + plan.skipped if j.output.parent.is_dir()})
     if stale and not quiet:
@@ -578,7 +737,7 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
 
     common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
               "weights_sha256": loaded.sha256}
-    rep = _Reporter(len(plan.jobs), opts, progress, quiet, err, common)
+    rep = _Reporter(len(plan.jobs), report, append, progress, quiet, err, common, label)
     previous_handler = set_warning_handler(rep.say)  # warnings (EXIF, masks) print above the progress bar
     for job in plan.skipped:
         rep.skipped(job)
@@ -656,6 +815,7 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
             blobs.clear()
             drain_decodes(1)
 
+    previous_sigterm = _sigterm_as_ctrl_c()
     try:
         while True:
             while len(reads) < ahead:
@@ -691,7 +851,7 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
             if f.done() and not f.cancelled() and f.exception() is None:
                 rep.done(f.result())
         set_warning_handler(previous_handler)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         summary = rep.close()
-    if not quiet:
-        print(summary.line(), file=err)
     return summary

@@ -86,6 +86,8 @@ from PIL import Image
 from . import __version__
 from .degrade import (MASK_KINDS, SUBSAMPLING, add_gaussian_noise, derive_seed, jpeg_compress, quantize_u8,
                       random_mask)
+from .distributed import Dist, init_distributed
+from .distributed import rank_device as train_device
 from .divergence import DivergenceGuard
 from .errors import IraeError
 from .model.flows import batched_invconv_weights
@@ -997,51 +999,6 @@ class Reporter:
 
 
 # --------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def train_device(name: str, world: int | None = None, local_rank: int | None = None) -> torch.device:
-    """The training device. ``--device`` decides, under torchrun too: a visible GPU never overrides
-    ``--device cpu``; ``auto``/``cuda`` give each process the GPU of its LOCAL_RANK."""
-    from .inference import pick_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
-    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
-    device = pick_device(name)
-    if world > 1 and device.type == "cuda" and device.index is None:
-        count = torch.cuda.device_count()
-        if local_rank >= count:
-            raise IraeError(f"torchrun process with LOCAL_RANK {local_rank} has no GPU of its own: this machine has "
-                            f"{count} GPU(s) and DDP needs one per process; use --nproc_per_node {count} or "
-                            f"--device cpu")
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def init_distributed(device: torch.device | None = None) -> Dist:
-    """Under torchrun (WORLD_SIZE > 1): one process group, NCCL when training on CUDA, gloo otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
 
 def _broadcast_module(module: torch.nn.Module) -> None:
     """Rank 0's parameters and buffers (ActNorm initialisation included) to every rank."""

@@ -23,6 +23,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one); sees the real device")
     config.addinivalue_line("markers", "sees_gpu: runs anywhere, with a present GPU left visible "
                                        "(the test pins its own --device)")
+    config.addinivalue_line("markers", "torchrun: starts a torchrun job of several processes on this machine "
+                                       "(gloo over local TCP ports, --device cpu); about 10 s each")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -439,6 +439,7 @@ if not torch.cuda.is_available():  # a CPU machine that tells irae (not torch it
 """
 
 
+@pytest.mark.torchrun
 @pytest.mark.sees_gpu
 def test_torchrun_two_cpu_processes(tmp_path, photos):
     """DistributedDataParallel over gloo: rank 0 initialises and writes; every rank's generators are saved.

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import typer
 
-from ..errors import EXIT_USAGE, IraeError, one_line
+from ..errors import EXIT_USAGE, IraeError, QuietError, one_line
 
 
 @contextmanager
@@ -17,7 +17,8 @@ def user_errors():
     try:
         yield
     except IraeError as e:
-        print(f"irae: error: {one_line(e)}", file=sys.stderr)
+        if not isinstance(e, QuietError):
+            print(f"irae: error: {one_line(e)}", file=sys.stderr)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         print("irae: interrupted; finished files are complete, none is half-written", file=sys.stderr)

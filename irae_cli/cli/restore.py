@@ -18,6 +18,10 @@ EPILOG = """Examples:
 
   irae restore --task inpaint damaged/ out/ --masks masks/ --weights inpaint.safetensors
 
+  torchrun --standalone --nproc_per_node 4 -m irae_cli restore --task denoise photos/ out/ --report run.jsonl
+
+  irae restore --task denoise photos/ out/ --shard $SLURM_ARRAY_TASK_ID/8 --skip-existing
+
 Exit codes: 0 all restored, 1 some files failed (the rest were done), 2 usage error (nothing done)."""
 
 
@@ -47,7 +51,11 @@ def register(app: typer.Typer) -> None:
         skip_existing: bool = typer.Option(False, "--skip-existing", help="Resume: leave existing outputs "
                                            "alone."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N; under torchrun auto/cuda "
+                                   "give each process the GPU of its LOCAL_RANK."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="K/N: restore only part K of N (K from 0), "
+                                            "balanced by pixels; for job arrays. Under torchrun the part is "
+                                            "shared by the job's processes.", show_default=False),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the GPU or CPU computes it "
                                   "natively, else fp32), fp32, bf16 or fp16."),
         compile_mode: str = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the model "
@@ -87,6 +95,6 @@ def register(app: typer.Typer) -> None:
                 tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, format=out_format.lower(),
                 quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
                 include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
-                report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode)
+                report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
