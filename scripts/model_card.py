@@ -86,19 +86,19 @@ def main() -> None:
                   f"levels {json.dumps(s['levels'], sort_keys=True)}.", "",
                   f"Conventions: {s['metric_conventions']}.", ""]
         lines += quality_table(q, {n: f"{n} ({params[n]:,} params)" if params.get(n) else n for n in params})
+    if args.invertibility:
+        lines += ["", "## Invertibility"]
     for path in args.invertibility:
         inv = json.loads(path.read_text())
         st, sm = inv["settings"], inv["summary"]
         cn = inv.get("condition_numbers") or {}
-        if not lines[-1].startswith("Round trip"):
-            lines += ["", "## Invertibility", ""]
-        lines += [f"Round trip `inverse(forward(y))` on `{st['images']}` at {st['size'] or 'native'} px "
+        lines += ["", f"Round trip `inverse(forward(y))` on `{st['images']}` at {st['size'] or 'native'} px "
                   f"({st['fit']}; {fmt(sm.get('megapixels'))} MP), {st['dtype']} on {st['device']}: largest "
                   f"error **{sm['max_error_levels']:.3f} of one 8-bit level**, "
                   f"{100 * sm['exact_u8_fraction']:.4f}% of pixels round back exactly — it "
                   f"**{'passes' if sm['passed'] else 'FAILS'}** the 8-bit criterion (< {st['tolerance']} of a "
                   f"level). Relative error {sm['max_rel_error']:.2e}. 1×1 conv condition numbers: "
-                  f"{json.dumps(cn, sort_keys=True)}.", ""]
+                  f"{json.dumps(cn, sort_keys=True)}."]
     if args.bench_command:
         lines += ["", "Reproduce the figures:", "", "```bash", *args.bench_command, "```"]
     for note in args.note:
