@@ -21,12 +21,13 @@
 # keeps the training results. Unpack here with
 #   python scripts/lease_out.py unpack FILES_AT out/turn
 #
-# Carry (git-ignored inputs; the tracked tree is ~20 MiB of the 64 MiB a call may send):
+# Carry (git-ignored inputs; the tracked tree is ~19 MiB of the 64 MiB a call may send):
 #   carry: ["data/packs/train-128.safetensors", "data/photos/val"]
 #     python -m irae_cli.pack data/photos/train -o data/packs/train-128.safetensors --crop 128 --max-mib 36
 #
 # Knobs (environment): TRAIN_MIN (6), CMP_STEPS (4000), DEADLINE (575), DEVICE (cuda), PACK, VAL,
-# DENOISE_INIT / JPEG_INIT / INPAINT_INIT (campaign/gpu1/irae-*-medium.safetensors), SMOKE_S (150),
+# DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT (campaign/gpu1/irae-jpeg-medium
+# .safetensors), INPAINT_INIT (empty: a fresh identity start), SMOKE_S (150),
 # FOLDER_COPIES (25), OUT (out/turn), WORK (/tmp/irae-turn), PY. CPU rehearsal at tiny scale:
 #   DEVICE=cpu TRAIN_MIN=1 CMP_STEPS=40 DEADLINE=420 FOLDER_COPIES=1 SPEED_SIZE=128 SMALL=1 SMOKE_S=60 \
 #     DENOISE_INIT=TINY JPEG_INIT=TINY INPAINT_INIT= OUT=/tmp/fake-turn scripts/gpu_turn.sh
@@ -39,9 +40,9 @@ CMP_STEPS=${CMP_STEPS:-4000}
 DEADLINE=${DEADLINE:-575}
 PACK=${PACK:-data/packs/train-128.safetensors}
 VAL=${VAL:-data/photos/val}
-DENOISE_INIT=${DENOISE_INIT-campaign/gpu1/irae-denoise-medium.safetensors}
+DENOISE_INIT=${DENOISE_INIT-weights/irae-denoise-medium.safetensors}
 JPEG_INIT=${JPEG_INIT-campaign/gpu1/irae-jpeg-medium.safetensors}
-INPAINT_INIT=${INPAINT_INIT-campaign/gpu1/irae-inpaint-medium.safetensors}
+INPAINT_INIT=${INPAINT_INIT-}
 SMOKE_S=${SMOKE_S:-150}
 FOLDER_COPIES=${FOLDER_COPIES:-25}
 SPEED_SIZE=${SPEED_SIZE:-1024}
