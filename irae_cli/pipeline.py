@@ -19,9 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +33,7 @@ from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError
 from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
                       folder_problem, image_pixels, image_size, output_suffix, remove_stale_temp_files,
                       set_warning_handler)
+from .interrupts import catch_sigterm, release_sigterm
 from .report_parts import join_parts, leftover_parts, part_path, settle_leftovers
 from .shard import Shard, header_pixels, parse_shard, split_by_pixels
 
@@ -711,19 +710,6 @@ def _total(summaries: list[RestoreSummary]) -> RestoreSummary:
                           exit_code=max(s.exit_code for s in summaries))
 
 
-def _sigterm_as_ctrl_c():
-    """A scheduler's time limit, or torchrun stopping the others when one process died, sends SIGTERM:
-    stop as on Ctrl-C, so the writes in flight finish and each gets its report line."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return signal.SIG_DFL if previous is None else previous  # None: a handler Python did not install
-
-
 def _run(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | None, append: bool, *,
          progress: bool, quiet: bool, err: TextIO, label: str) -> RestoreSummary:
     """Restore ``plan.jobs`` and report ``plan.skipped``; the model is loaded and the plan checked."""
@@ -815,7 +801,7 @@ def _run(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | None
             blobs.clear()
             drain_decodes(1)
 
-    previous_sigterm = _sigterm_as_ctrl_c()
+    previous_sigterm = catch_sigterm()
     try:
         while True:
             while len(reads) < ahead:
@@ -851,7 +837,6 @@ def _run(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | None
             if f.done() and not f.cancelled() and f.exception() is None:
                 rep.done(f.result())
         set_warning_handler(previous_handler)
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        release_sigterm(previous_sigterm)
         summary = rep.close()
     return summary

@@ -38,24 +38,16 @@ for module in (train, restore, degrade, benchmark):
     module.register(app)
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run() -> None:
-    import signal
     import sys
 
     from ..errors import EXIT_USAGE, one_line
+    from ..interrupts import catch_sigterm
     from ._common import empty_argument_problem
 
     problem = empty_argument_problem(sys.argv[1:])
     if problem:  # checked before typer turns '' into a default or '.'
         print(f"irae: error: {one_line(problem)}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-    # A scheduler's time limit (SLURM), `timeout`, torchrun and `kill` send SIGTERM: stop as on
-    # Ctrl-C -- training saves its weights and checkpoint, restore leaves no half-written file.
-    # (SIGINT itself is ignored in jobs a script starts in the background, so it cannot be relied on.)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    catch_sigterm()  # every command stops on SIGTERM as on Ctrl-C (irae_cli.interrupts)
     app()
