@@ -1415,6 +1415,11 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
     recalibrate: list[float] = []  # fractions of the budget still to set the schedule again at
     recal_step, recal_t0 = 0, 0.0
 
+    def steps_that_fit(per_step: float, pixels_per_s: float) -> int:
+        """Steps of ``per_step`` seconds left in the budget (3 % spare, final validation reserved)."""
+        left = budget - (time.monotonic() - t_start) - val_reserve(pixels_per_s)
+        return max(1, int(0.97 * left / per_step))
+
     def over_budget() -> bool:
         if budget is None:
             return False
@@ -1523,9 +1528,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                     calib_t0 = time.monotonic()
                 elif calib_t0 is not None:
                     per_step = (time.monotonic() - calib_t0) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-                    left = budget - (time.monotonic() - t_start) - val_reserve(
-                        config.batch_size * config.patch ** 2 / per_step)
-                    estimated = step + max(1, int(0.97 * left / per_step))
+                    estimated = step + steps_that_fit(per_step, config.batch_size * config.patch ** 2 / per_step)
                     if dist_ctx.active:
                         import torch.distributed as dist
 
@@ -1547,8 +1550,7 @@ def train(session: Session, given: dict | None = None) -> TrainResult:
                 now = time.monotonic()
                 recalibrate = [f for f in recalibrate[1:] if now - t_start < f * budget]
                 per_step = (now - recal_t0) / (step - recal_step)  # since the last estimate only
-                left = budget - (now - t_start) - val_reserve(pixels_per_s)
-                estimated = step + max(1, int(0.97 * left / per_step))
+                estimated = step + steps_that_fit(per_step, pixels_per_s)
                 recal_step, recal_t0 = step, now
                 if abs(estimated - config.steps) > 0.02 * config.steps:
                     quiet_echo(f"irae: note: the schedule is set again to {estimated} steps (was "

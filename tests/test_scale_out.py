@@ -212,10 +212,7 @@ def test_shards_add_up_to_the_full_run_and_a_lost_shard_is_rerun(photos_in, weig
 @pytest.mark.sees_gpu
 def test_torchrun_two_processes_write_what_one_process_writes(photos_in, weights, reference, tmp_path):
     """One node, two processes; a GPU that irae is told about must not move `--device cpu` off the CPU."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(FAKE_ONE_GPU)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env = with_sitecustomize(tmp_path, FAKE_ONE_GPU)
     out, report = tmp_path / "OUT", tmp_path / "run.jsonl"
     r = irae("--task", "denoise", photos_in, out, "--weights", weights, "--device", "cpu", "--report", report,
              prefix=torchrun("--standalone", "--nproc_per_node", 2), env=env, timeout=300)
@@ -232,6 +229,14 @@ def test_torchrun_two_processes_write_what_one_process_writes(photos_in, weights
                line.endswith(" by 2 processes") for line in r.stderr.splitlines()) == 1
 
 
+def with_sitecustomize(tmp_path: Path, code: str) -> dict:
+    """An environment whose Python processes (torchrun's too) run ``code`` at start-up."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(code)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,10 +246,7 @@ def free_port() -> int:
 @pytest.mark.torchrun
 def test_killed_process_then_skip_existing_finishes_exactly_the_rest(photos_in, weights, reference, tmp_path):
     """Process 1 is killed mid-run; the same job again with --skip-existing, on two "nodes", does the rest."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(KILL_RANK_1)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env = with_sitecustomize(tmp_path, KILL_RANK_1)
     out, report = tmp_path / "OUT", tmp_path / "run.jsonl"
     args = ["--task", "denoise", photos_in, out, "--weights", weights, "--device", "cpu", "--report", report]
     r = irae(*args, prefix=torchrun("--standalone", "--nproc_per_node", 2), env=env, timeout=300)
