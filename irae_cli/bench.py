@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from . import degrade as dg
+from . import degradations as dg
+from .environment import device_name, versions
 from .errors import ImageError, IraeError
 from .imageio import atomic_write_bytes, discover, read_image
 from .classical import EXTRA, NAMES as CLASSICAL_NAMES, for_task
@@ -74,37 +75,6 @@ INVERT_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfl
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-def versions(device: torch.device | None = None) -> dict:
-    """Everything whose version can move a figure: library versions and the device actually used."""
-    import PIL
-
-    out = {
-        "irae": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "platform": platform.platform(),
-        "device": device_name(device) if device is not None else None,
-    }
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
-
 
 def _json_value(v):
     """JSON has no inf/nan: store them as null (counts of exact images are kept separately)."""
@@ -191,7 +161,7 @@ def parse_compare(items: list[str]) -> list[tuple[str, str]]:
 def levels_for(task: str, *, sigmas=None, qualities=None, masks=None, hole_range=None,
                noise_protocol: str | None = None) -> list:
     """The benchmark grid as ``irae degrade`` levels (same names, parameters and validation)."""
-    from .degrade_set import build_levels
+    from .degradations import build_levels
 
     return build_levels(task, sigma=[(float(s), float(s)) for s in sigmas] if sigmas else None,
                         noise_protocol=noise_protocol, quality=[int(q) for q in qualities] if qualities else None,
@@ -203,25 +173,17 @@ def degrade_image(clean: torch.Tensor, level, seed: int, rel: str) -> tuple[torc
     """(degraded, mask or None) of one clean (C,H,W) image, equal to what ``irae degrade`` writes.
 
     Same generator (``derive_seed(seed, rel, level.name)``), same draws in the
-    same order as ``degrade_set``; only the file round trip is skipped, which
+    same order as ``irae degrade``; only the file round trip is skipped, which
     changes no pixel (8-bit PNG of an already 8-bit image, float32 .npy, JPEG
     decoded by the same Pillow).  Inpainting holes are left as they are: the
     task fills them before the model sees them.  ``clean`` must already be
     8-bit (``quantize_u8``), as ``irae degrade`` makes it.
     """
-    from .degrade_set import degrade_pixels
-
     g = torch.Generator().manual_seed(dg.derive_seed(seed, rel, level.name))
-    p = level.params
     try:
-        pixels, mask, _ = degrade_pixels(level, clean, g)
+        return level.stored(clean, g)
     except ImageError as e:
         raise ImageError(f"{rel}: {e}") from None
-    if level.task == "denoise":
-        return (pixels if p["protocol"] == "float" else dg.quantize_u8(pixels)), None
-    if level.task == "jpeg":
-        return dg.jpeg_compress(clean, p["quality"], p["subsampling"], double_quality=p["double_quality"]), None
-    return clean, mask
 
 
 @dataclass
@@ -278,7 +240,7 @@ def _read_mask(path: Path) -> torch.Tensor:
 
 def manifest_units(path: Path, task: str, failures: list[dict], settings: dict):
     """Units from an ``irae degrade`` set; every file is checked against its sha256 first."""
-    from .degrade_set import read_manifest
+    from .testset import read_manifest
 
     entries = read_manifest(path, verify=True)
     if not entries:

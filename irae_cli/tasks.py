@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .degrade import apply_holes
+from .degradations import DEFAULTS, INPAINT_FILL, apply_holes
 from .errors import IraeError
 
-# Holes in a stored holed image are mid-grey (task_params["fill"]).  Before the model sees
-# them they are pre-filled (task_params["prefill"]): "harmonic" solves the smooth Laplace fill
+# Holes in a stored holed image are mid-grey (INPAINT_FILL, task_params["fill"]).  Before the
+# model sees them they are pre-filled (task_params["prefill"]): "harmonic" solves the smooth Laplace fill
 # from the hole's border, so the network only learns what a smooth fill misses; "none" leaves
 # the grey, as inpainting weights made before the pre-fill existed expect (they lack the key).
-INPAINT_FILL = 0.5
 PREFILLS = ("harmonic", "none")
 
 
@@ -66,12 +65,12 @@ class Task:
 
 TASKS = {
     "denoise": Task("denoise", "remove Gaussian noise (blind over sigma 0-55 on the 0-255 scale)",
-                    train_defaults={"sigma": (0.0, 55.0)}),
+                    train_defaults={"sigma": DEFAULTS.sigma_range}),
     "jpeg": Task("jpeg", "remove JPEG compression artefacts (blind over quality 10-90, 4:2:0)",
-                 train_defaults={"quality": (10, 90), "subsampling": "4:2:0"}),
+                 train_defaults={"quality": DEFAULTS.quality_range, "subsampling": DEFAULTS.subsampling}),
     "inpaint": Task("inpaint", "fill holes given by a mask (255 = missing)", needs_mask=True,
                     default_arch="paper-inpaint",
-                    train_defaults={"masks": ("box", "strokes"), "hole_range": (0.05, 0.4)}),
+                    train_defaults={"masks": DEFAULTS.masks, "hole_range": DEFAULTS.hole_range}),
 }
 
 

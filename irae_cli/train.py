@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import __version__
-from .degrade import (MASK_KINDS, SUBSAMPLING, add_gaussian_noise, derive_seed, jpeg_compress, quantize_u8,
+from .degradations import (MASK_KINDS, SUBSAMPLING, add_gaussian_noise, derive_seed, jpeg_compress, quantize_u8,
                       random_mask)
 from .distributed import Dist, init_distributed
 from .distributed import rank_device as train_device

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from irae_cli import bench
-from irae_cli.degrade_set import make_test_set
+from irae_cli.testset import make_test_set
 from irae_cli.fill import harmonic_fill
 from irae_cli.model import create_model
 from irae_cli.sheet import LABEL_H, PAD, SheetRow, crop_box, render_sheet, sheet_size

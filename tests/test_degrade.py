@@ -1,4 +1,4 @@
-"""Tests for `irae degrade` (irae_cli.degrade_set and its CLI): layout, determinism, statistics, manifest."""
+"""Tests for `irae degrade` (irae_cli.testset, irae_cli.degradations and the CLI): layout, determinism, statistics, manifest."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from irae_cli import degrade as D
-from irae_cli.degrade_set import MANIFEST_NAME, make_test_set, read_manifest
+from irae_cli import degradations as D
+from irae_cli.testset import MANIFEST_NAME, make_test_set, read_manifest
 from irae_cli.errors import IraeError
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from irae_cli import degrade, train as tr
+from irae_cli import degradations as degrade, train as tr
 from irae_cli.tasks import get_task
 
 DATA = Path(__file__).parent / "data"

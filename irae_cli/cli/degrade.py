@@ -1,4 +1,4 @@
-"""`irae degrade`: reproducible degraded test sets with a manifest (the work is in ``degrade_set``)."""
+"""`irae degrade`: reproducible degraded test sets with a manifest (the work is in ``testset``)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         Outputs are byte-identical across runs, file orders and worker counts for the same seed.
         """
         with user_errors():
-            from ..degrade_set import make_test_set
+            from ..testset import make_test_set
 
             show = not quiet and sys.stderr.isatty()
             failed: set = set()

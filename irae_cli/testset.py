@@ -39,35 +39,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
-from . import degrade as D
+from .degradations import Level, build_levels, derive_seed, jpeg_bytes, quantize_u8
+from .environment import codec_versions
 from .errors import ImageError, IraeError
 from .imageio import (Source, atomic_write_bytes, discover, folder_problem, read_image,
                       remove_stale_temp_files)
-from .tasks import INPAINT_FILL, TASKS, get_task
+from .pixels import mask_to_pil, to_pil, to_u8
+from .tasks import TASKS
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_VERSION = 1
 PNG_COMPRESS_LEVEL = 6
 CLEAN_DIR = "clean"
 MASK_DIR = "masks"
-
-DEFAULT_SIGMAS = [(15.0, 15.0), (25.0, 25.0), (50.0, 50.0)]
-DEFAULT_QUALITIES = [10, 20, 30, 40]
-DEFAULT_SUBSAMPLING = "4:2:0"
-DEFAULT_MASKS = list(TASKS["inpaint"].train_defaults["masks"])
-DEFAULT_HOLE_RATIO = tuple(TASKS["inpaint"].train_defaults["hole_range"])
-NOISE_PROTOCOLS = ("clip", "float")
-
-
-@dataclass(frozen=True)
-class Level:
-    """One degradation setting; every image gets one output per level."""
-
-    name: str  # folder name under OUT and first part of each id
-    task: str
-    params: dict  # fixed parameters; per-image draws are added in the manifest
-
 
 @dataclass
 class TestSetResult:
@@ -82,87 +66,12 @@ class TestSetResult:
     manifest: Path | None = None  # None for a dry run
 
 
-# --------------------------------------------------------------------------- levels
-
-def _num(v: float) -> str:
-    return f"{v:g}"
-
-
-def build_levels(task: str, *, sigma: list[tuple[float, float]] | None = None, noise_protocol: str | None = None,
-                 quality: list[int] | None = None, subsampling: str | None = None,
-                 double_quality: int | None = None, masks: list[str] | None = None,
-                 hole_ratio: tuple[float, float] | None = None,
-                 hole_bins: list[tuple[float, float]] | None = None) -> list[Level]:
-    """Levels for ``task`` from the user's options; options of another task are a usage error."""
-    t = get_task(task)
-    given = {"--sigma": sigma, "--noise-protocol": noise_protocol, "--quality": quality,
-             "--subsampling": subsampling, "--double-quality": double_quality, "--mask": masks,
-             "--hole-ratio": hole_ratio, "--hole-bins": hole_bins}
-    own = {"denoise": {"--sigma", "--noise-protocol"},
-           "jpeg": {"--quality", "--subsampling", "--double-quality"},
-           "inpaint": {"--mask", "--hole-ratio", "--hole-bins"}}[t.name]
-    stray = [k for k, v in given.items() if v is not None and k not in own]
-    if stray:
-        raise IraeError(f"{' and '.join(stray)} cannot be used with --task {t.name} "
-                        f"(its options: {', '.join(sorted(own))})")
-
-    levels: list[Level] = []
-    if t.name == "denoise":
-        protocol = noise_protocol or "clip"
-        if protocol not in NOISE_PROTOCOLS:
-            raise IraeError(f"--noise-protocol {protocol!r}: use clip (8-bit PNG) or float (.npy float32)")
-        for lo, hi in sigma or DEFAULT_SIGMAS:
-            if lo < 0:
-                raise IraeError(f"--sigma: {lo:g} is negative")
-            if hi > 255:
-                raise IraeError(f"--sigma {hi:g} is beyond the 0-255 scale (255 is already noise as strong as the "
-                                f"whole range of an 8-bit image); give sigma on the 0-255 scale, e.g. 15,25,50")
-            name = f"sigma{_num(lo)}" if lo == hi else f"sigma{_num(lo)}-{_num(hi)}"
-            params = {"sigma": lo} if lo == hi else {"sigma_range": [lo, hi]}
-            levels.append(Level(name, "denoise", {**params, "protocol": protocol}))
-    elif t.name == "jpeg":
-        sub = subsampling or DEFAULT_SUBSAMPLING
-        if sub not in D.SUBSAMPLING:
-            raise IraeError(f"--subsampling {sub!r}: use one of {', '.join(D.SUBSAMPLING)}")
-        for q in [*(quality or DEFAULT_QUALITIES), *([double_quality] if double_quality is not None else [])]:
-            if not 1 <= q <= 100:
-                raise IraeError(f"JPEG quality {q} is outside 1-100")
-        for q in quality or DEFAULT_QUALITIES:
-            name = f"q{q}"
-            if sub != DEFAULT_SUBSAMPLING:
-                name += "-" + sub.replace(":", "")
-            if double_quality is not None:
-                name += f"-dq{double_quality}"
-            levels.append(Level(name, "jpeg", {"quality": int(q), "subsampling": sub,
-                                               "double_quality": double_quality}))
-    else:
-        kinds = masks or DEFAULT_MASKS
-        for kind in kinds:
-            if kind not in D.MASK_KINDS:
-                raise IraeError(f"--mask {kind!r}: use one of {', '.join(D.MASK_KINDS)}")
-        if hole_bins and hole_ratio is not None:
-            raise IraeError("give --hole-ratio or --hole-bins, not both")
-        ranges = hole_bins or [hole_ratio or DEFAULT_HOLE_RATIO]
-        for lo, hi in ranges:
-            if not 0 < hi <= 1 or lo > hi:
-                raise IraeError(f"hole ratio {lo:g}-{hi:g}: give fractions of the image, e.g. 0.1-0.3 for 10-30 %")
-        for kind in kinds:
-            for lo, hi in ranges:
-                name = f"{kind}-{_num(lo * 100)}-{_num(hi * 100)}" if hole_bins else kind
-                levels.append(Level(name, "inpaint", {"mask": kind, "hole_range": [lo, hi],
-                                                      "fill": INPAINT_FILL}))
-    unique: dict[str, Level] = {}
-    for level in levels:
-        unique.setdefault(level.name, level)  # "--sigma 25,25" means one level
-    return list(unique.values())
-
-
 # --------------------------------------------------------------------------- encoding
 
 def png_bytes(x: torch.Tensor) -> bytes:
     """8-bit PNG of (C, H, W) in [0, 1] (clipped and rounded), no metadata: same pixels -> same bytes."""
     buf = io.BytesIO()
-    D.to_pil(x).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    to_pil(x).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
@@ -174,14 +83,8 @@ def npy_bytes(x: torch.Tensor) -> bytes:
 
 def _mask_png(mask: torch.Tensor) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(mask[0].numpy().astype(np.uint8) * 255, "L").save(
-        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    mask_to_pil(mask).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
-
-
-def _u8(x: torch.Tensor) -> np.ndarray:
-    arr = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy()
-    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 
 def _is_same_png(data: bytes, x: torch.Tensor) -> bool:
@@ -198,60 +101,20 @@ def _is_same_png(data: bytes, x: torch.Tensor) -> bool:
         arr = np.asarray(img)
     except Exception:  # noqa: BLE001 - read_image already decoded it; any doubt means re-encode
         return False
-    ref = _u8(x)
+    ref = to_u8(x)
     return arr.shape == ref.shape and bool(np.array_equal(arr, ref))
-
-
-def _jpeg(x: torch.Tensor, quality: int, subsampling: str, double_quality: int | None) -> bytes:
-    if double_quality is not None:
-        x = D.from_pil(Image.open(io.BytesIO(D.jpeg_bytes(x, double_quality, subsampling))))
-    return D.jpeg_bytes(x, quality, subsampling)
-
-
-def degrade_pixels(level: Level, x: torch.Tensor, g: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """The random part of one level, shared with ``irae benchmark`` so both draw identically.
-
-    -> (pixels, mask or None, manifest parameters): denoise gives the unclipped
-    noisy image, inpaint the holed image and its mask; JPEG has no random draws and
-    returns ``x`` for the caller to encode.
-    """
-    p = level.params
-    if level.task == "denoise":
-        if "sigma" in p:
-            sigma = float(p["sigma"])
-            params = {"sigma": sigma}
-        else:
-            lo, hi = p["sigma_range"]
-            sigma = D.uniform(lo, hi, g)
-            params = {"sigma": sigma, "sigma_range": [lo, hi]}
-        params["protocol"] = p["protocol"]
-        return D.add_gaussian_noise(x, sigma, g), None, params
-    if level.task == "jpeg":
-        gray = x.shape[0] == 1
-        return x, None, {"quality": p["quality"], "subsampling": None if gray else p["subsampling"],
-                         "double_quality": p["double_quality"], "encoder": "pillow"}
-    lo, hi = p["hole_range"]
-    try:
-        mask = D.mask_in_range(p["mask"], x.shape[-2], x.shape[-1], g, (lo, hi))
-    except ValueError as e:
-        raise ImageError(str(e)) from None
-    fill = float(p["fill"])
-    params = {"mask": p["mask"], "hole_range": [lo, hi], "hole_ratio": mask.float().mean().item(), "fill": fill,
-              "fill_u8": int(torch.round(torch.tensor(fill * 255.0)).item())}
-    return D.apply_holes(x, mask, fill), mask, params
 
 
 def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, bytes, bytes | None, dict]:
     """-> (suffix, degraded bytes, mask PNG bytes or None, parameters for the manifest)."""
-    y, mask, params = degrade_pixels(level, x, g)
+    y, mask, params = level.draw(x, g)
     p = level.params
     if level.task == "denoise":
         if p["protocol"] == "float":
             return ".npy", npy_bytes(y), None, params
-        return ".png", png_bytes(D.quantize_u8(y)), None, params
+        return ".png", png_bytes(quantize_u8(y)), None, params
     if level.task == "jpeg":
-        return ".jpg", _jpeg(x, p["quality"], p["subsampling"], p["double_quality"]), None, params
+        return ".jpg", jpeg_bytes(x, p["quality"], p["subsampling"], p["double_quality"]), None, params
     return ".png", png_bytes(y), _mask_png(mask), params
 
 
@@ -300,7 +163,7 @@ def _process(src: Source, levels: list[Level], seed: int, writer: _Writer,
     except ImageError as e:
         return [], [str(e)], 0, 0
     # Degrade exactly what the clean file holds: 16-bit inputs are rounded to 8 bits first.
-    x = D.quantize_u8(x)
+    x = quantize_u8(x)
     stem = src.rel.with_suffix("").as_posix()
     rel_key = src.rel.as_posix()
     clean_rel = f"{CLEAN_DIR}/{stem}.png"
@@ -316,7 +179,7 @@ def _process(src: Source, levels: list[Level], seed: int, writer: _Writer,
 
     records, failures = [], []
     for level in levels:
-        image_seed = D.derive_seed(seed, rel_key, level.name)
+        image_seed = derive_seed(seed, rel_key, level.name)
         g = torch.Generator().manual_seed(image_seed)
         try:
             suffix, degraded, mask, params = _degrade(level, x, g)
@@ -356,21 +219,6 @@ def _process(src: Source, levels: list[Level], seed: int, writer: _Writer,
 
 
 # --------------------------------------------------------------------------- the run
-
-def library_versions() -> dict:
-    """Versions that decide the bytes of a test set (libjpeg and zlib encode the files)."""
-    import PIL
-    from PIL import features
-
-    def feature(name: str) -> str | None:
-        try:
-            return features.version(name)
-        except Exception:  # noqa: BLE001 - an unknown feature name on an old Pillow is just unknown
-            return None
-
-    return {"irae": __version__, "torch": torch.__version__, "pillow": PIL.__version__, "numpy": np.__version__,
-            "libjpeg": feature("jpg"), "libjpeg_turbo": feature("libjpeg_turbo"), "zlib": feature("zlib")}
-
 
 def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
@@ -453,7 +301,7 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
     writer = _Writer(out, policy)
     if out.is_dir():  # what a killed earlier run left mid-write (.NAME.irae-tmp-PID-*, its process gone)
         remove_stale_temp_files([out], recursive=True)
-    versions = library_versions()
+    versions = codec_versions()
     if on_start:
         on_start(len(sources))
 

@@ -1,0 +1,34 @@
+"""Float image tensors <-> 8-bit arrays and Pillow images: the one rounding rule.
+
+Images are float tensors in [0, 1], shape (C, H, W) with C = 1 or 3.  Going to
+8 bits clips and rounds half to even (``torch.round``), which is what every file
+irae writes holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_u8(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> uint8 (H, W) for one channel, (H, W, C) otherwise."""
+    arr = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    arr = to_u8(x)
+    return Image.fromarray(np.ascontiguousarray(arr), "L" if arr.ndim == 2 else "RGB")
+
+
+def from_pil(img: Image.Image) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(img).copy())
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    return t.float() / 255.0
+
+
+def mask_to_pil(mask: torch.Tensor) -> Image.Image:
+    """(1, H, W) bool, True = missing -> 8-bit grayscale, 255 = missing (how mask files store holes)."""
+    return Image.fromarray(mask[0].cpu().numpy().astype(np.uint8) * 255, "L")
