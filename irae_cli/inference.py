@@ -136,7 +136,7 @@ class Restorer:
         self.workload = workload_megapixels
         self.done_megapixels = 0.0
         self.compiled = False
-        self.multiple = int(getattr(model, "size_multiple", 1))
+        self.multiple = int(model.size_multiple)
         self.channels = int(model.config.channels)
         if tile == "auto":
             tile = AUTO_TILE

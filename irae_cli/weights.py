@@ -14,6 +14,7 @@ checked on every load by name.
 from __future__ import annotations
 
 import hashlib
+import sysconfig
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,8 +30,25 @@ from .model import config_from_dict, config_to_json, create_model
 
 FORMAT = "irae-weights"
 FORMAT_VERSION = "1"
-WEIGHTS_DIR = Path(os.environ.get("IRAE_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
 INDEX_FILE = "index.json"
+INSTALLED_SUBDIR = ("share", "irae", "weights")  # where pyproject's data-files puts weights/ on install
+
+
+def shipped_weights_dir() -> Path:
+    """The shipped weights: $IRAE_WEIGHTS_DIR, else a source checkout's weights/, else the installed copy.
+
+    An editable install reads the checkout; ``pip install .`` copies weights/ to
+    <prefix>/share/irae/weights (the user scheme's prefix for ``--user``).
+    """
+    if os.environ.get("IRAE_WEIGHTS_DIR"):
+        return Path(os.environ["IRAE_WEIGHTS_DIR"])
+    candidates = [Path(__file__).resolve().parent.parent / "weights"]
+    for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")):
+        candidates.append(Path(sysconfig.get_path("data", scheme)).joinpath(*INSTALLED_SUBDIR))
+    return next((c for c in candidates if (c / INDEX_FILE).is_file()), candidates[0])
+
+
+WEIGHTS_DIR = shipped_weights_dir()
 
 
 @dataclass
@@ -157,7 +175,7 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
     if expect_task is not None and task != expect_task:
         raise WeightsError(f"{path}: weights were trained for task {task!r}, not {expect_task!r}; "
                            f"pass weights for {expect_task!r} or change --task")
-    if not getattr(model, "is_initialized", True):
+    if not model.is_initialized:
         raise WeightsError(f"{path}: model's ActNorm layers were never initialised; the file is not a trained model")
     model.eval().to(device)
     return LoadedWeights(model=model, path=path, sha256=sha, task=task, task_params=task_params,

@@ -198,3 +198,19 @@ def test_truncated(pack, tmp_path, keep):
     with pytest.raises(ValueError) as e:
         load_pack(p)
     assert "truncated" in _one_line(e, p)
+
+
+def test_same_file_name_in_two_folders_gets_its_own_crops(tmp_path):
+    """Crop positions are seeded per source, not per file name: a.png in two folders is two sources."""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        Image.open(IMAGES[0]).save(tmp_path / folder / "a.png")
+    info = build_pack([tmp_path / "one" / "a.png", tmp_path / "two" / "a.png"], tmp_path / "p.safetensors",
+                      crop=CROP, crops_per_mp=400, seed=0, min_std=0)
+    assert info["count"] >= 8
+    from safetensors.torch import load_file
+
+    origin = load_file(tmp_path / "p.safetensors")["origin"]
+    first = {tuple(r[1:].tolist()) for r in origin if r[0] == 0}
+    second = {tuple(r[1:].tolist()) for r in origin if r[0] == 1}
+    assert first and second and first != second

@@ -142,3 +142,54 @@ def test_cli_truncated_weights_one_line_nonzero_exit(tiny_file, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "truncated" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_weights_found_in_a_checkout_then_in_an_installed_copy(tmp_path, monkeypatch):
+    import sysconfig
+
+    from irae_cli import weights as W
+
+    monkeypatch.delenv("IRAE_WEIGHTS_DIR", raising=False)
+    assert (W.shipped_weights_dir() / W.INDEX_FILE).is_file()  # this checkout's weights/
+
+    # A non-editable install: the package sits in site-packages, the weights under <data>/share/irae/weights.
+    site = tmp_path / "site-packages" / "irae_cli"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(W, "__file__", str(site / "weights.py"))
+    assert not (W.shipped_weights_dir() / W.INDEX_FILE).is_file()
+    installed = tmp_path / "prefix" / "share" / "irae" / "weights"
+    installed.mkdir(parents=True)
+    (installed / W.INDEX_FILE).write_text("{}")
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, scheme=None: str(tmp_path / "prefix"))
+    assert W.shipped_weights_dir() == installed
+
+    monkeypatch.setenv("IRAE_WEIGHTS_DIR", str(tmp_path / "mine"))
+    assert W.shipped_weights_dir() == tmp_path / "mine"
+
+
+def test_a_wheel_carries_every_registered_weights_file(tmp_path):
+    """`pip install .` (not editable) must bring the shipped weights along: they are in the wheel's data."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    import shutil
+
+    pytest.importorskip("setuptools")
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"  # pip builds in the source folder: a copy keeps the checkout clean
+    for part in ("irae_cli", "weights"):
+        shutil.copytree(root / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(root / part, src / part)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next(tmp_path.glob("irae-*.whl"))
+    names = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if "/share/irae/weights/" in n}
+    index = json.loads((root / "weights" / "index.json").read_text())
+    assert "index.json" in names
+    for entry in index.values():
+        assert entry["file"] in names
+        assert Path(entry.get("card", entry["file"])).name in names

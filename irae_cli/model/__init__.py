@@ -10,7 +10,7 @@ import dataclasses
 from torch import nn
 
 from .cnn import ResidualCNN
-from .config import CNNConfig, IRAEConfig, config_from_dict, config_to_json
+from .config import CNNConfig, IRAEConfig, ModelInfo, config_from_dict, config_to_json
 from .irae import IRAE
 
 PRESETS = {
@@ -59,9 +59,14 @@ def create_model(name_or_config, **overrides) -> nn.Module:
     return BUILDERS[type(config)](config)
 
 
+def model_info(name_or_config) -> ModelInfo:
+    """Capabilities of a preset, config or config dict (no model is built)."""
+    return ModelInfo.of(resolve_config(name_or_config))
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 __all__ = ["IRAE", "ResidualCNN", "IRAEConfig", "CNNConfig", "PRESETS", "create_model", "list_models",
-           "resolve_config", "parameter_count", "config_to_json", "config_from_dict"]
+           "resolve_config", "parameter_count", "ModelInfo", "model_info", "config_to_json", "config_from_dict"]

@@ -33,6 +33,23 @@ class CNNConfig:
 CONFIG_TYPES = {"irae": IRAEConfig, "cnn": CNNConfig}
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What callers need to know about a model, read from its config without building it."""
+
+    size_multiple: int  # height and width are padded to a multiple of this
+    invertible: bool  # has an exact inverse (the clean -> degraded direction)
+    needs_init: bool  # a fresh model sets its ActNorms from the first batch before training
+
+    @classmethod
+    def of(cls, config) -> "ModelInfo":
+        if isinstance(config, IRAEConfig):
+            return cls(size_multiple=2 ** config.levels, invertible=True, needs_init=True)
+        if isinstance(config, CNNConfig):
+            return cls(size_multiple=1, invertible=False, needs_init=False)
+        raise TypeError(f"no model info for {type(config).__name__}")
+
+
 def config_to_json(config) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .config import IRAEConfig
+from .config import IRAEConfig, ModelInfo
 from .flows import MultiLevelFlow
 
 
@@ -39,7 +39,7 @@ class IRAE(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        return 2 ** self.config.levels
+        return ModelInfo.of(self.config).size_multiple
 
     @property
     def is_initialized(self) -> bool:
