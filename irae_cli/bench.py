@@ -40,7 +40,8 @@ from . import __version__
 from . import degradations as dg
 from .environment import device_name, versions
 from .errors import ImageError, IraeError
-from .imageio import atomic_write_bytes, discover, read_image
+from .imageio import read_image
+from .files import atomic_write_bytes, discover
 from .classical import EXTRA, NAMES as CLASSICAL_NAMES, for_task
 from .inference import Restorer, pick_device, pick_dtype, strict_fp32
 from .model.folded import FoldedIRAE

@@ -14,14 +14,12 @@ are read with torchvision and written by a small PNG encoder here.
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import os
 import re
 import struct
 import sys
 import threading
-import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -32,8 +30,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError, one_line
+from .files import IMAGE_EXTENSIONS, atomic_write_bytes
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
               ".bmp": "BMP"}
@@ -86,64 +84,6 @@ class ImageMeta:
     @property
     def gray(self) -> bool:
         return self.mode in _GRAY_MODES
-
-
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    rel: Path  # relative to the input root (file name alone for a single-file input)
-
-
-def _matches(rel: Path, patterns: list[str]) -> bool:
-    text = rel.as_posix()
-    return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(rel.name, p) for p in patterns)
-
-
-def discover(root: str | Path, *, recursive: bool = False, include: list[str] | None = None,
-             exclude: list[str] | None = None, skip: list[str | Path] | None = None) -> list[Source]:
-    """Image files under ``root`` (or ``root`` itself), sorted by relative path.
-
-    Symlinked folders are followed once (a loop is never entered twice);
-    folders in ``skip`` (e.g. an output folder inside the input) are left out.
-    Hidden temp files of an interrupted write (``.name.irae-tmp-*``) never match.
-    """
-    root = Path(root)
-    if root.is_file():
-        return [Source(root, Path(root.name))]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    skip_real = {os.path.realpath(p) for p in (skip or [])}
-    seen_dirs: set[str] = set()
-    found: list[Source] = []
-
-    def walk(folder: Path) -> None:
-        real = os.path.realpath(folder)
-        if real in seen_dirs or real in skip_real:
-            return
-        seen_dirs.add(real)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if recursive:
-                    walk(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
-                rel = path.relative_to(root)
-                if include and not _matches(rel, include):
-                    continue
-                if exclude and _matches(rel, exclude):
-                    continue
-                found.append(Source(path, rel))
-
-    walk(root)
-    return found
 
 
 def _decode_failure(path: Path, e: Exception) -> ImageError:
@@ -583,153 +523,6 @@ def encode_image(x: torch.Tensor, meta: ImageMeta, suffix: str, *, quality: int 
     except (OSError, ValueError) as e:
         raise ImageError(f"cannot encode {img.mode} image as {fmt} ({e}); choose another --format") from None
     return buf.getvalue()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write via a temp file in the same folder and rename; refuses to replace a file unless ``overwrite``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}.{HOST_TAG}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path exists: never clobbers a file that appeared meanwhile
-            except FileExistsError:
-                raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
-            except OSError:
-                if path.exists() or path.is_symlink():
-                    raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
-                os.replace(tmp, path)  # filesystems without hard links
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied; choose a writable output folder") from None
-    except ImageError:
-        raise
-    except OSError as e:
-        raise ImageError(f"{path}: cannot write ({e.strerror or e}); check the output folder") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-# --- output folders: checked before any work, cleaned of what an interrupted run left -------------
-
-# atomic_write_bytes' temp files; the host tag came later, so names without one are read as this machine's.
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<pid>\d+)-[0-9a-f]+(?:\.(?P<host>[0-9a-f]{8}))?", re.S)
-# Machines that share an output folder (torchrun across nodes, job arrays) cannot see each other's
-# processes: a temp file made elsewhere is only taken for stale once nothing has touched it for this long.
-FOREIGN_TEMP_SECONDS = 3600
-
-
-def existing_ancestor(path: str | Path) -> Path:
-    """``path`` itself or the nearest folder above it that exists (where a new folder would be made)."""
-    p = Path(os.path.abspath(path))
-    while not (p.exists() or p.is_symlink()) and p != p.parent:
-        p = p.parent
-    return p
-
-
-def folder_problem(folder: str | Path, what: str = "output folder") -> str | None:
-    """Why files cannot be written into ``folder`` (made if missing), or None: checked before any work.
-
-    Catches a regular file where a folder must be (or above it) and a folder
-    without write permission; root passes the permission check, as it would
-    pass the write itself.
-    """
-    folder = Path(folder)
-    base = existing_ancestor(folder)
-    if not base.is_dir():
-        if base == Path(os.path.abspath(folder)):
-            return f"{what} {folder} exists and is a file, not a folder"
-        return f"{what} {folder} cannot be made: {base} is a file, not a folder"
-    if not os.access(base, os.W_OK | os.X_OK):
-        where = "" if base == Path(os.path.abspath(folder)) else f" ({base}, where it would be made)"
-        return f"{what} {folder}{where} is not writable (permission denied); choose another or fix its permissions"
-    return None
-
-
-def free_bytes(folder: str | Path) -> int | None:
-    """Bytes this process may still write on the file system that holds ``folder`` (or would); None if unknown."""
-    try:
-        st = os.statvfs(existing_ancestor(folder))
-    except (OSError, AttributeError):
-        return None
-    root = hasattr(os, "geteuid") and os.geteuid() == 0  # root may use the blocks reserved for it
-    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
-
-
-def _host_tag() -> str:
-    import hashlib
-    import socket
-
-    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
-
-
-HOST_TAG = _host_tag()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, OverflowError):
-        return True  # someone else's process (or cannot tell): leave its files alone
-    return True
-
-
-def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pattern = TEMP_NAME) -> list[Path]:
-    """Delete ``.NAME.irae-tmp-PID-*`` files whose writer is gone (killed mid-write) in ``folders``.
-
-    Only irae's own temp-file pattern is touched, and only when the process that
-    made it no longer runs, so a concurrent irae writing into the same folder
-    keeps its files; one made on another machine only once it is an hour old.
-    Returns what was removed.
-    """
-    removed: list[Path] = []
-    for folder in {os.path.abspath(f) for f in folders}:
-        walker = os.walk(folder) if recursive else [(folder, [], None)]
-        for top, _dirs, names in walker:
-            if names is None:
-                try:
-                    names = [e.name for e in os.scandir(top) if e.is_file(follow_symlinks=False)]
-                except OSError:
-                    continue
-            for name in names:
-                m = pattern.fullmatch(name)
-                pid = next((v for k, v in m.groupdict().items() if k.startswith("pid") and v), None) if m else None
-                if pid is None:
-                    continue
-                path = Path(top) / name
-                host = m.groupdict().get("host")
-                if host and host != HOST_TAG:
-                    if not _untouched_for(path, FOREIGN_TEMP_SECONDS):
-                        continue
-                elif _pid_alive(int(pid)):
-                    continue
-                try:
-                    if path.is_file() and not path.is_symlink():
-                        path.unlink()
-                        removed.append(path)
-                except OSError:
-                    pass
-    return sorted(removed)
-
-
-def _untouched_for(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.lstat().st_mtime > seconds
-    except OSError:
-        return False
 
 
 def write_image(path: str | Path, x: torch.Tensor, meta: ImageMeta, *, quality: int = 95,

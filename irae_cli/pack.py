@@ -37,7 +37,6 @@ How crops are chosen (deterministic for the same files, options and seed):
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -46,10 +45,11 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import __version__
-from .errors import IraeError
+from .errors import ImageError, IraeError
+from .files import atomic_write_bytes
 from .imageio import exif_orientation, upright
 
 FORMAT = "irae-pack"
@@ -213,25 +213,20 @@ def build_pack(image_paths, out_path, *, crop: int = 192, crops_per_mp: float | 
     all_origin = torch.tensor(origin, dtype=torch.int32).reshape(-1, 3)
     n = len(crops)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    while True:  # the estimate above leaves a margin; this loop only guards against surprises
+        data = save({"crops": all_crops[:n].contiguous(), "origin": all_origin[:n].contiguous()},
+                    metadata=meta_for(n, cpm))
+        if len(data) <= max_bytes:
+            break
+        n -= 1
+        limited = True
+        if n == 0:
+            raise PackError(f"{out_path}: max_bytes={max_bytes} is too small for even one {crop}x{crop} crop")
+    size = len(data)
     try:
-        while True:  # the estimate above leaves a margin; this loop only guards against surprises
-            save_file({"crops": all_crops[:n].contiguous(), "origin": all_origin[:n].contiguous()}, str(tmp),
-                      metadata=meta_for(n, cpm))
-            size = tmp.stat().st_size
-            if size <= max_bytes:
-                break
-            n -= 1
-            limited = True
-            if n == 0:
-                raise PackError(f"{out_path}: max_bytes={max_bytes} is too small for even one {crop}x{crop} crop")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # safetensors creates 0600 files; use the usual permissions
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(out_path, data, overwrite=True)
+    except ImageError as e:
+        raise PackError(str(e)) from None
     origin = origin[:n]
 
     counts = [0] * len(used)

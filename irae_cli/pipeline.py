@@ -30,9 +30,9 @@ from typing import TextIO
 
 from .distributed import Dist, init_distributed, rank_device
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, ImageError, IraeError, io_reason, one_line
-from .imageio import (FORMATS, IMAGE_EXTENSIONS, PIL_FORMAT, ImageMeta, Source, discover, find_mask,
-                      folder_problem, image_pixels, image_size, output_suffix, remove_stale_temp_files,
+from .imageio import (FORMATS, PIL_FORMAT, ImageMeta, find_mask, image_pixels, image_size, output_suffix,
                       set_warning_handler)
+from .files import IMAGE_EXTENSIONS, Source, discover, folder_problem, remove_stale_temp_files
 from .interrupts import catch_sigterm, release_sigterm
 from .report_parts import join_parts, leftover_parts, part_path, settle_leftovers
 from .shard import Shard, header_pixels, parse_shard, split_by_pixels
@@ -489,7 +489,8 @@ def _decode_gpu_jpegs(items: list[_Item], device) -> list[_Item]:
 
 
 def _write(item: _Item, y, opts: RestoreOptions) -> _Item:
-    from .imageio import encode_image, atomic_write_bytes
+    from .imageio import encode_image
+    from .files import atomic_write_bytes
 
     t0 = time.perf_counter()
     try:

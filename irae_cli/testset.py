@@ -42,8 +42,8 @@ from PIL import Image
 from .degradations import Level, build_levels, derive_seed, jpeg_bytes, quantize_u8
 from .environment import codec_versions
 from .errors import ImageError, IraeError
-from .imageio import (Source, atomic_write_bytes, discover, folder_problem, read_image,
-                      remove_stale_temp_files)
+from .imageio import read_image
+from .files import Source, atomic_write_bytes, discover, folder_problem, is_within, remove_stale_temp_files
 from .pixels import mask_to_pil, to_pil, to_u8
 from .tasks import TASKS
 
@@ -220,18 +220,13 @@ def _process(src: Source, levels: list[Level], seed: int, writer: _Writer,
 
 # --------------------------------------------------------------------------- the run
 
-def _inside(child: str, parent: str) -> bool:
-    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
-
-
 def _check_paths(clean: Path, out: Path, policy: str) -> None:
     if not clean.exists():
         raise IraeError(f"{clean}: no such file or folder")
-    real_clean, real_out = os.path.realpath(clean), os.path.realpath(out)
-    if clean.is_dir() and _inside(real_out, real_clean):
+    if clean.is_dir() and is_within(out, clean):
         raise IraeError(f"output folder {out} is inside the clean folder {clean}; choose an output folder "
                         f"outside it (irae never writes into CLEAN)")
-    if _inside(real_clean, real_out):
+    if is_within(clean, out):
         raise IraeError(f"the clean input {clean} is inside the output folder {out}; choose another output "
                         f"folder (irae never writes into CLEAN)")
     if out.exists() and not out.is_dir():

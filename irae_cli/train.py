@@ -370,7 +370,8 @@ def _to_rgb_u8(x: torch.Tensor) -> torch.Tensor:
 def load_images(root: Path, patch: int, echo) -> tuple[list[torch.Tensor], dict]:
     """Every image under ``root`` (recursive) as RGB uint8; images smaller than a patch are left out."""
     from .errors import ImageError
-    from .imageio import discover, read_image
+    from .imageio import read_image
+    from .files import discover
 
     try:
         sources = discover(root, recursive=True)
@@ -865,7 +866,8 @@ class Validator:
     def __init__(self, root: Path, task: Task, task_params: dict, *, crop: int, seed: int,
                  noise_protocol: str = "paper", subsampling: str = "4:2:0", echo=print) -> None:
         from .errors import ImageError
-        from .imageio import discover, read_image
+        from .imageio import read_image
+        from .files import discover
 
         try:
             sources = discover(root, recursive=True)
@@ -1089,7 +1091,7 @@ def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, mo
     Also removes what a killed earlier run left of these three files'
     temporary copies (``.NAME.tmp-PID`` of a process that is gone).
     """
-    from .imageio import existing_ancestor, folder_problem, free_bytes, remove_stale_temp_files
+    from .files import existing_ancestor, folder_problem, free_bytes, remove_stale_temp_files
     from .model import config_from_dict, create_model
 
     for path, what in ((out, "--out"), (ckpt, "--checkpoint"), (log, "--log")):

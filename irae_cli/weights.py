@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from . import __version__
 from .errors import WeightsError
+from .files import atomic_save_safetensors
 from .model import config_from_dict, config_to_json, create_model
 
 FORMAT = "irae-weights"
@@ -78,7 +78,6 @@ def save_weights(model: torch.nn.Module, path: str | Path, *, task: str, task_pa
                  training: dict | None = None) -> str:
     """Write ``model`` atomically (temp file + rename) and return the file's sha256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT,
@@ -90,15 +89,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, *, task: str, task_pa
         "irae_version": __version__,
         "training": json.dumps(training or {}, sort_keys=True),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a weights file is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save_safetensors(state, path, meta)
     return sha256_file(path)
 
 

@@ -283,7 +283,7 @@ def test_killed_process_then_skip_existing_finishes_exactly_the_rest(photos_in, 
 
 def test_temp_files_of_another_machine_are_left_until_an_hour_old(tmp_path):
     """Machines sharing an output folder cannot see each other's processes: never remove a write in flight."""
-    from irae_cli.imageio import FOREIGN_TEMP_SECONDS, HOST_TAG, remove_stale_temp_files
+    from irae_cli.files import FOREIGN_TEMP_SECONDS, HOST_TAG, remove_stale_temp_files
 
     other = "0" * 8 if HOST_TAG != "0" * 8 else "1" * 8
     fresh, old = tmp_path / f".a.png.irae-tmp-1-1f.{other}", tmp_path / f".b.png.irae-tmp-1-2f.{other}"
