@@ -17,6 +17,7 @@ import torch
 from .. import degrade as dg
 from ..errors import ImageError, IraeError
 from ..imageio import discover, read_image
+from .common import METRIC_CONVENTIONS
 
 
 @dataclass
@@ -43,8 +44,6 @@ class ImageSet:
 
     def settings(self) -> dict:
         """The report's first settings; a manifest's levels and seed are filled in as its entries are read."""
-        from .common import METRIC_CONVENTIONS
-
         return {"task": self.task, "source": str(self.path), "source_kind": "manifest" if self.manifest else "folder",
                 "seed": self.seed, "levels": {lv.name: lv.params for lv in self.levels},
                 "metric_conventions": METRIC_CONVENTIONS}
