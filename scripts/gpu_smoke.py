@@ -200,7 +200,7 @@ class _Count(logging.Handler):
 
 
 def c_compile(dev: torch.device, args) -> str:
-    from irae_cli import bench
+    from irae_cli.benchmark.speed import speed
 
     handler = _Count()
     loggers = [logging.getLogger(n) for n in ("torch._dynamo", "torch._inductor")]
@@ -215,8 +215,8 @@ def c_compile(dev: torch.device, args) -> str:
     dt = "bf16" if dev.type == "cuda" else "fp32"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        s = bench.speed(arch=args.arch, size=args.compile_size, batch_size=1, dtype=dt, device=str(dev),
-                        compile=True, repeats=3, warmup=2)
+        s = speed(arch=args.arch, size=args.compile_size, batch_size=1, dtype=dt, device=str(dev),
+                  compile=True, repeats=3, warmup=2)
     for lg in loggers:
         lg.removeHandler(handler)
     texts = handler.records + [str(w.message) for w in caught]
@@ -270,11 +270,11 @@ class _MemoryCap:
 
 
 def c_oom_restore(dev: torch.device, args) -> str:
-    from irae_cli.bench import _preset_model
+    from irae_cli.benchmark.models import preset_model
     from irae_cli.inference import Restorer
     from irae_cli.tasks import get_task
 
-    model = _preset_model(args.arch).model
+    model = preset_model(args.arch).model
     side = args.oom_side
     x = torch.rand(8, 3, side, side, generator=torch.Generator().manual_seed(0))
     if dev.type == "cuda":

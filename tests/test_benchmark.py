@@ -16,11 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from irae_cli import bench
+from irae_cli.benchmark import speed as speed_module
+from irae_cli.benchmark.common import to_json
+from irae_cli.benchmark.invertibility import fit_to_multiple, invertibility
+from irae_cli.benchmark.models import load_model, parse_compare
+from irae_cli.benchmark.quality import quality
+from irae_cli.benchmark.sheet import LABEL_H, PAD, SheetRow, crop_box, render_sheet, sheet_size
+from irae_cli.benchmark.speed import speed
+from irae_cli.benchmark.tables import quality_table
 from irae_cli.testset import make_test_set
+from irae_cli.errors import IraeError
 from irae_cli.fill import harmonic_fill
 from irae_cli.model import create_model
-from irae_cli.sheet import LABEL_H, PAD, SheetRow, crop_box, render_sheet, sheet_size
 from irae_cli.weights import save_weights
 
 DATA = Path(__file__).parent / "data"
@@ -117,13 +124,13 @@ def test_done_when_command(work, tmp_path):
 
 @pytest.fixture(scope="module")
 def denoise_result(work):
-    return bench.quality(work / "photos", task="denoise", weights=str(work / "A.safetensors"),
+    return quality(work / "photos", task="denoise", weights=str(work / "A.safetensors"),
                          compare=[("cnn", str(work / "B.safetensors"))], sigmas=[0, 25], device="cpu",
                          classical="none")
 
 
 def test_quality_json_schema_is_stable(denoise_result):
-    r = json.loads(bench.to_json(denoise_result))
+    r = json.loads(to_json(denoise_result))
     assert set(r) == {"schema", "settings", "versions", "models", "results", "failures"}
     assert r["schema"] == "irae.benchmark.quality/1"
     assert set(r["settings"]) == {"task", "source", "source_kind", "seed", "levels", "metric_conventions", "device",
@@ -142,7 +149,7 @@ def test_quality_json_schema_is_stable(denoise_result):
         for p in e["per_image"]:
             assert set(p) == {"image"} | keys
     assert r["settings"]["levels"]["sigma25"] == {"sigma": 25.0, "protocol": "clip"}
-    assert r["models"]["A"]["sha256"] == bench.load_model(r["models"]["A"]["weights"]).sha256
+    assert r["models"]["A"]["sha256"] == load_model(r["models"]["A"]["weights"]).sha256
 
 
 def test_quality_means_and_inf(denoise_result):
@@ -152,7 +159,7 @@ def test_quality_means_and_inf(denoise_result):
     assert all(p["psnr_rgb_u8"] == math.inf for p in exact["per_image"])
     assert exact["metrics"]["psnr_rgb_u8"] == math.inf and exact["n_inf"]["psnr_rgb_u8"] == 4
     assert exact["metrics"]["ssim_rgb_u8"] == pytest.approx(1.0)
-    text = bench.to_json(denoise_result)
+    text = to_json(denoise_result)
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text)["results"][0]["metrics"]["psnr_rgb_u8"] is None
 
@@ -164,7 +171,7 @@ def test_quality_means_and_inf(denoise_result):
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(bench.quality_table(denoise_result))
+    console.print(quality_table(denoise_result))
     assert "inf" in console.export_text()
 
 
@@ -172,8 +179,8 @@ def test_manifest_gives_the_same_figures_as_the_folder(work, tmp_path):
     """A folder benchmark degrades exactly as 'irae degrade' does for the same seed: equal per-image figures."""
     make_test_set(work / "photos", tmp_path / "set", task="inpaint", seed=7, masks=["box"])
     kw = dict(task="inpaint", weights=str(work / "I.safetensors"), device="cpu")
-    from_set = bench.quality(tmp_path / "set" / "manifest.jsonl", **kw)
-    from_folder = bench.quality(work / "photos", masks=["box"], seed=7, **kw)
+    from_set = quality(tmp_path / "set" / "manifest.jsonl", **kw)
+    from_folder = quality(work / "photos", masks=["box"], seed=7, **kw)
     assert from_set["results"] == from_folder["results"]
     assert [e["model"] for e in from_set["results"]] == ["input", "harmonic-fill", "telea", "navier-stokes", "I"]
     first = from_set["results"][0]
@@ -186,14 +193,35 @@ def test_manifest_gives_the_same_figures_as_the_folder(work, tmp_path):
     assert from_set["settings"]["source_kind"] == "manifest" and from_set["settings"]["seed"] == 7
 
 
+def test_float_protocol_input_row_is_the_float_input(work, tmp_path):
+    """--noise-protocol float: the input row scores the unclipped float image the models restore, not its 8-bit copy."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(DATA / RGB[0], photos / RGB[0])
+    kw = dict(task="denoise", weights=str(work / "A.safetensors"), device="cpu", classical="none")
+    from_folder = quality(photos, sigmas=[25], noise_protocol="float", **kw)
+    ref = make_test_set(photos, tmp_path / "set", task="denoise", sigma=[(25.0, 25.0)], noise_protocol="float")
+    (rec,) = ref.records
+    noisy = np.load(tmp_path / "set" / rec["degraded"]).astype(np.float64).transpose(1, 2, 0) * 255
+    clean = u8(tmp_path / "set" / rec["clean"])
+    assert noisy.min() < 0 and noisy.max() > 255  # unclipped: rounding to 8 bits would change the figure
+    from_set = quality(tmp_path / "set", **kw)
+    for r in (from_folder, from_set):
+        (entry,) = [e for e in r["results"] if e["model"] == "input"]
+        (p,) = entry["per_image"]
+        assert p["psnr_rgb_u8"] == pytest.approx(numpy_psnr(noisy, clean), abs=1e-9)
+        assert p["psnr_y601_u8"] == pytest.approx(numpy_psnr(numpy_y(noisy), numpy_y(clean)), abs=1e-9)
+    assert from_set["results"] == from_folder["results"]
+
+
 def test_quality_usage_errors(work, tmp_path):
-    with pytest.raises(bench.IraeError, match="reserved or used twice"):
-        bench.quality(work / "photos", task="denoise", weights=str(work / "A.safetensors"),
+    with pytest.raises(IraeError, match="reserved or used twice"):
+        quality(work / "photos", task="denoise", weights=str(work / "A.safetensors"),
                       compare=[("input", str(work / "B.safetensors"))], sigmas=[25], device="cpu")
-    with pytest.raises(bench.IraeError, match="not 'jpeg'"):
-        bench.quality(work / "photos", task="jpeg", weights=str(work / "A.safetensors"), device="cpu")
-    with pytest.raises(bench.IraeError, match="NAME=WEIGHTS"):
-        bench.parse_compare(["B.safetensors"])
+    with pytest.raises(IraeError, match="not 'jpeg'"):
+        quality(work / "photos", task="jpeg", weights=str(work / "A.safetensors"), device="cpu")
+    with pytest.raises(IraeError, match="NAME=WEIGHTS"):
+        parse_compare(["B.safetensors"])
 
 
 def test_bad_image_is_reported_and_the_rest_scored(work, tmp_path):
@@ -274,7 +302,7 @@ def test_speed_cpu_tiny(work, tmp_path):
 
 
 def test_speed_folder_end_to_end_and_naive(work):
-    s = bench.speed(arch="tiny", folder=work / "photos", naive=True, device="cpu", warmup=0)
+    s = speed(arch="tiny", folder=work / "photos", naive=True, device="cpu", warmup=0)
     assert [r["mode"] for r in s["results"]] == ["end-to-end", "naive"]
     for r in s["results"]:
         assert r["images"] == 4 and r["megapixels"] == pytest.approx(4 * 128 * 128 / 1e6)
@@ -292,7 +320,7 @@ def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
     for name in RGB:
         Image.open(DATA / name).save(jpegs / (Path(name).stem + ".jpg"), quality=80)
     written, autocast = [], []
-    real_restore, real_naive, real_body = pl.restore, bench._naive_loop, CouplingNet._body
+    real_restore, real_naive, real_body = pl.restore, speed_module._naive_loop, CouplingNet._body
 
     def restore(input, output, opts, **kw):
         summary = real_restore(input, output, opts, **kw)
@@ -309,10 +337,10 @@ def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
         return real_body(self, x, *args, **kwargs)
 
     monkeypatch.setattr(pl, "restore", restore)
-    monkeypatch.setattr(bench, "_naive_loop", naive)
+    monkeypatch.setattr(speed_module, "_naive_loop", naive)
     monkeypatch.setattr(CouplingNet, "_body", body)
-    monkeypatch.setattr(bench, "macs_per_pixel", lambda *a: 1.0)  # its fp32 forward is not a timed run
-    s = bench.speed(arch="tiny", folder=jpegs, naive=True, device="cpu", dtype="bf16", warmup=0)
+    monkeypatch.setattr(speed_module, "macs_per_pixel", lambda *a: 1.0)  # its fp32 forward is not a timed run
+    s = speed(arch="tiny", folder=jpegs, naive=True, device="cpu", dtype="bf16", warmup=0)
     e2e, nv = s["results"]
     assert written == [("end-to-end", [".png"] * 3), ("naive", [".png"] * 3)]
     for key in ("dtype", "low_precision_scope", "conv_tf32", "output"):
@@ -326,14 +354,14 @@ def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_speed_folder_naive_fp32_is_ieee(work):
-    s = bench.speed(arch="tiny", folder=work / "photos", naive=True, device="cuda", dtype="fp32", warmup=0)
+    s = speed(arch="tiny", folder=work / "photos", naive=True, device="cuda", dtype="fp32", warmup=0)
     assert [r["conv_tf32"] for r in s["results"]] == [False, False]
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_speed_cuda_bf16_compile():
-    s = bench.speed(arch="tiny", size=256, batch_size=2, dtype="bf16", device="cuda", compile=True, repeats=3)
+    s = speed(arch="tiny", size=256, batch_size=2, dtype="bf16", device="cuda", compile=True, repeats=3)
     (m,) = s["results"]
     assert m["peak_memory_source"] == "cuda max_memory_allocated" and m["peak_memory_bytes"] > 0
 
@@ -341,7 +369,7 @@ def test_speed_cuda_bf16_compile():
 # --------------------------------------------------------------------------- invertibility
 
 def test_invertibility_tiny(work, tmp_path):
-    r = bench.invertibility(weights=str(work / "A.safetensors"), images=work / "photos", device="cpu")
+    r = invertibility(weights=str(work / "A.safetensors"), images=work / "photos", device="cpu")
     assert set(r) == {"schema", "settings", "versions", "model", "condition_numbers", "results", "summary",
                       "failures"}
     assert len(r["results"]) == 4 and r["summary"]["passed"]
@@ -354,7 +382,7 @@ def test_invertibility_tiny(work, tmp_path):
         assert e["max_error_levels"] == pytest.approx(255 * e["max_abs_error"])
     assert r["condition_numbers"]["max"] == pytest.approx(1.0, abs=1e-6)
 
-    at = bench.invertibility(arch="tiny", images=DATA / RGB[0], dtype="fp64", size=150, device="cpu")
+    at = invertibility(arch="tiny", images=DATA / RGB[0], dtype="fp64", size=150, device="cpu")
     assert at["results"][0]["shape"] == [3, 152, 152] and at["summary"]["max_rel_error"] < 1e-12
 
     r = irae("benchmark", "invertibility", "--weights", work / "B.safetensors", work / "photos", "--device", "cpu")
@@ -363,7 +391,7 @@ def test_invertibility_tiny(work, tmp_path):
 
 def test_fit_to_multiple_crops_to_real_pixels():
     x = torch.arange(3 * 10 * 13, dtype=torch.float32).view(3, 10, 13)
-    y = bench.fit_to_multiple(x, 4)
+    y = fit_to_multiple(x, 4)
     assert y.shape == (3, 8, 12) and torch.equal(y, x[:, 1:9, 0:12])
 
 
@@ -372,7 +400,7 @@ def test_fit_to_multiple_crops_to_real_pixels():
 def test_classical_denoise_rows_beat_the_input(work, tmp_path):
     pytest.importorskip("skimage")
     wanted = "nlm,cbm3d" if importlib.util.find_spec("bm3d") else "nlm"
-    r = bench.quality(work / "photos" / RGB[0], task="denoise", sigmas=[25], weights=str(work / "A.safetensors"),
+    r = quality(work / "photos" / RGB[0], task="denoise", sigmas=[25], weights=str(work / "A.safetensors"),
                       device="cpu", classical=wanted)
     rows = {e["model"]: e for e in r["results"]}
     assert list(rows)[:1 + len(wanted.split(","))] == ["input", *[m for m in ("cbm3d", "nlm") if m in wanted]]
@@ -384,7 +412,7 @@ def test_classical_denoise_rows_beat_the_input(work, tmp_path):
 
 def test_classical_inpaint_rows_keep_known_pixels(work):
     pytest.importorskip("cv2")
-    r = bench.quality(work / "photos" / RGB[1], task="inpaint", masks=["box"], weights=str(work / "I.safetensors"),
+    r = quality(work / "photos" / RGB[1], task="inpaint", masks=["box"], weights=str(work / "I.safetensors"),
                       device="cpu")
     rows = {e["model"]: e for e in r["results"]}
     for name in ("harmonic-fill", "telea", "navier-stokes"):
@@ -402,7 +430,7 @@ def test_missing_classical_package_is_one_note_and_bad_name_is_usage_error(work,
     import irae_cli.classical as classical
 
     monkeypatch.setattr(classical.Classical, "available", property(lambda self: self.module is None))
-    r = bench.quality(work / "photos" / RGB[0], task="inpaint", masks=["box"], weights=str(work / "I.safetensors"),
+    r = quality(work / "photos" / RGB[0], task="inpaint", masks=["box"], weights=str(work / "I.safetensors"),
                       device="cpu")
     assert [e["model"] for e in r["results"]] == ["input", "harmonic-fill", "I"]
     assert r["settings"]["classical"] == {"rows": ["harmonic-fill"], "missing": ["telea", "navier-stokes"],
@@ -413,7 +441,7 @@ def test_missing_classical_package_is_one_note_and_bad_name_is_usage_error(work,
 
 
 def test_speed_baseline_row_times_eager_fp32_in_the_same_run(work):
-    s = bench.speed(weights=str(work / "A.safetensors"), size=64, batch_size=1, repeats=2, warmup=1, device="cpu",
+    s = speed(weights=str(work / "A.safetensors"), size=64, batch_size=1, repeats=2, warmup=1, device="cpu",
                     dtype="bf16", baseline=True)
     base, model = s["results"]
     assert base["mode"].startswith("baseline") and base["dtype"] == "float32" and not base["folded"]
@@ -431,7 +459,7 @@ def test_partial_compile_is_noted(work, monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    s = bench.speed(weights=str(work / "A.safetensors"), size=32, batch_size=1, repeats=1, warmup=0, device="cpu",
+    s = speed(weights=str(work / "A.safetensors"), size=32, batch_size=1, repeats=1, warmup=0, device="cpu",
                     dtype="fp32", compile=True)
     assert s["results"][0]["compile"] is True
     assert any(n.startswith("torch.compile was partial: 1 graph break") for n in s["notes"])

@@ -1,4 +1,4 @@
-"""`irae benchmark quality | speed | invertibility`: parse, call one function in irae_cli.bench, print.
+"""`irae benchmark quality | speed | invertibility`: parse, call one function in irae_cli.benchmark, print.
 
 The table goes to stdout; ``--json`` writes the full machine-readable result
 (settings and versions included).  Exit codes: 0 = done, 1 = some images
@@ -47,7 +47,7 @@ def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> 
     from rich.console import Console
     from rich.measure import Measurement
 
-    from ..bench import write_json
+    from ..benchmark.common import write_json
 
     console = Console()
     # Never squeeze metric names into ellipses: a report is only useful when its columns are readable.
@@ -105,8 +105,10 @@ def quality_cmd(
     and Navier-Stokes for inpainting) are scored in the same run, on the same degraded images.
     """
     with user_errors():
-        from ..bench import check_outputs, parse_compare, quality_table
-        from ..bench import quality as run_quality
+        from ..benchmark.common import check_outputs
+        from ..benchmark.models import parse_compare
+        from ..benchmark.quality import quality as run_quality
+        from ..benchmark.tables import quality_table
         from ..errors import IraeError
 
         if sheet_region not in ("worst", "centre", "center"):
@@ -156,7 +158,9 @@ def speed_cmd(
 ) -> None:
     """Time the model (median, p90, MP/s, images/s, peak memory, MAC/pixel) or a folder end to end."""
     with user_errors():
-        from ..bench import check_outputs, speed, speed_table
+        from ..benchmark.common import check_outputs
+        from ..benchmark.speed import speed
+        from ..benchmark.tables import speed_table
 
         check_outputs([json_path], overwrite)
         result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
@@ -186,7 +190,9 @@ def invertibility_cmd(
     < 0.5 of one level); fp64 when the relative error is <= 1e-9.
     """
     with user_errors():
-        from ..bench import check_outputs, invertibility, invertibility_table
+        from ..benchmark.common import check_outputs
+        from ..benchmark.invertibility import invertibility
+        from ..benchmark.tables import invertibility_table
 
         check_outputs([json_path], overwrite)
         result = invertibility(weights=weights, arch=arch, images=images, dtype=dtype, device=device, size=size)
