@@ -17,7 +17,7 @@ import torch
 from .. import degradations as dg
 from ..errors import ImageError, IraeError
 from ..files import discover
-from ..imageio import read_image
+from ..imageio import read_image, read_mask
 from .common import METRIC_CONVENTIONS
 
 
@@ -124,23 +124,12 @@ def _read_npy(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32))
 
 
-def _read_mask(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("L"))
-    except (OSError, ValueError) as e:
-        raise ImageError(f"{path}: cannot read mask ({e}); masks are 8-bit images, 255 = missing") from None
-    return torch.from_numpy(arr > 127)[None]
-
-
 def _read_entry(base: Path, e: dict) -> Unit:
     clean_path, deg_path = base / e["clean"], base / e["degraded"]
     clean, _ = read_image(clean_path)
     degraded = _read_npy(deg_path) if deg_path.suffix == ".npy" else read_image(deg_path)[0]
-    mask = _read_mask(base / e["mask"]) if e.get("mask") else None
-    if degraded.shape != clean.shape or (mask is not None and mask.shape[-2:] != clean.shape[-2:]):
+    mask = read_mask(base / e["mask"], tuple(clean.shape[-2:]), clean_path) if e.get("mask") else None
+    if degraded.shape != clean.shape:
         raise ImageError(f"{deg_path}: size {tuple(degraded.shape)} does not match its clean image "
                          f"{tuple(clean.shape)}; the set is inconsistent, make it again")
     return Unit(e["source"], clean, [e["level"]], degraded[None], None if mask is None else mask[None],
