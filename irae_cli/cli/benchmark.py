@@ -29,18 +29,11 @@ _JSON = typer.Option(None, "--json", help="Write the full result (settings, vers
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing --json/--sheet files.")
 
 
-def _progress():
-    """A one-line counter on stderr for interactive runs; silent when stderr is a file or pipe."""
-    if not sys.stderr.isatty():
+def _scored_counter(bar):
+    """The quality loop's per-image callback: count on the bar (only on a terminal; else nothing)."""
+    if not bar.live:
         return None
-    count = [0]
-
-    def tick(image: str) -> None:
-        count[0] += 1
-        print(f"\rirae: {count[0]} image(s) scored, last {one_line(image)[-60:]}\033[K", end="", file=sys.stderr,
-              flush=True)
-
-    return tick
+    return lambda image: bar.update(advance=1, image=one_line(image)[-60:])
 
 
 def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> int:
@@ -117,21 +110,21 @@ def quality_cmd(
             raise IraeError("--sheet-images must be >= 1 and --sheet-crop >= 16")
         tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
         check_outputs([json_path, sheet], overwrite)
-        result = run_quality(
+        from ..progress import Progress
+
+        with Progress("scoring", columns=("last {image}",), fields={"image": ""}, unit="image(s)") as bar:
+            result = run_quality(
             source, task=task, weights=weights, compare=parse_compare(compare),
-            sigmas=parse_list(sigma, float, "--sigma") or None, qualities=parse_list(quality, int, "--quality") or None,
-            masks=parse_names(mask, "--mask"),
-            hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
-            noise_protocol=noise_protocol, seed=seed,
-            device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop,
-            sheet_images=sheet_images, sheet_crop_mode=sheet_region, overwrite=overwrite, progress=_progress(),
-            classical=classical)
+                sigmas=parse_list(sigma, float, "--sigma") or None,
+                qualities=parse_list(quality, int, "--quality") or None, masks=parse_names(mask, "--mask"),
+                hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
+                noise_protocol=noise_protocol, seed=seed, device=device, dtype=dtype, tile=tile_value,
+                batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop, sheet_images=sheet_images,
+                sheet_crop_mode=sheet_region, overwrite=overwrite, progress=_scored_counter(bar), classical=classical)
         missing = result["settings"]["classical"]["missing"]
         if missing:
             print(f"irae: note: classical rows {', '.join(missing)} skipped: {result['settings']['classical']['install']}",
                   file=sys.stderr)
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)
 

@@ -75,33 +75,21 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             from ..testset import make_test_set
 
-            show = not quiet and sys.stderr.isatty()
-            failed: set = set()
-            progress = None
-            if show:
-                from rich.console import Console
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from ..progress import Progress
 
-                progress = Progress(TextColumn("degrading"), BarColumn(), MofNCompleteColumn(),
-                                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-            bar = None
+            failed: set = set()
+            bar: Progress | None = None
 
             def on_start(total: int) -> None:
                 nonlocal bar
-                if progress is not None:
-                    progress.start()
-                    bar = progress.add_task("degrade", total=total)
+                bar = Progress("degrading", total, quiet=quiet)
 
             def on_file(src, failures: list[str]) -> None:
                 if failures:
                     failed.add(src.rel)
-                for line in map(one_line, failures):
-                    if progress is not None:
-                        progress.console.print(f"irae: error: {line}", markup=False, highlight=False, soft_wrap=True)
-                    else:
-                        print(f"irae: error: {line}", file=sys.stderr, flush=True)
-                if progress is not None:
-                    progress.advance(bar)
+                for line in failures:
+                    bar.say(f"irae: error: {line}")
+                bar.update(advance=1)
 
             try:
                 result = make_test_set(
@@ -115,8 +103,8 @@ def register(app: typer.Typer) -> None:
                     exclude=exclude, workers=workers, overwrite=overwrite, skip_existing=skip_existing,
                     dry_run=dry_run, on_start=on_start, on_file=on_file)
             finally:
-                if progress is not None:
-                    progress.stop()
+                if bar is not None:
+                    bar.close()
 
             n_img, n_lvl = len(result.sources), len(result.levels)
             if dry_run:
