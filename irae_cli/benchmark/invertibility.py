@@ -10,7 +10,7 @@ import torch
 from ..errors import ImageError, IraeError
 from ..files import discover
 from ..imageio import read_image
-from ..inference import pick_device, strict_fp32
+from ..inference import device_and_dtype
 from ..model import create_model
 from .common import INVERTIBILITY_SCHEMA
 from ..environment import versions
@@ -40,9 +40,8 @@ def invertibility(*, weights: str | None = None, arch: str | None = None, images
         raise IraeError(f"--dtype {dtype!r}: use fp32, fp64 or bf16")
     folder, loaded, failures = _read_images(images)
     lm = _invertible_model(weights, arch, loaded)
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        strict_fp32()  # a TF32 round trip would measure TF32, not the fp32 the weights promise
+    # strict: a TF32 round trip would measure TF32, not the fp32 the weights promise
+    dev, _ = device_and_dtype(device, "fp32", strict=True)
     # bf16 autocast works on the CPU too, just slowly; allowed so the figure can be had anywhere.
     multiple = int(lm.model.size_multiple)
     model = lm.model.to(dev).eval()

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import IraeError
 from ..files import discover
-from ..inference import Restorer, pick_device, pick_dtype, strict_fp32
+from ..inference import Restorer, device_and_dtype, pick_dtype
 from ..model import parameter_count
 from ..model.folded import FoldedIRAE
 from ..tasks import get_task
@@ -43,10 +43,7 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder)
     lm = load_model(weights) if weights is not None else preset_model(arch or "paper-denoise")
     task = lm.task or "denoise"
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
-    if dev.type == "cuda" and dt == torch.float32:
-        strict_fp32()  # time the IEEE fp32 convolutions that restore runs, not TF32
+    dev, dt = device_and_dtype(device, dtype)  # fp32 means the IEEE fp32 convolutions that restore runs
     model = lm.model
     params = parameter_count(model)
     multiple = int(model.size_multiple)
