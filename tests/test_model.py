@@ -218,3 +218,17 @@ def test_batched_invconv_weights_match_the_per_module_ones_and_their_gradients()
     assert n_plain == 2 * len(convs)  # forward and probe, each module
     assert len(calls) == len({c.a.shape[0] for c in convs}) == 3  # one per channel count
     assert all(c._step is None for c in convs)  # nothing outlives the step
+
+
+def test_readme_preset_table_lists_every_preset_with_its_parameter_count():
+    import re
+    from pathlib import Path
+
+    from irae_cli.model import PRESETS, create_model, parameter_count
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Model core", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([\w-]+)` \|[^|]*\| ([\d,]+)", section, flags=re.M))
+    assert set(rows) == set(PRESETS)
+    for name, count in rows.items():
+        assert int(count.replace(",", "")) == parameter_count(create_model(name)), name
