@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from irae_cli import degrade, train as tr
+from irae_cli.train import loss as tr_loss, trainer as tr_trainer
 from irae_cli.tasks import get_task
 
 DATA = Path(__file__).parent / "data"
@@ -329,8 +330,8 @@ def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tm
         clock["t"] += 0.25 if clock["steps"] <= tr.CALIBRATION_STEPS[1] + 2 else 0.05
         return original(*a, **k)
 
-    monkeypatch.setattr(tr, "time", FakeTime())
-    monkeypatch.setattr(tr, "training_loss", timed_loss)
+    monkeypatch.setattr(tr_trainer, "time", FakeTime())
+    monkeypatch.setattr(tr_trainer, "training_loss", timed_loss)
     notes = []
     result = run_train(tmp_path, "slow", photos, {}, minutes=0.25, echo=notes.append, log_every=5)
     # the first steps' speed alone plans ~50 steps for the 15 s; the rest run at 20 steps/s
@@ -513,7 +514,7 @@ def test_inverse_gain_penalty_bounds_the_trained_inverse(tmp_path, photos):
 
 
 def test_divergence_guard_rolls_back_and_halves_the_learning_rate():
-    from irae_cli.divergence import DivergenceError, DivergenceGuard
+    from irae_cli.train.divergence import DivergenceError, DivergenceGuard
     from irae_cli.model import create_model
 
     model = create_model("tiny")
@@ -542,10 +543,10 @@ def test_divergence_guard_rolls_back_and_halves_the_learning_rate():
 
 def test_a_diverging_run_is_rolled_back_and_finishes(tmp_path, monkeypatch):
     """A run whose loss explodes once is rolled back in place and still writes its weights."""
-    from irae_cli import divergence
+    from irae_cli.train import divergence
 
     monkeypatch.setattr(divergence, "WARMUP_CHECKS", 5)
-    real = tr.F.l1_loss
+    real = tr_loss.F.l1_loss
     calls = {"n": 0}
 
     def l1_with_one_spike(a, b):
@@ -553,7 +554,7 @@ def test_a_diverging_run_is_rolled_back_and_finishes(tmp_path, monkeypatch):
         out = real(a, b)
         return out * 1000 if calls["n"] == 12 else out
 
-    monkeypatch.setattr(tr.F, "l1_loss", l1_with_one_spike)
+    monkeypatch.setattr(tr_loss.F, "l1_loss", l1_with_one_spike)
     data = tmp_path / "photos"
     data.mkdir()
     shutil.copy(DATA / "astronaut_128.png", data / "a.png")
@@ -602,8 +603,8 @@ def test_training_halves_its_batch_on_out_of_memory(tmp_path, photos, monkeypatc
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 119.00 GiB (emulated)")
         return real(model, restored, *args)
 
-    monkeypatch.setattr(tr, "inverse_gain_penalty", penalty)
-    monkeypatch.setattr(tr, "_free_device_memory", lambda device: freed.append(sys.exc_info()[0] is None))
+    monkeypatch.setattr(tr_trainer, "inverse_gain_penalty", penalty)
+    monkeypatch.setattr(tr_trainer, "_free_device_memory", lambda device: freed.append(sys.exc_info()[0] is None))
     notes = []
     result = run_train(tmp_path, "oom", photos, {"steps": 4, "batch_size": 8, "inverse_gain_every": 1},
                        echo=notes.append)
