@@ -203,3 +203,43 @@ def load_init_weights(config: TrainConfig) -> tuple[dict, dict]:
               "arch": training.get("arch"), "patches_seen": training.get("patches_seen"),
               "minutes": training.get("minutes"), "device": training.get("device")}
     return record, loaded.model.state_dict()
+
+
+# --------------------------------------------------------------------------- resuming from a checkpoint
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def resumed_model(ckpt: dict, path: Path) -> torch.nn.Module:
+    """The checkpoint's model, built from the model config stored with it (not from the preset's name)."""
+    from ..model import config_from_dict, create_model
+
+    model = create_model(config_from_dict(ckpt["meta"]["model_config"]))
+    model.load_state_dict(_prefixed(ckpt["tensors"], "model."))
+    if not getattr(model, "is_initialized", True):
+        raise IraeError(f"{path}: checkpoint holds an uninitialised model; start a fresh run")
+    return model
+
+
+def restore_optimisation(ckpt: dict, ema, optimizer: torch.optim.Optimizer) -> None:
+    if ema is not None:
+        ema.load_state_dict(_prefixed(ckpt["tensors"], "ema."))
+    optimizer.load_state_dict(unflatten_optimizer(ckpt["tensors"], ckpt["meta"]["optimizer"]))
+
+
+def restore_generators(ckpt: dict, degrader, rank: int, world: int, note) -> None:
+    """The global and the degrader's generators as they were: a replay when the number of processes is the
+    same; new, per-rank distinct streams (and a note saying so) when it is not."""
+    tensors, meta = ckpt["tensors"], ckpt["meta"]
+    torch.set_rng_state(tensors["rng.torch"])
+    saved_world = int(meta.get("world_size", 1))
+    noise = tensors.get(f"rng.noise.rank{rank}")
+    if saved_world == world:
+        degrader.load_rng_state({"data": tensors[f"rng.data.rank{rank}"], "host": tensors[f"rng.host.rank{rank}"],
+                                 "noise": noise})
+        return
+    degrader.load_rng_state({"noise": noise})
+    degrader.reseed(int(meta["step"]), rank)
+    note(f"irae: note: the checkpoint was written by {saved_world} process(es), this run has {world}; "
+         f"patch sampling continues from new random streams (the run is no longer a replay)")

@@ -119,6 +119,14 @@ def load_training_data(source: Path, patch: int, device: torch.device, echo) -> 
     return data
 
 
+def replay_warning(before: dict, now: dict) -> str | None:
+    """A warning when DATA no longer looks like the data a resumed checkpoint was trained on."""
+    if (before.get("images"), before.get("megapixels")) == (now["images"], now["megapixels"]):
+        return None
+    return (f"irae: warning: DATA has {now['images']} images / {now['megapixels']} MP, the checkpoint was trained "
+            f"on {before.get('images')} / {before.get('megapixels')} MP; the run continues but is no longer a replay")
+
+
 class PatchSampler:
     """Uniformly random patches (every patch position of every image equally likely), flipped/rotated.
 

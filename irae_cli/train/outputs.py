@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import IraeError
-from .checkpoint import read_run_id
+from .checkpoint import read_run_id, save_checkpoint
 from .config import Session, TrainConfig
 
 
@@ -141,3 +141,37 @@ class SaveFailures:
         kept = f"saved: {', '.join(map(str, saved))}" if saved else "nothing was saved"
         raise SaveError(f"{failed} -- {kept} (step {step}); free some space or choose another --out, then train "
                         f"again or --resume from an intact checkpoint")
+
+
+class RunFiles:
+    """Writes the run's three files (rank 0 only; the other ranks write nothing) and keeps its JSON log."""
+
+    def __init__(self, out: Path, checkpoint: Path, log_path: Path, *, main: bool, note) -> None:
+        self.out, self.checkpoint, self.log_path, self.main = out, checkpoint, log_path, main
+        self.failures = SaveFailures(note)
+        self.log: dict = {}
+
+    def write_log(self) -> None:
+        if self.main:
+            with self.failures.attempt(self.log_path):
+                atomic_write_text(self.log_path, json.dumps(self.log, indent=1, default=str) + "\n")
+
+    def write_checkpoint(self, **parts) -> None:
+        """``parts``: save_checkpoint's model, ema, optimizer, rng and meta."""
+        if self.main:
+            with self.failures.attempt(self.checkpoint):
+                save_checkpoint(self.checkpoint, **parts)
+
+    def write_weights(self, model, config: TrainConfig, task_params: dict, summary: dict) -> str | None:
+        """The weights (tried even when the larger checkpoint failed), then the log with the summary."""
+        from ..weights import save_weights
+
+        sha = None
+        with self.failures.attempt(self.out):
+            sha = save_weights(model, self.out, task=config.task, task_params=task_params, training=summary)
+        self.log["summary"] = {**summary, "out": str(self.out), "sha256": sha}
+        self.write_log()
+        return sha
+
+    def raise_if_any_failed(self, step: int) -> None:
+        self.failures.raise_if_any((self.out, self.checkpoint, self.log_path), step)

@@ -15,7 +15,22 @@ from contextlib import nullcontext
 
 import torch
 
+from ..errors import IraeError
 from .config import ema_decay_at
+
+
+def compute_dtype(name: str, device: torch.device, arch: str) -> torch.dtype:
+    """``--dtype`` (auto | fp32 | bf16) for a model of preset ``arch``; on CUDA also turns TF32 off."""
+    from ..inference import pick_dtype, strict_fp32
+    from ..model import PRESETS
+
+    if name not in ("auto", "fp32", "bf16"):
+        raise IraeError(f"--dtype must be auto, fp32 or bf16 for training, not {name!r}")
+    dtype = pick_dtype(name, device, coupling_only=PRESETS[arch].arch == "irae")
+    if device.type == "cuda":
+        strict_fp32()
+        torch.backends.cudnn.benchmark = True
+    return dtype
 
 
 class _CouplingDtype:

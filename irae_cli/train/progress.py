@@ -1,4 +1,4 @@
-"""The progress display of a run: a rich bar on a terminal, plain lines otherwise, nothing with -q."""
+"""What a run shows while it runs: a rich bar on a terminal, plain lines otherwise, nothing with -q; notices."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import sys
 import time
 
 from .config import Session
+
+
+def default_echo(msg: str) -> None:
+    """One-line notices (warnings, notes) to stderr."""
+    from ..errors import one_line
+
+    print(one_line(msg), file=sys.stderr, flush=True)
 
 
 class Reporter:

@@ -51,3 +51,20 @@ def session_record(step: int, device: torch.device, dtype: torch.dtype, world: i
     return {"started_step": step, "device": device_name(device), "dtype": str(dtype), "world_size": world,
             "data": data, "jpeg_engine": jpeg_engine, "torch": torch.__version__, "irae": __version__,
             "argv": sys.argv[1:]}
+
+
+def run_summary(*, run_id: str, config: TrainConfig, model_config: dict, data: dict, steps: int, patches_seen: int,
+                minutes: float, device: torch.device, dtype: str, world: int, val: dict | None, validator,
+                val_seed: int, val_crop: int, stopped: str, sessions: int, jpeg_engine: str | None,
+                oom_halvings: list, init_from: dict | None) -> dict:
+    """The run as the weights' ``training`` metadata and the log's summary record it."""
+    c, v = config, validator
+    return {
+        "run_id": run_id, "task": c.task, "arch": c.arch, "config": c.to_dict(), "model_config": model_config,
+        "data": data, "steps": steps, "steps_planned": c.steps, "patches_seen": patches_seen,
+        "minutes": round(minutes, 3), "device": device_name(device), "dtype": dtype, "world_size": world,
+        "val": val, "val_images": v.images if v else None, "val_seed": val_seed if v else None,
+        "val_crop": val_crop if v else None, "degradation": c.degradation(), "seed": c.seed, "lr": c.lr,
+        "ema": c.ema, "stopped": stopped, "sessions": sessions, "jpeg_engine": jpeg_engine,
+        "oom_halvings": oom_halvings, "init_from": init_from, "torch": torch.__version__, "irae_version": __version__,
+    }

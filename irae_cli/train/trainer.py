@@ -1,7 +1,7 @@
 """One run of ``irae train``: the Trainer sets everything up, then steps until a stop reason, then saves.
 
-Every clock reading of the run is here (``time.monotonic``), so that the budget logic can be tested with a
-fake clock.
+Every clock reading of the run goes through ``Trainer.clock`` (``time.monotonic`` of this module when the
+Trainer is made), the budget's included, so that tests can run the budget logic on a fake clock.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,23 +24,19 @@ from ..distributed import rank_device as train_device
 from ..errors import IraeError
 from ..tasks import get_task
 from . import collectives
-from .checkpoint import load_checkpoint, load_init_weights, save_checkpoint, unflatten_optimizer
+from .budget import CALIBRATION_STEPS, TimeBudget
+from .checkpoint import load_checkpoint, load_init_weights, restore_generators, restore_optimisation, resumed_model
 from .config import Session, TrainConfig, build_config, lr_at, merge_resumed_config
-from .data import PatchSampler, load_training_data
+from .data import PatchSampler, load_training_data, replay_warning
 from .degrader import Degrader
 from .divergence import DivergenceGuard
 from .loss import inverse_gain_penalty, training_loss
-from .outputs import SaveFailures, atomic_write_text, check_output_space, check_outputs, derived_paths
-from .precision import EMA, StepPrecision
-from .progress import Reporter
-from .runlog import TrainResult, device_name, open_log, session_record
-from .validation import Validator, summarize_val
+from .outputs import RunFiles, check_output_space, check_outputs, derived_paths
+from .precision import EMA, StepPrecision, compute_dtype
+from .progress import Reporter, default_echo
+from .runlog import TrainResult, device_name, open_log, run_summary, session_record
+from .validation import TrainingValidation, summarize_val
 
-CALIBRATION_STEPS = (2, 12)  # with --minutes alone: the steps whose speed sets the schedule length
-# ... which is set again from the speed since then at these fractions of the budget: the first steps
-# can be far slower than the rest (autotuning, other runs starting beside this one on a shared GPU),
-# and a schedule that ends at half the budget wastes the other half.
-RECALIBRATE_AT = (0.1, 0.25, 0.5)
 DEFAULT_VAL_EVERY = 2000
 DEFAULT_CHECKPOINT_EVERY = 1000
 
@@ -55,35 +50,11 @@ class RunState:
     train_seconds: float = 0.0  # of the earlier sessions
     sessions: int = 1
     lr: float = 0.0  # of the last step
-    last_val_seconds: float | None = None
-    save_seconds: float = 1.0  # reserved for the final save (twice the last checkpoint's time)
-    pixels_per_s: float = 0.0  # training speed over the last log interval
     stopped: str = "completed"
-
-
-@dataclass
-class Interval:
-    """The log interval being summed up; ``loss_sum`` stays on the device (no host sync per step)."""
-
-    loss_sum: torch.Tensor
-    steps: int = 0
-    t0: float = 0.0
-
-
-@dataclass
-class Calibration:
-    """With --minutes alone: when and from what the schedule length is (re-)estimated."""
-
-    t0: float | None = None  # clock at CALIBRATION_STEPS[0]
-    pending: list[float] = field(default_factory=list)  # fractions of the budget still to re-estimate at
-    since_step: int = 0  # the last estimate's step and clock
-    since_t: float = 0.0
-
-
-def _default_echo(msg: str) -> None:
-    from ..errors import one_line
-
-    print(one_line(msg), file=sys.stderr, flush=True)
+    # the log interval being summed up: the loss stays on the device (no host sync per step)
+    loss_sum: torch.Tensor | None = None
+    interval_steps: int = 0
+    interval_t0: float = 0.0
 
 
 def _free_device_memory(device: torch.device) -> None:
@@ -96,13 +67,14 @@ class Trainer:
     """A run (or a resumed one): ``Trainer(session, given).run()``; ``given`` holds the options the user set."""
 
     def __init__(self, session: Session, given: dict | None = None) -> None:
-        self.t_start = time.monotonic()
+        self.clock = time.monotonic  # every clock reading of the run, the budget's included
+        self.t_start = self.clock()
         self.session, self.given = session, dict(given or {})
-        self.echo = session.echo or _default_echo
+        self.echo = session.echo or default_echo
         self._setup_processes()
         self._setup_config()
         self._setup_outputs()
-        self._setup_dtype()
+        self.compute_dtype = compute_dtype(self.session.dtype, self.device, self.config.arch)
         self._setup_data()
         self._setup_model()
         self._setup_validation()
@@ -140,13 +112,13 @@ class Trainer:
 
     def _setup_outputs(self) -> None:
         s, resumed = self.session, self.ckpt is not None
-        self.out, self.ckpt_path, self.log_path = derived_paths(s)
-        self.saves = SaveFailures(self.note)
+        out, ckpt_path, log_path = derived_paths(s)
+        self.files = RunFiles(out, ckpt_path, log_path, main=self.dist.main, note=self.note)
         self.earlier_log = None
         if self.dist.main:  # only rank 0 writes, so only rank 0 asks (others would race with its first writes)
-            self.earlier_log = check_outputs(self.out, self.ckpt_path, self.log_path, overwrite=s.overwrite,
+            self.earlier_log = check_outputs(out, ckpt_path, log_path, overwrite=s.overwrite,
                                              run_id=self.run_id if resumed else None, resume=s.resume)
-            check_output_space(self.out, self.ckpt_path, self.log_path, self.config,
+            check_output_space(out, ckpt_path, log_path, self.config,
                                self.ckpt["meta"]["model_config"] if resumed else None)
         if s.stop_at is not None and s.stop_at < 1:
             raise IraeError(f"--stop-at must be at least 1, not {s.stop_at}")
@@ -156,26 +128,14 @@ class Trainer:
         elif self.config.init_from:  # checked before the photos load
             self.init_from_record, self.init_state = load_init_weights(self.config)
 
-    def _setup_dtype(self) -> None:
-        from ..inference import pick_dtype, strict_fp32
-        from ..model import PRESETS
-
-        if self.session.dtype not in ("auto", "fp32", "bf16"):
-            raise IraeError(f"--dtype must be auto, fp32 or bf16 for training, not {self.session.dtype!r}")
-        self.compute_dtype = pick_dtype(self.session.dtype, self.device,
-                                        coupling_only=PRESETS[self.config.arch].arch == "irae")
-        if self.device.type == "cuda":
-            strict_fp32()
-            torch.backends.cudnn.benchmark = True
-
     def _setup_data(self) -> None:
         s, c, rank = self.session, self.config, self.dist.rank
         source = Path(s.data) if s.data else (Path(self.ckpt["meta"]["data"]["source"]) if self.ckpt else None)
         if source is None:
             raise IraeError("DATA is required: a folder of training photos or a .safetensors pack")
         self.data = load_training_data(source, c.patch, self.device, self.note)
-        if self.ckpt:
-            self._warn_if_data_changed(self.ckpt["meta"]["data"], self.data.description)
+        if self.ckpt and (warning := replay_warning(self.ckpt["meta"]["data"], self.data.description)):
+            self.note(warning)
         # Each rank draws its own patches; the sampler, the degrader and the gain probe share data_gen.
         self.data_gen = torch.Generator(device=self.data.device).manual_seed(derive_seed(c.seed, "data", rank))
         host_gen = torch.Generator().manual_seed(derive_seed(c.seed, "host", rank))
@@ -186,12 +146,6 @@ class Trainer:
             self.note(f"irae: note: nvJPEG is not usable here ({self.degrader.nvjpeg_problem}); the 4:4:4 JPEG "
                       f"degradation runs in Pillow on the CPU")
 
-    def _warn_if_data_changed(self, before: dict, now: dict) -> None:
-        if (before.get("images"), before.get("megapixels")) != (now["images"], now["megapixels"]):
-            self.note(f"irae: warning: DATA has {now['images']} images / {now['megapixels']} MP, the checkpoint "
-                      f"was trained on {before.get('images')} / {before.get('megapixels')} MP; the run continues "
-                      f"but is no longer a replay")
-
     def _setup_model(self) -> None:
         from ..model import create_model
 
@@ -201,70 +155,38 @@ class Trainer:
             if self.init_state is not None:
                 self.model.load_state_dict(self.init_state)
         else:
-            self.model = self._resumed_model()
+            self.model = resumed_model(self.ckpt, self.session.resume)
+            self._resume_counters(self.ckpt["meta"])
         self.model.to(self.device).train()
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr_at(self.state.step, self.config),
                                           **({"fused": True} if self.device.type == "cuda" else {}))
         if self.ckpt is not None:
-            self._resume_training_state()
+            restore_optimisation(self.ckpt, self.ema, self.optimizer)
+            restore_generators(self.ckpt, self.degrader, self.dist.rank, self.dist.world, self.note)
+            self._check_resumable()
 
-    def _resumed_model(self) -> torch.nn.Module:
-        """The checkpoint's model (built from its stored model config), and the run's counters."""
-        from ..model import config_from_dict, create_model
-
-        tensors, meta, st = self.ckpt["tensors"], self.ckpt["meta"], self.state
-        model = create_model(config_from_dict(meta["model_config"]))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        if not getattr(model, "is_initialized", True):
-            raise IraeError(f"{self.session.resume}: checkpoint holds an uninitialised model; start a fresh run")
+    def _resume_counters(self, meta: dict) -> None:
+        st = self.state
         st.step, st.patches_seen = int(meta["step"]), int(meta["patches_seen"])
         st.train_seconds, st.sessions = float(meta["train_seconds"]), int(meta.get("sessions", 1)) + 1
         self.guard.load_state(meta.get("divergence_guard"))
-        return model
 
-    def _resume_training_state(self) -> None:
-        tensors, meta, s = self.ckpt["tensors"], self.ckpt["meta"], self.session
-        if self.ema is not None:
-            self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-        self._restore_rng(tensors, meta)
+    def _check_resumable(self) -> None:
+        s = self.session
         if self.config.steps is None and s.minutes is None:
             raise IraeError(f"{s.resume}: the run's length was to be set by --minutes; give --minutes or --steps")
         if self.state.step >= (self.config.steps or math.inf):
             raise IraeError(f"{s.resume}: the run already completed its {self.config.steps} steps; "
                             f"give a larger --steps to extend it")
 
-    def _restore_rng(self, tensors: dict, meta: dict) -> None:
-        torch.set_rng_state(tensors["rng.torch"])
-        rank, world, saved_world = self.dist.rank, self.dist.world, int(meta.get("world_size", 1))
-        noise = tensors.get(f"rng.noise.rank{rank}")
-        if saved_world == world:
-            self.degrader.load_rng_state({"data": tensors[f"rng.data.rank{rank}"],
-                                          "host": tensors[f"rng.host.rank{rank}"], "noise": noise})
-            return
-        # A different number of processes than the checkpoint had: fresh, distinct streams per rank.
-        self.degrader.load_rng_state({"noise": noise})
-        self.degrader.reseed(int(meta["step"]), rank)
-        self.note(f"irae: note: the checkpoint was written by {saved_world} process(es), this run has {world}; "
-                  f"patch sampling continues from new random streams (the run is no longer a replay)")
-
     def _setup_validation(self) -> None:
-        """Rank 0 only: the EMA weights are validated in a separate eval model."""
-        from ..inference import Restorer
-        from ..model import create_model
-
         s = self.session
-        self.validator = self.eval_model = self.restorer = None
-        if s.val is None or not self.dist.main:
-            return
-        self.validator = Validator(Path(s.val), self.task, self.task_params, crop=s.val_crop, seed=s.val_seed,
-                                   noise_protocol=self.config.noise_protocol, subsampling=self.config.subsampling,
-                                   echo=self.echo)
-        self.eval_model = create_model(self.config.arch)
-        # Not folded: the eval model is reloaded with the EMA weights before every validation.
-        self.restorer = Restorer(self.eval_model, self.task, task_params=self.task_params, device=self.device,
-                                 dtype="fp32", folded=False)
+        self.validation = None
+        if s.val is not None and self.dist.main:
+            self.validation = TrainingValidation(Path(s.val), self.task, self.task_params, crop=s.val_crop,
+                                                 seed=s.val_seed, config=self.config, device=self.device,
+                                                 echo=self.echo)
 
     def _setup_step(self) -> None:
         from ..model.flows import batched_invconv_weights
@@ -274,7 +196,7 @@ class Trainer:
         self.train_model = self.model  # wrapped in DistributedDataParallel under torchrun
         self.step_weights = batched_invconv_weights if self.precision.invertible else (lambda m: nullcontext())
         self.params = list(self.model.parameters())
-        self.log = open_log(self.earlier_log, self.run_id, self.config)
+        self.log = self.files.log = open_log(self.earlier_log, self.run_id, self.config)  # written by RunFiles
         self.log["sessions"].append(session_record(self.state.step, self.device, self.compute_dtype,
                                                    self.dist.world, self.data.description,
                                                    self.degrader.jpeg_engine))
@@ -284,17 +206,17 @@ class Trainer:
         self.log_every = s.log_every or (max(1, min(100, c.steps // 20)) if c.steps else 50)
         self.val_every = s.val_every if s.val_every is not None else DEFAULT_VAL_EVERY
         self.ckpt_every = s.checkpoint_every if s.checkpoint_every is not None else DEFAULT_CHECKPOINT_EVERY
-        self.budget = s.minutes * 60 if s.minutes else None
+        self.budget = TimeBudget(s.minutes, self.t_start, self.clock,
+                                 self.validation.validator.pixels if self.validation is not None else None)
         self.start_step = self.state.step
         self.initialized = False
-        self.calibration = Calibration()
-        self.interval = Interval(torch.zeros((), device=self.device))
+        self.state.loss_sum = torch.zeros((), device=self.device)
         self.reporter = Reporter(s, c.steps, self.state.step, enabled=self.dist.main)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> TrainResult:
-        self.interval.t0 = self.t_run = time.monotonic()
+        self.state.interval_t0 = self.t_run = self.clock()
         try:
             while (reason := self._stop_reason()) is None:
                 if self._step():
@@ -319,9 +241,9 @@ class Trainer:
             return "stop-at"
         # Every session makes at least one step: a fresh run must initialise its model before saving it.
         # Under DDP the ranks agree only at log steps, to keep the collective off most steps.
-        if self.budget is not None and st.step > self.start_step \
+        if self.budget.seconds is not None and st.step > self.start_step \
                 and (not self.dist.active or st.step % self.log_every == 0):
-            if collectives.any_rank(self._over_budget(), self.dist, self.device):
+            if collectives.any_rank(self.budget.spent(), self.dist, self.device):
                 return "time budget"
         return None
 
@@ -355,8 +277,8 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model, st.step)
-        self.interval.loss_sum += loss.detach()
-        self.interval.steps += 1
+        st.loss_sum += loss.detach()
+        st.interval_steps += 1
         st.step += 1
         st.patches_seen += c.batch_size * self.dist.world
         self.reporter.advance(st.step)
@@ -434,120 +356,78 @@ class Trainer:
 
     def _after_step(self) -> None:
         self._maybe_calibrate()
-        self._maybe_recalibrate()
         done = self.config.steps is not None and self.state.step >= self.config.steps
         self._maybe_log(done)
         self._maybe_validate(done)
         self._maybe_checkpoint(done)
 
     def _maybe_calibrate(self) -> None:
-        """With --minutes alone: the schedule length from the speed of CALIBRATION_STEPS."""
-        st, c, cal = self.state, self.config, self.calibration
-        if c.steps is not None or st.step - self.start_step not in CALIBRATION_STEPS:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        if st.step - self.start_step == CALIBRATION_STEPS[0]:
-            cal.t0 = time.monotonic()
-            return
-        if cal.t0 is None:
-            return
-        per_step = (time.monotonic() - cal.t0) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-        estimated = st.step + self._steps_that_fit(per_step, c.batch_size * c.patch ** 2 / per_step)
-        estimated = collectives.rank0_int(estimated, self.dist, self.device)
-        self._replace_config(steps=estimated)
-        self.note(f"irae: note: --minutes {self.session.minutes:g} alone: the schedule is set to "
-                  f"{estimated} steps from the speed of the first ones")
-        cal.pending = list(RECALIBRATE_AT)
-        cal.since_step, cal.since_t = st.step, time.monotonic()
-
-    def _maybe_recalibrate(self) -> None:
-        """At RECALIBRATE_AT of the budget: the schedule length again, from the speed since the last estimate.
-
-        One process only: ranks' clocks could disagree on when, and a collective needs all of them.
-        """
-        st, cal, budget = self.state, self.calibration, self.budget
-        if not cal.pending or self.dist.active or st.step <= cal.since_step:
-            return
-        if not (st.step >= self.config.steps or (st.step % self.log_every == 0
-                                                 and time.monotonic() - self.t_start >= cal.pending[0] * budget)):
-            return
-        now = time.monotonic()
-        cal.pending = [f for f in cal.pending[1:] if now - self.t_start < f * budget]
-        per_step = (now - cal.since_t) / (st.step - cal.since_step)
-        estimated = st.step + self._steps_that_fit(per_step, st.pixels_per_s)
-        cal.since_step, cal.since_t = st.step, now
-        if abs(estimated - self.config.steps) > 0.02 * self.config.steps:
+        """With --minutes alone: the schedule length from the speed of the first steps, then again at
+        fractions of the budget (in one process only: ranks' clocks could disagree on when)."""
+        st, c, since = self.state, self.config, self.state.step - self.start_step
+        if c.steps is None and since in CALIBRATION_STEPS:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            estimated = self.budget.calibrate(st.step, since, c.batch_size * c.patch ** 2)
+            if estimated is not None:
+                estimated = collectives.rank0_int(estimated, self.dist, self.device)
+                self._replace_config(steps=estimated)
+                self.note(f"irae: note: --minutes {self.session.minutes:g} alone: the schedule is set to "
+                          f"{estimated} steps from the speed of the first ones")
+        if not self.dist.active \
+                and (estimated := self.budget.recalibrate(st.step, c.steps, self.log_every)) is not None:
             self.note(f"irae: note: the schedule is set again to {estimated} steps (was "
                       f"{self.config.steps}) from the speed of the last ones")
             self._replace_config(steps=estimated)
 
-    def _val_reserve(self, pixels_per_s: float) -> float:
-        """Seconds kept back for the final validation and save."""
-        st = self.state
-        if self.validator is None or pixels_per_s <= 0:  # no speed measured yet: nothing to base a guess on
-            return st.save_seconds
-        if st.last_val_seconds is not None:
-            return st.last_val_seconds + st.save_seconds
-        # before the first validation: inference ~ a third of a training step per pixel
-        return st.save_seconds + (self.validator.pixels / max(pixels_per_s, 1.0)) / 3
-
-    def _steps_that_fit(self, per_step: float, pixels_per_s: float) -> int:
-        """Steps of ``per_step`` seconds left in the budget (3 % spare, final validation reserved)."""
-        left = self.budget - (time.monotonic() - self.t_start) - self._val_reserve(pixels_per_s)
-        return max(1, int(0.97 * left / per_step))
-
-    def _over_budget(self) -> bool:
-        return time.monotonic() - self.t_start + self._val_reserve(self.state.pixels_per_s) >= self.budget
-
     def _maybe_log(self, done: bool) -> None:
-        st, c, iv, stop_at = self.state, self.config, self.interval, self.session.stop_at
+        st, c, stop_at = self.state, self.config, self.session.stop_at
         if not (st.step % self.log_every == 0 or done or (stop_at is not None and st.step >= stop_at)):
             return
-        collectives.mean_over_ranks(iv.loss_sum, self.dist)
-        mean_loss = float(iv.loss_sum.item()) / iv.steps  # the one host sync per interval
-        now = time.monotonic()
-        speed = iv.steps * c.batch_size * self.dist.world / max(now - iv.t0, 1e-9)
-        st.pixels_per_s = speed * c.patch ** 2
+        collectives.mean_over_ranks(st.loss_sum, self.dist)
+        mean_loss = float(st.loss_sum.item()) / st.interval_steps  # the one host sync per interval
+        now = self.clock()
+        speed = st.interval_steps * c.batch_size * self.dist.world / max(now - st.interval_t0, 1e-9)
+        self.budget.pixels_per_s = speed * c.patch ** 2
         if not math.isfinite(mean_loss):
             raise IraeError(f"training diverged at step {st.step} (loss {mean_loss}); the last checkpoint "
-                            f"{self.ckpt_path} is intact; lower --lr or --clip and start again")
+                            f"{self.files.checkpoint} is intact; lower --lr or --clip and start again")
         self.log["intervals"].append({"step": st.step, "loss": round(mean_loss, 6), "lr": st.lr,
                                       "patches_per_s": round(speed, 1), "elapsed_s": round(now - self.t_start, 2)})
         self.reporter.update(st.step, c.steps, loss=f"{mean_loss:.4f}", speed=f"{speed:,.0f} patches/s")
-        self._write_log()
-        iv.loss_sum.zero_()
-        iv.steps, iv.t0 = 0, time.monotonic()
+        self.files.write_log()
+        st.loss_sum.zero_()
+        st.interval_steps, st.interval_t0 = 0, self.clock()
 
     def _maybe_validate(self, done: bool) -> None:
         st = self.state
         if not self.val_every or st.step % self.val_every or done:
             return
-        if self.validator is not None:
-            t_val = time.monotonic()
+        if self.validation is not None:
+            t_val = self.clock()
             scores = self._evaluate()
-            st.last_val_seconds = time.monotonic() - t_val
-            self.log["val"].append({"step": st.step, "levels": scores, "seconds": round(st.last_val_seconds, 2)})
+            self.budget.last_val_seconds = self.clock() - t_val
+            self.log["val"].append({"step": st.step, "levels": scores,
+                                    "seconds": round(self.budget.last_val_seconds, 2)})
             self.reporter.update(st.step, self.config.steps, force=True, val=summarize_val(scores))
-            self._write_log()
-            self.interval.t0 += time.monotonic() - t_val  # validation time is not training speed
+            self.files.write_log()
+            self.state.interval_t0 += self.clock() - t_val  # validation time is not training speed
         collectives.barrier(self.dist)
 
     def _maybe_checkpoint(self, done: bool) -> None:
         if not self.ckpt_every or self.state.step % self.ckpt_every or done:
             return
-        t_save = time.monotonic()
+        t_save = self.clock()
         self._write_checkpoint()
-        self.state.save_seconds = max(1.0, 2 * (time.monotonic() - t_save))
-        self.interval.t0 += time.monotonic() - t_save
+        self.budget.save_seconds = max(1.0, 2 * (self.clock() - t_save))
+        self.state.interval_t0 += self.clock() - t_save
 
     # ------------------------------------------------------------------ files
 
     def _evaluate(self) -> dict | None:
-        if self.validator is None:
+        if self.validation is None:
             return None
-        self.eval_model.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
-        return self.validator(self.restorer)
+        return self.validation(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
 
     def _rng_state(self) -> dict:
         """Generator states; under DDP every rank's, gathered (each rank draws its own patches)."""
@@ -563,84 +443,64 @@ class Trainer:
         st = self.state
         meta = {"config": self.config.to_dict(), "model_config": json.loads(config_to_json(self.model.config)),
                 "step": st.step, "patches_seen": st.patches_seen,
-                "train_seconds": st.train_seconds + (time.monotonic() - self.t_run),
+                "train_seconds": st.train_seconds + (self.clock() - self.t_run),
                 "run_id": self.run_id, "data": self.data.description, "world_size": self.dist.world,
                 "sessions": st.sessions, "divergence_guard": self.guard.state(), "init_from": self.init_from_record,
                 "task_params": self.task_params}
-        with self.saves.attempt(self.ckpt_path):
-            save_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer, rng=rng,
-                            meta=meta)
-
-    def _write_log(self) -> None:
-        if self.dist.main:
-            with self.saves.attempt(self.log_path):
-                atomic_write_text(self.log_path, json.dumps(self.log, indent=1, default=str) + "\n")
+        self.files.write_checkpoint(model=self.model, ema=self.ema, optimizer=self.optimizer, rng=rng, meta=meta)
 
     def _finish(self) -> TrainResult:
         """The end: checkpoint, final validation, weights, log; then the failed writes, if any, as one error."""
-        st = self.state
-        minutes = (st.train_seconds + time.monotonic() - self.t_run) / 60
+        st, files = self.state, self.files
+        minutes = (st.train_seconds + self.clock() - self.t_run) / 60
         self._write_checkpoint()
         summary = final_val = sha = None
         if self.dist.main:
             final_val = self._final_validation()
             summary = self._summary(final_val, minutes)
-            sha = self._save_weights(summary)
+            final = self._final_model()
+            sha = files.write_weights(final, self.config, self.task_params, summary)
         if self.dist.active:
             import torch.distributed as dist
 
             dist.barrier()
             dist.destroy_process_group()
-        self.saves.raise_if_any((self.out, self.ckpt_path, self.log_path), st.step)
+        files.raise_if_any_failed(st.step)
         if st.stopped == "interrupted":
             raise KeyboardInterrupt
-        return TrainResult(out=self.out, checkpoint=self.ckpt_path, log=self.log_path, sha256=sha, steps=st.step,
-                           steps_planned=self.config.steps, patches_seen=st.patches_seen, minutes=minutes,
-                           stopped=st.stopped, val=final_val, device=device_name(self.device),
+        return TrainResult(out=files.out, checkpoint=files.checkpoint, log=files.log_path, sha256=sha,
+                           steps=st.step, steps_planned=self.config.steps, patches_seen=st.patches_seen,
+                           minutes=minutes, stopped=st.stopped, val=final_val, device=device_name(self.device),
                            summary=summary or {})
 
     def _final_validation(self) -> dict | None:
-        if self.validator is None:
+        if self.validation is None:
             return None
-        t_val = time.monotonic()
+        t_val = self.clock()
         scores = self._evaluate()
         self.log["val"].append({"step": self.state.step, "levels": scores,
-                                "seconds": round(time.monotonic() - t_val, 2), "final": True})
+                                "seconds": round(self.clock() - t_val, 2), "final": True})
         return scores
 
     def _summary(self, final_val: dict | None, minutes: float) -> dict:
-        """The run as the weights' ``training`` metadata and the log's summary record it."""
-        from .. import __version__
         from ..model import config_to_json
 
-        st, c, s, v = self.state, self.config, self.session, self.validator
-        return {
-            "run_id": self.run_id, "task": c.task, "arch": c.arch, "config": c.to_dict(),
-            "model_config": json.loads(config_to_json(self.model.config)), "data": self.data.description,
-            "steps": st.step, "steps_planned": c.steps, "patches_seen": st.patches_seen,
-            "minutes": round(minutes, 3), "device": device_name(self.device), "dtype": self.precision.label,
-            "world_size": self.dist.world, "val": final_val, "val_images": v.images if v else None,
-            "val_seed": s.val_seed if v else None, "val_crop": s.val_crop if v else None,
-            "degradation": c.degradation(), "seed": c.seed, "lr": c.lr,
-            "ema": c.ema, "stopped": st.stopped, "sessions": st.sessions, "jpeg_engine": self.degrader.jpeg_engine,
-            "oom_halvings": self.log["sessions"][-1].get("oom_halvings", []),
-            "init_from": self.init_from_record,
-            "torch": torch.__version__, "irae_version": __version__,
-        }
+        st, s = self.state, self.session
+        return run_summary(
+            run_id=self.run_id, config=self.config, model_config=json.loads(config_to_json(self.model.config)),
+            data=self.data.description, steps=st.step, patches_seen=st.patches_seen, minutes=minutes,
+            device=self.device, dtype=self.precision.label, world=self.dist.world, val=final_val,
+            validator=self.validation.validator if self.validation is not None else None, val_seed=s.val_seed,
+            val_crop=s.val_crop, stopped=st.stopped, sessions=st.sessions, jpeg_engine=self.degrader.jpeg_engine,
+            oom_halvings=self.log["sessions"][-1].get("oom_halvings", []), init_from=self.init_from_record)
 
-    def _save_weights(self, summary: dict) -> str | None:
+    def _final_model(self) -> torch.nn.Module:
+        """A fresh model of the preset with the weights to save: the EMA's (when on)."""
         from ..model import create_model
-        from ..weights import save_weights
 
         final = create_model(self.config.arch)
         final.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
-        sha = None
-        with self.saves.attempt(self.out):  # tried even when the (larger) checkpoint failed
-            sha = save_weights(final, self.out, task=self.config.task, task_params=self.task_params,
-                               training=summary)
-        self.log["summary"] = {**summary, "out": str(self.out), "sha256": sha}
-        self._write_log()
-        return sha
+        return final
 
 
 def train(session: Session, given: dict | None = None) -> TrainResult:

@@ -83,6 +83,26 @@ class Validator:
         return scores
 
 
+class TrainingValidation:
+    """Validation of the weights being trained (rank 0 only): a separate eval model that is loaded with
+    the weights (the EMA's) before each validation, and therefore not folded."""
+
+    def __init__(self, root: Path, task: Task, task_params: dict, *, crop: int, seed: int, config,
+                 device: torch.device, echo) -> None:
+        from ..inference import Restorer
+        from ..model import create_model
+
+        self.validator = Validator(root, task, task_params, crop=crop, seed=seed,
+                                   noise_protocol=config.noise_protocol, subsampling=config.subsampling, echo=echo)
+        self.model = create_model(config.arch)
+        self.restorer = Restorer(self.model, task, task_params=task_params, device=device, dtype="fp32",
+                                 folded=False)
+
+    def __call__(self, weights: dict) -> dict:
+        self.model.load_state_dict(weights)
+        return self.validator(self.restorer)
+
+
 def _centre_crops(root: Path, crop: int, echo):
     """(relative path, float RGB centre crop of at most ``crop`` px) of every readable image under ``root``."""
     from ..errors import ImageError
