@@ -9,6 +9,7 @@ run once its writer is gone.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageError, SaveError
+from .errors import ImageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
@@ -89,8 +90,13 @@ def is_within(path: str | Path, folder: str | Path) -> bool:
 
 # --- writing -------------------------------------------------------------------------------------
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write via a temp file in the same folder and rename; refuses to replace a file unless ``overwrite``."""
+def replace_atomically(path: str | Path, data: bytes, *, overwrite: bool) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place.
+
+    Without ``overwrite`` the temp file is hard-linked to ``path``, which fails
+    if ``path`` exists (FileExistsError), so a file that appeared meanwhile is
+    never clobbered.  Raises OSError as a plain write would; callers word it.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}.{HOST_TAG}")
     try:
@@ -101,21 +107,15 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False
             os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path exists: never clobbers a file that appeared meanwhile
-            except FileExistsError:
-                raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
-            except OSError:
-                if path.exists() or path.is_symlink():
-                    raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
-                os.replace(tmp, path)  # filesystems without hard links
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied; choose a writable output folder") from None
-    except ImageError:
-        raise
-    except OSError as e:
-        raise ImageError(f"{path}: cannot write ({e.strerror or e}); check the output folder") from None
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            if path.exists() or path.is_symlink():
+                raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+            os.replace(tmp, path)  # filesystems without hard links
     finally:
         try:
             tmp.unlink(missing_ok=True)
@@ -123,16 +123,31 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False
             pass
 
 
+def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
+    """``replace_atomically`` with one-line ImageErrors that name the file and what to do."""
+    try:
+        replace_atomically(path, data, overwrite=overwrite)
+    except FileExistsError:
+        raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied; choose a writable output folder") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write ({e.strerror or e}); check the output folder") from None
+
+
 def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str]) -> int:
-    """Write a safetensors file atomically (replacing an older one: callers check first); -> its size in bytes."""
+    """A safetensors file written through ``replace_atomically`` (replacing an older one: callers check
+    first); raises OSError as a plain write would.  -> its size in bytes."""
     from safetensors.torch import save
 
     data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
-    try:
-        atomic_write_bytes(path, data, overwrite=True)
-    except ImageError as e:
-        raise SaveError(str(e)) from None
+    replace_atomically(path, data, overwrite=True)
     return len(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """A text file (UTF-8) through ``replace_atomically``, replacing an older one; raises OSError."""
+    replace_atomically(path, text.encode("utf-8"), overwrite=True)
 
 
 # --- output folders: checked before any work, cleaned of what an interrupted run left -------------

@@ -18,6 +18,11 @@ from typing import TextIO
 from .errors import one_line
 
 
+def default_echo(msg: str) -> None:
+    """One-line notices (warnings, notes) to stderr."""
+    print(one_line(msg), file=sys.stderr, flush=True)
+
+
 class Progress:
     def __init__(self, label: str, total: int | None = None, *, completed: int = 0, fields: dict | None = None,
                  columns: tuple[str, ...] = (), unit: str = "", stream: TextIO | None = None,

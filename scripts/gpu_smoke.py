@@ -148,20 +148,20 @@ def c_nvjpeg_decode(dev: torch.device, args) -> str:
 
 
 def c_nvjpeg_train(dev: torch.device, args) -> str:
-    from irae_cli import train as tr
+    from irae_cli import degradations as dg
 
-    problem = tr.nvjpeg_problem(dev) if dev.type == "cuda" else None
+    problem = dg.nvjpeg_problem(dev) if dev.type == "cuda" else None
     if problem:
         raise AssertionError(f"nvJPEG round trip unusable: {problem} (4:4:4 training would use Pillow)")
     x = torch.from_numpy(np.array(photo(128))).permute(2, 0, 1).contiguous()
     batch = x[None].repeat(8, 1, 1, 1).to(dev)
     qualities = [10, 20, 30, 40, 50, 60, 80, 90]
     t0 = time.perf_counter()
-    y = tr.jpeg_batch_cuda(batch, qualities)
+    y = dg.jpeg_batch_cuda(batch, qualities)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     dt = time.perf_counter() - t0
-    ref = tr.jpeg_batch_u8(x[None].repeat(8, 1, 1, 1), qualities, "4:4:4")
+    ref = dg.jpeg_batch_u8(x[None].repeat(8, 1, 1, 1), qualities, "4:4:4")
     gaps = [psnr(y[i].cpu().float() / 255, ref[i].float() / 255) for i in range(8)]
     vs_clean = [psnr(y[i].cpu().float() / 255, x.float() / 255) for i in range(8)]
     engine = "nvJPEG" if dev.type == "cuda" else "torchvision CPU codec (rehearsal)"
@@ -315,17 +315,19 @@ def c_oom_train(dev: torch.device, args) -> str:
                 res = tr.train(session, given)
             how = f"real, under a {args.oom_gib:g} GiB cap"
         else:
-            real = tr.inverse_gain_penalty
+            from irae_cli.train import trainer
+
+            real = trainer.inverse_gain_penalty
 
             def penalty(model, restored, *a):
                 if restored.shape[0] > 4:
                     raise torch.OutOfMemoryError("CUDA out of memory (emulated on the CPU)")
                 return real(model, restored, *a)
-            tr.inverse_gain_penalty = penalty
+            trainer.inverse_gain_penalty = penalty  # the name the training step calls
             try:
                 res = tr.train(session, given)
             finally:
-                tr.inverse_gain_penalty = real
+                trainer.inverse_gain_penalty = real
             how = "emulated"
     halvings = res.summary.get("oom_halvings", [])
     if not halvings:

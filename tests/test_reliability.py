@@ -593,8 +593,9 @@ def test_train_refuses_up_front_when_the_outputs_cannot_fit(train_photos, tmp_pa
 def test_train_disk_full_at_save_keeps_what_fits_and_says_so(train_photos, tmp_path, monkeypatch):
     """The up-front check passed (space was taken meanwhile): the checkpoint fails, the smaller weights are saved."""
     from irae_cli import train as tr
+    from irae_cli.train import trainer as tr_trainer
 
-    monkeypatch.setattr(tr, "check_output_space", lambda *a, **k: None, raising=False)
+    monkeypatch.setattr(tr_trainer, "check_output_space", lambda *a, **k: None, raising=False)
     with small_disk(tmp_path / "disk") as disk:
         fill_disk(disk, leave=320 * 1024)  # room for the weights (~160 KB) and the log, not the checkpoint (~650 KB)
         notes = []

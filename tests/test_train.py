@@ -17,6 +17,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from irae_cli import degradations as degrade, train as tr
+from irae_cli.train import loss as tr_loss, trainer as tr_trainer
+from irae_cli.files import atomic_save_safetensors
 from irae_cli.tasks import get_task
 
 DATA = Path(__file__).parent / "data"
@@ -99,14 +101,6 @@ def test_patch_sampler_weights_images_by_patch_positions():
     assert share.item() == pytest.approx(81 / (81 + 2401), abs=0.015)
 
 
-def test_jpeg_batch_is_the_same_encoder_as_degrade():
-    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    qs = [10, 50, 90]
-    ours = tr.jpeg_batch_u8(x, qs, "4:2:0")
-    ref = degrade.jpeg_compress(x.float() / 255, qs, "4:2:0")
-    assert torch.equal(ours, torch.round(ref * 255).to(torch.uint8))
-
-
 def _degrader(task: str, **cfg) -> tr.Degrader:
     c = tr.TrainConfig(task=task, patch=32, **cfg)
     t = get_task(task)
@@ -170,7 +164,7 @@ def test_optimizer_state_survives_safetensors(tmp_path):
     opt.step()
     tensors, rest = tr.flatten_optimizer(opt)
     path = tmp_path / "opt.safetensors"
-    tr._atomic_save(tensors, path, {"optimizer": json.dumps(rest)})
+    atomic_save_safetensors(tensors, path, {"optimizer": json.dumps(rest)})
     opt2 = torch.optim.Adam(create_model("cnn-tiny").parameters(), lr=5.0)
     opt2.load_state_dict(tr.unflatten_optimizer(load_file(str(path)), rest))
     a, b = opt.state_dict(), opt2.state_dict()
@@ -329,8 +323,8 @@ def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tm
         clock["t"] += 0.25 if clock["steps"] <= tr.CALIBRATION_STEPS[1] + 2 else 0.05
         return original(*a, **k)
 
-    monkeypatch.setattr(tr, "time", FakeTime())
-    monkeypatch.setattr(tr, "training_loss", timed_loss)
+    monkeypatch.setattr(tr_trainer, "time", FakeTime())
+    monkeypatch.setattr(tr_trainer, "training_loss", timed_loss)
     notes = []
     result = run_train(tmp_path, "slow", photos, {}, minutes=0.25, echo=notes.append, log_every=5)
     # the first steps' speed alone plans ~50 steps for the 15 s; the rest run at 20 steps/s
@@ -513,7 +507,7 @@ def test_inverse_gain_penalty_bounds_the_trained_inverse(tmp_path, photos):
 
 
 def test_divergence_guard_rolls_back_and_halves_the_learning_rate():
-    from irae_cli.divergence import DivergenceError, DivergenceGuard
+    from irae_cli.train.divergence import DivergenceError, DivergenceGuard
     from irae_cli.model import create_model
 
     model = create_model("tiny")
@@ -542,10 +536,10 @@ def test_divergence_guard_rolls_back_and_halves_the_learning_rate():
 
 def test_a_diverging_run_is_rolled_back_and_finishes(tmp_path, monkeypatch):
     """A run whose loss explodes once is rolled back in place and still writes its weights."""
-    from irae_cli import divergence
+    from irae_cli.train import divergence
 
     monkeypatch.setattr(divergence, "WARMUP_CHECKS", 5)
-    real = tr.F.l1_loss
+    real = tr_loss.F.l1_loss
     calls = {"n": 0}
 
     def l1_with_one_spike(a, b):
@@ -553,7 +547,7 @@ def test_a_diverging_run_is_rolled_back_and_finishes(tmp_path, monkeypatch):
         out = real(a, b)
         return out * 1000 if calls["n"] == 12 else out
 
-    monkeypatch.setattr(tr.F, "l1_loss", l1_with_one_spike)
+    monkeypatch.setattr(tr_loss.F, "l1_loss", l1_with_one_spike)
     data = tmp_path / "photos"
     data.mkdir()
     shutil.copy(DATA / "astronaut_128.png", data / "a.png")
@@ -602,8 +596,8 @@ def test_training_halves_its_batch_on_out_of_memory(tmp_path, photos, monkeypatc
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 119.00 GiB (emulated)")
         return real(model, restored, *args)
 
-    monkeypatch.setattr(tr, "inverse_gain_penalty", penalty)
-    monkeypatch.setattr(tr, "_free_device_memory", lambda device: freed.append(sys.exc_info()[0] is None))
+    monkeypatch.setattr(tr_trainer, "inverse_gain_penalty", penalty)
+    monkeypatch.setattr(tr_trainer, "_free_device_memory", lambda device: freed.append(sys.exc_info()[0] is None))
     notes = []
     result = run_train(tmp_path, "oom", photos, {"steps": 4, "batch_size": 8, "inverse_gain_every": 1},
                        echo=notes.append)
@@ -644,7 +638,7 @@ def test_nvjpeg_training_round_trip_takes_host_bytes(monkeypatch):
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(5, 3, 32, 32, generator=g) * 255).to(torch.uint8)
     qualities = [30, 60, 30, 90, 60]
-    y = tr.jpeg_batch_cuda(x, qualities)
+    y = degrade.jpeg_batch_cuda(x, qualities)
     for i, q in enumerate(qualities):
         assert torch.equal(y[i], real_decode(real_encode(x[i], quality=q)))
     assert not torch.equal(y, x)
@@ -653,7 +647,7 @@ def test_nvjpeg_training_round_trip_takes_host_bytes(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_nvjpeg_training_engine():
-    assert tr.nvjpeg_problem(torch.device("cuda")) is None
+    assert degrade.nvjpeg_problem(torch.device("cuda")) is None
     c = tr.TrainConfig(task="jpeg", subsampling="4:4:4", quality=(20, 20))
     d = tr.Degrader(get_task("jpeg"), c, torch.device("cuda"), torch.Generator("cuda").manual_seed(0),
                     torch.Generator().manual_seed(0), {})

@@ -61,9 +61,10 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw (default: 0)."),
         sigma: Optional[str] = typer.Option(None, "--sigma", help="denoise: noise sigma range on the 0-255 scale "
                                                                   "(default: 0-55)."),
-        noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol", help="denoise: 'paper' (noisy "
-                                                     "input stays float, unclipped) or 'clip' (clipped and "
-                                                     "rounded to 8 bits, as real noisy files are) (default: clip)."),
+        noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol", help="denoise: 'clip' (clipped and "
+                                                     "rounded to 8 bits, as real noisy files are) or 'float' "
+                                                     "(unclipped, the paper's; 'paper' is accepted too) "
+                                                     "(default: clip)."),
         quality: Optional[str] = typer.Option(None, "--quality", help="jpeg: quality range (default: 10-90)."),
         subsampling: Optional[str] = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
                                                   "4:2:0 | 4:2:2 | 4:4:4 (default: 4:2:0)."),
@@ -91,19 +92,11 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         with user_errors():
-            given = {
-                "task": task, "arch": arch, "steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr,
-                "warmup": warmup, "clip": clip, "ema": ema, "seed": seed, "inverse_gain": inverse_gain,
-                "inverse_gain_every": inverse_gain_every, "init_start": init_start,
-                "init_from": init_from,
-                "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
-                "noise_protocol": noise_protocol,
-                "quality": parse_range(quality, int, "--quality") if quality is not None else None,
-                "subsampling": subsampling,
-                "masks": tuple(parse_names(mask, "--mask")) if mask is not None else None,
-                "hole_range": parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
-            }
-            given = {k: v for k, v in given.items() if v is not None}
+            given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
+                           warmup=warmup, clip=clip, ema=ema, seed=seed, inverse_gain=inverse_gain,
+                           inverse_gain_every=inverse_gain_every, init_start=init_start, init_from=init_from,
+                           sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
+                           mask=mask, hole_ratio=hole_ratio)
             from ..errors import IraeError
 
             if data is None and resume is None:
@@ -121,15 +114,30 @@ def register(app: typer.Typer) -> None:
                               stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
                               checkpoint_every=checkpoint_every, log_every=log_every or None, device=device,
                               dtype=dtype, overwrite=overwrite, quiet=quiet)
-            result = run_training(session, given)
-            if result.sha256 is None:  # a non-zero rank under torchrun: rank 0 reports
-                return
-            planned = f"/{result.steps_planned}" if result.steps_planned else ""
-            typer.echo(f"saved {one_line(result.out)} (sha256 {result.sha256[:12]}): step {result.steps}{planned}, "
-                       f"{result.patches_seen:,} patches, {result.minutes:.2f} min on {result.device}; "
-                       f"stopped: {result.stopped}")
-            if result.val:
-                levels = "; ".join(f"{name} {v['psnr_rgb_u8']:.2f} dB (input {v['input_psnr_rgb_u8']:.2f})"
-                                   for name, v in result.val.items())
-                typer.echo(f"validation psnr_rgb_u8: {levels}")
-            typer.echo(f"checkpoint {one_line(result.checkpoint)}; log {one_line(result.log)}")
+            _print_result(run_training(session, given))
+
+
+def _given(*, sigma, quality, mask, hole_ratio, **options) -> dict:
+    """The TrainConfig fields the user set (the rest take the task's defaults, or the checkpoint's)."""
+    given = {
+        **options,
+        "sigma": parse_range(sigma, float, "--sigma") if sigma is not None else None,
+        "quality": parse_range(quality, int, "--quality") if quality is not None else None,
+        "masks": tuple(parse_names(mask, "--mask")) if mask is not None else None,
+        "hole_range": parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _print_result(result) -> None:
+    if result.sha256 is None:  # a non-zero rank under torchrun: rank 0 reports
+        return
+    planned = f"/{result.steps_planned}" if result.steps_planned else ""
+    typer.echo(f"saved {one_line(result.out)} (sha256 {result.sha256[:12]}): step {result.steps}{planned}, "
+               f"{result.patches_seen:,} patches, {result.minutes:.2f} min on {result.device}; "
+               f"stopped: {result.stopped}")
+    if result.val:
+        levels = "; ".join(f"{name} {v['psnr_rgb_u8']:.2f} dB (input {v['input_psnr_rgb_u8']:.2f})"
+                           for name, v in result.val.items())
+        typer.echo(f"validation psnr_rgb_u8: {levels}")
+    typer.echo(f"checkpoint {one_line(result.checkpoint)}; log {one_line(result.log)}")

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .errors import IraeError
+from ..errors import IraeError
 
 SPIKE_FACTOR = 6.0  # per-batch losses vary ~3x with the drawn sigma / quality / hole size
 WARMUP_CHECKS = 50  # steps that only build the running mean

@@ -1,0 +1,35 @@
+"""What a step minimises: L1 to the clean patch (the paper's loss), plus, for an IRAE, a bound on the
+gain of its inverse direction.
+
+For inpainting the L1 covers the hole pixels only: restore pastes every known pixel back as it was, so
+what the model does there is never seen, and a whole-image loss would spend capacity on them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+INVERSE_PROBE = 1e-3  # size of the finite-difference probe on the restored patches
+
+
+def training_loss(restored: torch.Tensor, clean: torch.Tensor, holes: torch.Tensor | None) -> torch.Tensor:
+    """Mean L1 over every pixel, or over the holes' pixels (all channels) when ``holes`` is given."""
+    if holes is None:
+        return F.l1_loss(restored.float(), clean)
+    weight = holes.to(clean.dtype)
+    return ((restored.float() - clean).abs() * weight).sum() / (weight.sum() * clean.shape[1]).clamp_min(1.0)
+
+
+def inverse_gain_penalty(model, restored: torch.Tensor, inp: torch.Tensor, max_gain: float,
+                         gen: torch.Generator) -> torch.Tensor:
+    """Hinge on the inverse direction's gain, one finite difference per patch (Behrmann et al. 2021).
+
+    inverse(restored + d) - inp = inverse(restored + d) - inverse(restored) in exact
+    arithmetic, so one extra inverse pass measures ||J_inv d|| / ||d|| for a random d.
+    """
+    d = torch.randn(restored.shape, generator=gen, device=gen.device).to(restored.device, restored.dtype)
+    d = d * INVERSE_PROBE
+    back = model.inverse(restored + d)
+    gain = (back.float() - inp).flatten(1).norm(dim=1) / d.float().flatten(1).norm(dim=1)
+    return torch.relu(torch.log(gain / max_gain)).pow(2).mean()
