@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         """
         with user_errors():
             from ..errors import IraeError
-            from ..pipeline import RestoreOptions, restore
+            from ..restore import RestoreOptions, restore
 
             if tile != "auto":
                 try:
