@@ -104,7 +104,8 @@ def c_env(dev: torch.device, args) -> str:
 
 def c_nvjpeg_decode(dev: torch.device, args) -> str:
     from irae_cli.imageio import read_image
-    from irae_cli.pipeline import Job, _decode_gpu_jpegs, _read, RestoreOptions
+    from irae_cli.restore import Job, RestoreOptions
+    from irae_cli.restore.items import _decode_gpu_jpegs, _read
     from irae_cli.imageio import Source
 
     with tempfile.TemporaryDirectory() as d:

@@ -312,7 +312,7 @@ def test_speed_folder_end_to_end_and_naive(work):
 
 def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
     """JPEG in: both runs write PNG at the same level and run at the same precision (bf16 coupling nets)."""
-    import irae_cli.pipeline as pl
+    import irae_cli.restore as pl
     from irae_cli.model.flows import CouplingNet
 
     jpegs = tmp_path / "jpegs"

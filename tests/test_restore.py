@@ -18,7 +18,7 @@ from PIL import Image, ImageCms
 from irae_cli.errors import IraeError
 from irae_cli.imageio import encode_png16, read_image
 from irae_cli.model import create_model
-from irae_cli.pipeline import RestoreOptions, plan_restore, restore
+from irae_cli.restore import RestoreOptions, plan_restore, restore
 from irae_cli.weights import save_weights
 
 DATA = Path(__file__).parent / "data"
@@ -425,7 +425,7 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
     import threading
 
     import irae_cli.imageio as iio
-    import irae_cli.pipeline as pl
+    import irae_cli.restore.batches as pl
     from irae_cli.imageio import read_image
 
     src = tmp_path / "in"

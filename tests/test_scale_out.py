@@ -24,7 +24,8 @@ from irae_cli.distributed import Dist
 from irae_cli.errors import IraeError
 from irae_cli.imageio import read_image
 from irae_cli.model import create_model
-from irae_cli.pipeline import RestoreOptions, _split, plan_restore
+from irae_cli.restore import RestoreOptions, plan_restore
+from irae_cli.restore.scale_out import _split
 from irae_cli.report_parts import join_parts, leftover_parts, part_path
 from irae_cli.shard import FILE_PIXELS, Shard, header_pixels, parse_shard, split_by_pixels
 from irae_cli.weights import save_weights

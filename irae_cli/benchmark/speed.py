@@ -289,7 +289,7 @@ class FolderTimer:
 
     def run(self, warmup: int, repeats: int, naive: bool) -> list[dict]:
         from ..model.folded import fold
-        from ..pipeline import RestoreOptions
+        from ..restore import RestoreOptions
         from ..weights import save_weights
 
         with tempfile.TemporaryDirectory(prefix="irae-bench-") as tmp:
@@ -312,7 +312,7 @@ class FolderTimer:
         return out
 
     def _end_to_end(self, tmp: Path, opts, warmup: int, repeats: int, precision: dict) -> dict:
-        from ..pipeline import restore
+        from ..restore import restore
 
         # Warm-up on the first file: CUDA context, kernels and allocator are process-wide, so later runs start warm.
         for w in range(warmup):

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import IraeError
 from ._common import user_errors
 
 EPILOG = """Examples:
@@ -80,21 +81,23 @@ def register(app: typer.Typer) -> None:
         restored while alpha, bit depth, ICC profile and EXIF are kept.
         """
         with user_errors():
-            from ..errors import IraeError
-            from ..pipeline import RestoreOptions, restore
+            from ..restore import RestoreOptions, restore
 
-            if tile != "auto":
-                try:
-                    tile_value: int | str = int(tile)
-                except ValueError:
-                    raise IraeError(f"--tile {tile!r}: use auto, 0 (whole image) or a size in pixels") from None
-            else:
-                tile_value = "auto"
             opts = RestoreOptions(
-                task=task, weights=weights, device=device, dtype=dtype, tile=tile_value,
+                task=task, weights=weights, device=device, dtype=dtype, tile=_tile(tile),
                 tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, format=out_format.lower(),
                 quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
                 include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
                 report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
+
+
+def _tile(text: str) -> int | str:
+    """--tile: ``auto`` or a number of pixels (0 = the whole image)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise IraeError(f"--tile {text!r}: use auto, 0 (whole image) or a size in pixels") from None

@@ -1,0 +1,203 @@
+"""Run a checked plan: decode ahead on threads, restore images of equal size in batches, write behind on threads.
+
+The device never waits on one file at a time, and memory stays bounded on huge
+folders: a few reads in flight, at most ``BUFFER_PIXELS`` decoded pixels waiting
+for a batch partner, and a few writes in flight.  Large images go one at a time
+(the ``Restorer`` tiles them).  On CUDA, plain JPEGs are decoded in batches by
+nvJPEG on a thread of their own.  Ctrl-C (and SIGTERM) let the writes in flight
+finish, and every file written gets its report line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from ..errors import one_line
+from ..imageio import set_warning_handler
+from ..files import remove_stale_temp_files
+from ..interrupts import catch_sigterm, release_sigterm
+from .items import Item, _decode_gpu_jpegs, _read, _write
+from .options import RestoreOptions
+from .plan import Job, Plan
+from .report import Reporter, RestoreSummary
+
+# A batch never holds more than this many pixels (large images go one at a time and are tiled).
+BATCH_PIXELS = 32 * 2**20
+# Decoded images waiting for a batch partner; beyond this the fullest bucket is run as it is.
+BUFFER_PIXELS = 256 * 2**20
+
+
+def images_per_batch(batch_size: int, height: int, width: int) -> int:
+    return max(1, min(batch_size, BATCH_PIXELS // max(height * width, 1)))
+
+
+def run_plan(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | None, append: bool, *,
+             progress: bool, quiet: bool, err: TextIO, label: str) -> RestoreSummary:
+    """Restore ``plan.jobs`` and report ``plan.skipped``; the model is loaded and the plan checked."""
+    _remove_stale_temp_files(plan, quiet, err)
+    common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
+              "weights_sha256": loaded.sha256}
+    reporter = Reporter(len(plan.jobs), report, append, progress, quiet, err, common, label)
+    previous_handler = set_warning_handler(reporter.say)  # warnings (EXIF, masks) print above the progress bar
+    for job in plan.skipped:
+        reporter.skipped(job)
+    runner = _BatchRunner(restorer, opts, reporter)
+    previous_sigterm = catch_sigterm()
+    try:
+        runner.run(plan.jobs)
+    finally:
+        runner.close()
+        set_warning_handler(previous_handler)
+        release_sigterm(previous_sigterm)
+        summary = reporter.close()
+    return summary
+
+
+def _remove_stale_temp_files(plan: Plan, quiet: bool, err: TextIO) -> None:
+    """A run killed mid-write (SIGKILL, power loss) leaves hidden temp files: remove those of dead irae processes."""
+    stale = remove_stale_temp_files({j.output.parent for j in plan.jobs + plan.skipped if j.output.parent.is_dir()})
+    if stale and not quiet:
+        print(one_line(f"irae: note: removed {len(stale)} temporary file(s) an interrupted run left behind, e.g. "
+                       f"{stale[0]}"), file=err)
+
+
+def _gpu_jpeg_decode(restorer, needs_mask: bool) -> bool:
+    """Whether plain JPEGs are decoded in batches with nvJPEG (CUDA, and a task without masks)."""
+    return restorer.device.type == "cuda" and not needs_mask
+
+
+class _BatchRunner:
+    """The reader, nvJPEG and writer pools, and the images between them; main thread only.
+
+    ``buckets`` hold decoded images by shape until a batch is full; ``blobs`` hold JPEG
+    bytes until an nvJPEG batch is full; ``reads``, ``decodes`` and ``writes`` are the
+    futures in flight, oldest first, so results are reported in a steady order.
+    """
+
+    def __init__(self, restorer, opts: RestoreOptions, reporter: Reporter) -> None:
+        self.restorer = restorer
+        self.opts = opts
+        self.reporter = reporter
+        self.workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
+        self.needs_mask = restorer.task.needs_mask
+        self.gpu_jpeg = _gpu_jpeg_decode(restorer, self.needs_mask)
+        self.readers = ThreadPoolExecutor(self.workers, thread_name_prefix="irae-read")
+        # nvJPEG batches decode on one thread of their own, one batch ahead of the model
+        self.decoder = ThreadPoolExecutor(1, thread_name_prefix="irae-nvjpeg") if self.gpu_jpeg else None
+        self.writers = ThreadPoolExecutor(self.workers, thread_name_prefix="irae-write")
+        self.reads: deque[Future] = deque()
+        self.decodes: deque[Future] = deque()
+        self.writes: deque[Future] = deque()
+        self.buckets: dict[tuple, list[Item]] = defaultdict(list)
+        self.blobs: list[Item] = []
+
+    def run(self, jobs: list[Job]) -> None:
+        """Restore ``jobs``, reading a few ahead of the model; ``close`` must follow, also after an exception."""
+        ahead = 2 * self.workers + self.opts.batch_size
+        todo = iter(jobs)
+        while True:
+            while len(self.reads) < ahead and (job := next(todo, None)) is not None:
+                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg))
+            if not self.reads:
+                break
+            if self.decodes:
+                self._drain_decodes(1)
+            item = self.reads.popleft().result()
+            if item.blob is not None:
+                self.blobs.append(item)
+                if len(self.blobs) >= self.opts.batch_size:
+                    self.flush_blobs()
+            else:
+                self.add(item)
+        self.finish()
+
+    def add(self, item: Item) -> None:
+        """Put a decoded image in the bucket of its shape; run the bucket when full, or when memory is short."""
+        if item.error:
+            self.reporter.done(item)
+            return
+        item.hw = tuple(item.x.shape[-2:])
+        key = tuple(item.x.shape)
+        bucket = self.buckets[key]
+        bucket.append(item)
+        if len(bucket) >= images_per_batch(self.opts.batch_size, key[-2], key[-1]):
+            self.run_batch(self.buckets.pop(key))
+        elif self._buffered_pixels() > BUFFER_PIXELS:
+            fullest = max(self.buckets, key=lambda k: len(self.buckets[k]))
+            self.run_batch(self.buckets.pop(fullest))
+
+    def _buffered_pixels(self) -> int:
+        return sum(it.x.shape[-1] * it.x.shape[-2] for b in self.buckets.values() for it in b)
+
+    def flush_blobs(self) -> None:
+        """Send the collected JPEG bytes to nvJPEG as one batch."""
+        if self.blobs:
+            self.decodes.append(self.decoder.submit(_decode_gpu_jpegs, list(self.blobs), self.restorer.device))
+            self.blobs.clear()
+            self._drain_decodes(1)
+
+    def _drain_decodes(self, limit: int) -> None:
+        """Add decoded batches: every finished one, and wait until at most ``limit`` are in flight."""
+        while self.decodes and (len(self.decodes) > limit or self.decodes[0].done()):
+            for it in self.decodes.popleft().result():
+                self.add(it)
+
+    def run_batch(self, items: list[Item]) -> None:
+        """Restore images of one shape together and hand them to the writers; a failed batch fails its files."""
+        stats = self.restorer.stats
+        tiles0, notes0 = stats.tiles, len(stats.notes)
+        t0 = time.perf_counter()
+        try:
+            x = torch.stack([it.x for it in items])
+            masks = torch.stack([it.mask for it in items]) if self.needs_mask else None
+            y = self.restorer(x, masks)
+        except Exception as e:  # noqa: BLE001 - a batch that fails is reported per file; the run goes on
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            for it in items:
+                it.error = f"{it.job.source.path}: restoring failed ({reason})"
+                self.reporter.done(it)
+            return
+        share = (time.perf_counter() - t0) / len(items)
+        tiles = (stats.tiles - tiles0) // len(items)
+        notes = stats.notes[notes0:]
+        for it, yi in zip(items, y):
+            it.seconds += share
+            it.tiles = tiles or 1
+            it.notes = list(notes)
+            it.x = it.mask = None  # release the input pixels; the batch tensor goes with this frame
+            self.writes.append(self.writers.submit(_write, it, yi, self.opts))
+        self.drain_writes(2 * self.workers)
+
+    def drain_writes(self, limit: int) -> None:
+        """Report finished writes, oldest first, until at most ``limit`` are in flight."""
+        while len(self.writes) > limit:
+            self.reporter.done(self.writes[0].result())  # reported before it leaves the queue: Ctrl-C cannot lose it
+            self.writes.popleft()
+
+    def finish(self) -> None:
+        """No more inputs: decode the last JPEGs, run the partly filled buckets, wait for every write."""
+        self.flush_blobs()
+        if self.decodes:
+            self._drain_decodes(0)
+        for key in list(self.buckets):
+            self.run_batch(self.buckets.pop(key))
+        self.drain_writes(0)
+
+    def close(self) -> None:
+        """Stop the pools; writes in flight finish (atomically), also on Ctrl-C, and each gets its report line."""
+        for f in self.reads:
+            f.cancel()
+        self.readers.shutdown(wait=True, cancel_futures=True)
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=True, cancel_futures=True)
+        self.writers.shutdown(wait=True)
+        for f in self.writes:
+            if f.done() and not f.cancelled() and f.exception() is None:
+                self.reporter.done(f.result())

@@ -1,0 +1,126 @@
+"""One image's way through a run: read (or collect its JPEG bytes for nvJPEG), decode, and encode and write.
+
+These run on worker threads.  Whatever goes wrong with one file becomes ``item.error``
+(one report line and one ``failed``), never an exception that would end a long run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ImageError
+from ..imageio import ImageMeta, encode_image, find_mask, jpeg_for_gpu, mask_from_alpha, read_image, read_mask
+from ..files import atomic_write_bytes
+from .options import RestoreOptions
+from .plan import Job, empty_file
+
+
+@dataclass
+class Item:
+    """One image on its way through the pipeline."""
+    job: Job
+    x: object = None  # (C, H, W) float tensor
+    meta: ImageMeta | None = None
+    mask: object = None  # (1, H, W) bool tensor
+    blob: tuple | None = None  # (bytes, meta, shape) for the CUDA JPEG decoder
+    error: str | None = None
+    seconds: float = 0.0
+    tiles: int = 0
+    notes: list[str] = field(default_factory=list)
+    hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
+    reported: bool = False  # its report line and count are done (Ctrl-C must neither lose nor repeat them)
+
+
+def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool) -> Item:
+    item = Item(job)
+    t0 = time.perf_counter()
+    path = job.source.path
+    try:
+        if gpu_jpeg and path.suffix.lower() in (".jpg", ".jpeg"):
+            item.blob = jpeg_for_gpu(path)
+            if item.blob is not None:
+                return item
+        item.x, item.meta = read_image(path)
+        if task_needs_mask:
+            _read_mask(item, opts)
+    except ImageError as e:
+        item.error = str(e)
+    except MemoryError:
+        item.error = f"{path}: not enough memory to decode it"
+    except Exception as e:  # noqa: BLE001 - a decoder bug on one odd file must not end a long run
+        item.error = f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    item.seconds = time.perf_counter() - t0
+    return item
+
+
+def _read_mask(item: Item, opts: RestoreOptions) -> None:
+    """The holes to fill: from --masks (same relative path, any extension) or from the image's alpha."""
+    path, rel = item.job.source.path, item.job.source.rel
+    if opts.masks is None:
+        item.mask = mask_from_alpha(item.meta, path)
+        item.meta.alpha = None  # the holes are filled now: the output is opaque
+        return
+    mask_path = find_mask(opts.masks, rel)
+    if mask_path is None:
+        raise ImageError(f"{path}: no mask {Path(opts.masks) / rel.with_suffix('.*')}; "
+                         f"masks need the same relative path (any image extension)")
+    item.mask = read_mask(mask_path, tuple(item.x.shape[-2:]), image=path)
+
+
+def _decode_gpu_jpegs(items: list[Item], device) -> list[Item]:
+    """Decode the collected JPEG blobs in one nvJPEG batch; anything it cannot do goes through Pillow.
+
+    Runs on its own thread (the main thread keeps the model busy meanwhile); the decoded
+    uint8 pixels become float here, on the host.
+    """
+    from ..imageio import decode_jpegs_cuda  # looked up per call: a stand-in may replace it
+
+    t0 = time.perf_counter()
+    try:
+        decoded = decode_jpegs_cuda([it.blob[0] for it in items], [it.blob[2][0] == 1 for it in items], device)
+    except Exception:  # noqa: BLE001 - nvJPEG refuses some valid files; Pillow is the reference decoder
+        decoded = [None] * len(items)
+    share = (time.perf_counter() - t0) / max(len(items), 1)
+    for it, x in zip(items, decoded):
+        _, meta, shape = it.blob
+        it.blob = None
+        it.seconds += share
+        if x is not None and tuple(x.shape) == tuple(shape):
+            it.x, it.meta = x.float().div_(255.0), meta
+        else:
+            _decode_with_pillow(it)
+    return items
+
+
+def _decode_with_pillow(item: Item) -> None:
+    t0 = time.perf_counter()
+    try:
+        item.x, item.meta = read_image(item.job.source.path)
+    except ImageError as e:
+        item.error = str(e)
+    except Exception as e:  # noqa: BLE001 - one undecodable file must not end a long run
+        item.error = f"{item.job.source.path}: cannot decode ({type(e).__name__}: {e})"
+    item.seconds += time.perf_counter() - t0
+
+
+def _write(item: Item, y, opts: RestoreOptions) -> Item:
+    t0 = time.perf_counter()
+    output = item.job.output
+    try:
+        data = encode_image(y, item.meta, output.suffix, quality=opts.quality, png_compress_level=opts.png_level)
+        replace = opts.overwrite
+        if item.job.redo_empty:  # replace the empty file found by the plan, nothing that has appeared since
+            replace = empty_file(output) or not (output.exists() or output.is_symlink())
+            item.notes.append("replaced an empty (0-byte) output")
+        atomic_write_bytes(output, data, overwrite=replace)
+    except ImageError as e:
+        msg = str(e)
+        item.error = msg if str(output) in msg else f"{output}: {msg}"
+    except MemoryError:
+        item.error = f"{output}: not enough memory to encode it"
+    except Exception as e:  # noqa: BLE001 - one file that cannot be encoded must not end a long run
+        item.error = f"{output}: cannot encode ({type(e).__name__}: {e}); try another --format"
+    item.seconds += time.perf_counter() - t0
+    return item

@@ -1,0 +1,202 @@
+"""Map every input to its output, and find what must stop a run before any work.
+
+Two inputs onto one output, an output that would replace an input, outputs that
+already exist (without --skip-existing or --overwrite), an output folder that
+cannot be written and a --report file that is the user's: each is a usage error
+(exit 2), said before a single pixel is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import IraeError
+from ..imageio import PIL_FORMAT, output_suffix
+from ..files import IMAGE_EXTENSIONS, Source, discover, folder_problem, is_within
+from ..report_parts import leftover_parts
+from .options import RestoreOptions, check_options
+
+LIST_LIMIT = 10  # how many paths an error message lists before "and N more"
+
+
+@dataclass
+class Job:
+    source: Source
+    output: Path
+    exists: bool = False
+    redo_empty: bool = False  # --skip-existing found a 0-byte file here (a killed write elsewhere): made again
+
+
+@dataclass
+class Plan:
+    input: Path
+    output: Path
+    jobs: list[Job]  # to restore
+    skipped: list[Job]  # output exists and --skip-existing
+    existing: list[Job]  # output exists, neither --skip-existing nor --overwrite
+    collisions: dict[Path, list[Source]]
+    onto_inputs: list[Job]  # output path is an input file
+    report_problem: str | None = None
+    folder_problems: list[str] = field(default_factory=list)  # output folders that cannot be written
+    entries: list[Job] = field(default_factory=list)  # every input in discovery order, whatever its fate
+    options: RestoreOptions | None = None  # as checked and normalised by plan_restore
+
+    def part(self, indices: list[int]) -> Plan:
+        """The same plan for ``entries[i]`` only; the mapping's problems (collisions, onto inputs) stay whole."""
+        keep = {id(self.entries[i]) for i in indices}
+        return dataclasses.replace(self, entries=[self.entries[i] for i in sorted(indices)],
+                                   jobs=[j for j in self.jobs if id(j) in keep],
+                                   skipped=[j for j in self.skipped if id(j) in keep],
+                                   existing=[j for j in self.existing if id(j) in keep])
+
+    def problems(self) -> list[str]:
+        """Why this plan must not run (usage errors, exit 2); empty when it may."""
+        out = [self.report_problem] if self.report_problem else []
+        out += self.folder_problems
+        if self.onto_inputs:
+            out.append("these outputs would replace input files; choose another OUTPUT or a --suffix: "
+                       + _listing([str(j.output) for j in self.onto_inputs]))
+        if self.collisions:
+            out.append("several inputs would be written to the same output; rename them, use --format same "
+                       "or --exclude: " + _listing([f"{o} <- {', '.join(str(s.path) for s in srcs)}"
+                                                  for o, srcs in self.collisions.items()]))
+        if self.existing:
+            out.append(f"{len(self.existing)} output file(s) already exist; pass --skip-existing to resume "
+                       f"or --overwrite to replace them: " + _listing([str(j.output) for j in self.existing]))
+        return out
+
+
+def _listing(items: list[str]) -> str:
+    shown = "; ".join(items[:LIST_LIMIT])
+    return shown + (f"; and {len(items) - LIST_LIMIT} more" if len(items) > LIST_LIMIT else "")
+
+
+def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) -> Plan:
+    """Map inputs to outputs and find collisions and existing outputs; reads no pixels.
+
+    The plan carries the checked, normalised options (``plan.options``); ``opts`` is not changed.
+    """
+    opts = check_options(opts)
+    input, output = Path(input), Path(output)
+    if not input.exists():
+        raise IraeError(f"{input}: no such file or folder")
+    if input.is_file():
+        sources, targets = [Source(input, Path(input.name))], [_file_target(input, output, opts)]
+    else:
+        sources = _folder_sources(input, output, opts)
+        targets = [output / s.rel.parent / f"{s.rel.stem}{opts.suffix}{_output_ext(s.path, opts)}"
+                   for s in sources]
+    plan = _sort_jobs(input, output, sources, targets, opts)
+    plan.report_problem = _report_problem(input, opts, [j.output for j in plan.entries],
+                                          {os.path.realpath(s.path) for s in sources})
+    plan.folder_problems = _folder_problems(plan.jobs)
+    return plan
+
+
+def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
+    if output.suffix.lower() in PIL_FORMAT and not output.is_dir():
+        return output
+    if (output.exists() or output.is_symlink()) and not output.is_dir():
+        raise IraeError(f"OUTPUT {output} exists and is neither a folder nor an image file; give a folder, "
+                        f"or an image file name such as {output.with_suffix('.png')}")
+    return output / f"{input.stem}{opts.suffix}{_output_ext(input, opts)}"
+
+
+def _folder_sources(input: Path, output: Path, opts: RestoreOptions) -> list[Source]:
+    if output.exists() and not output.is_dir():
+        raise IraeError(f"{output}: exists and is not a folder; OUTPUT must be a folder for a folder INPUT")
+    if os.path.realpath(output) == os.path.realpath(input):
+        raise IraeError(f"OUTPUT {output} is the INPUT folder; irae never writes into its input — "
+                        f"choose another folder (a subfolder such as {input / 'restored'} is fine)")
+    skip = [output] + ([opts.masks] if opts.masks is not None else [])
+    sources = discover(input, recursive=opts.recursive, include=opts.include or None,
+                       exclude=opts.exclude or None, skip=skip)
+    if not sources:
+        hint = "" if opts.recursive else " (subfolders were not searched: drop -R)"
+        raise IraeError(f"{input}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+    return sources
+
+
+def _output_ext(src: Path, opts: RestoreOptions) -> str:
+    if opts.format == "auto":
+        # Re-encoding a de-blocked image as JPEG would put the artefacts back.
+        if opts.task == "jpeg" and src.suffix.lower() in (".jpg", ".jpeg"):
+            return ".png"
+        return output_suffix(src.suffix, "same")
+    return output_suffix(src.suffix, opts.format)
+
+
+def _sort_jobs(input: Path, output: Path, sources: list[Source], targets: list[Path],
+               opts: RestoreOptions) -> Plan:
+    """Give every input its fate: restore, skip, refuse (its output exists, or is an input), collide."""
+    inputs_real = {os.path.realpath(s.path) for s in sources}
+    by_output: dict[Path, list[Source]] = defaultdict(list)
+    plan = Plan(input, output, [], [], [], {}, [], options=opts)
+    for s, t in zip(sources, targets):
+        by_output[t].append(s)
+        job = Job(s, t, exists=t.exists() or t.is_symlink())
+        plan.entries.append(job)
+        if os.path.realpath(t) in inputs_real:
+            plan.onto_inputs.append(job)
+        elif job.exists and opts.skip_existing and empty_file(t):
+            job.redo_empty = True  # an empty file is no finished output: make it again
+            plan.jobs.append(job)
+        elif job.exists and opts.skip_existing:
+            plan.skipped.append(job)
+        elif job.exists and not opts.overwrite:
+            plan.existing.append(job)
+        else:
+            plan.jobs.append(job)
+    plan.collisions = {t: srcs for t, srcs in by_output.items() if len(srcs) > 1}
+    return plan
+
+
+def _folder_problems(jobs: list[Job]) -> list[str]:
+    folders = sorted({j.output.parent for j in jobs})
+    problems = sorted({p for p in (folder_problem(f) for f in folders) if p})
+    if len(problems) > 1:
+        problems = [f"{len(problems)} output folders cannot be written: " + _listing(problems)]
+    return problems
+
+
+def empty_file(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _report_problem(input: Path, opts: RestoreOptions, outputs: list[Path], inputs_real: set) -> str | None:
+    """The --report file is the user's too: never inside INPUT, never an image, never silently replaced."""
+    if opts.report is None:
+        return None
+    report = Path(opts.report)
+    if report.is_dir():
+        return f"--report {report} is a folder; give a file name such as {report / 'report.jsonl'}"
+    real = os.path.realpath(report)
+    if real in inputs_real or real in {os.path.realpath(o) for o in outputs}:
+        return f"--report {report} is one of the images; choose another file name"
+    if input.is_dir() and is_within(report, input):
+        return f"--report {report} lies inside the INPUT folder; irae never writes into its input"
+    return _report_file_problem(report, opts)
+
+
+def _report_file_problem(report: Path, opts: RestoreOptions) -> str | None:
+    """An existing report (or parts an interrupted torchrun run left) is replaced or added to only when asked."""
+    if report.exists() and not (opts.overwrite or opts.skip_existing):
+        return (f"--report {report} already exists; pass --overwrite to replace it, --skip-existing to add this "
+                f"run's lines to it, or choose another file")
+    parts = leftover_parts(report)
+    if parts and not (opts.overwrite or opts.skip_existing):
+        return (f"--report {report}: {parts[0]}{f' and {len(parts) - 1} more' if len(parts) > 1 else ''} were left "
+                f"by an interrupted torchrun run; pass --skip-existing to add their lines to the report or "
+                f"--overwrite to discard them")
+    if (report.exists() or report.is_symlink()) and not report.is_file():
+        return f"--report {report} is not a regular file; give a file name"
+    if report.exists() and not os.access(report, os.W_OK):
+        return f"--report {report} is not writable (permission denied); choose another file"
+    return folder_problem(report.parent, "--report folder")

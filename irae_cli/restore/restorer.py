@@ -1,0 +1,39 @@
+"""The model of a run: the weights (given, or shipped for the task) in a ``Restorer`` set up by the options."""
+
+from __future__ import annotations
+
+from ..errors import IraeError
+from ..imageio import image_pixels
+from .options import RestoreOptions
+from .plan import Job
+
+WORKLOAD_SAMPLE = 64  # headers read to estimate a run's megapixels (for --compile auto)
+
+
+def load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None, device=None):
+    """``(restorer, loaded weights)``; ``jobs`` lets --compile auto weigh the compile time against the run."""
+    from ..inference import Restorer
+    from ..tasks import get_task
+    from ..weights import default_weights_for, load_weights
+
+    name = opts.weights or default_weights_for(opts.task)
+    if name is None:
+        raise IraeError(f"no shipped weights exist yet for task {opts.task!r}; train some with "
+                        f"'irae train --task {opts.task} ... --out w.safetensors' and pass --weights w.safetensors")
+    loaded = load_weights(name, device="cpu", expect_task=opts.task)
+    task = get_task(opts.task)
+    params = task.params_for_weights(loaded.task_params)
+    restorer = Restorer(loaded.model, task, task_params=params, device=device or opts.device, dtype=opts.dtype,
+                        tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size,
+                        compile=opts.compile,
+                        workload_megapixels=_workload_megapixels(jobs) if opts.compile == "auto" and jobs else None)
+    return restorer, loaded
+
+
+def _workload_megapixels(jobs: list[Job]) -> float | None:
+    """The run's megapixels, from the headers of an evenly spread sample of its images."""
+    if not jobs:
+        return None
+    stride = max(1, len(jobs) // WORKLOAD_SAMPLE)
+    sizes = [n for n in (image_pixels(j.source.path) for j in jobs[::stride]) if n]
+    return len(jobs) * sum(sizes) / len(sizes) / 1e6 if sizes else None
