@@ -82,6 +82,12 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
     return found
 
 
+def no_images_message(root: str | Path, hint: str = "") -> str:
+    """The one wording of 'this folder holds no image irae reads' (``hint``: e.g. why subfolders were left out)."""
+    kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+    return f"{root}: no images found (readable types: {kinds}){hint}"
+
+
 def is_within(path: str | Path, folder: str | Path) -> bool:
     """True when ``path`` is ``folder`` or lies inside it, after resolving links."""
     child, parent = os.path.realpath(path), os.path.realpath(folder)

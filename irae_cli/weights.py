@@ -111,6 +111,15 @@ def default_weights_for(task: str, weights_dir: Path | None = None) -> str | Non
     return None
 
 
+def require_default_weights(task: str) -> str:
+    """``default_weights_for(task)``, or the one message saying where irae looked and what to do instead."""
+    name = default_weights_for(task)
+    if name is None:
+        raise WeightsError(f"no shipped weights for task {task!r} in {WEIGHTS_DIR}; train some with "
+                           f"'irae train --task {task} ... --out w.safetensors' and pass --weights w.safetensors")
+    return name
+
+
 def resolve(name_or_path: str | Path, weights_dir: Path | None = None) -> tuple[Path, str | None]:
     """A registry name or a file path -> (path, expected sha256 or None)."""
     weights_dir = weights_dir or WEIGHTS_DIR

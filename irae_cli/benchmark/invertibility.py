@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError, IraeError
-from ..files import discover
+from ..files import discover, no_images_message
 from ..imageio import read_image
 from ..inference import device_and_dtype
 from ..model import create_model
@@ -88,7 +88,7 @@ def _read_images(images: str | Path | None) -> tuple[Path, list[tuple[str, torch
     except FileNotFoundError:
         raise IraeError(f"{folder}: no such file or folder") from None
     if not sources:
-        raise IraeError(f"{folder}: no images found")
+        raise IraeError(no_images_message(folder))
     failures: list[dict] = []
     loaded: list[tuple[str, torch.Tensor]] = []
     for s in sources:

@@ -96,11 +96,9 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
 def load_models(task: str, weights: str | None, compare) -> list[LoadedModel]:
     """The networks to score: ``weights`` (default: the task's shipped one) then each ``compare`` pair."""
     if weights is None and not compare:
-        from ..weights import default_weights_for
+        from ..weights import require_default_weights
 
-        weights = default_weights_for(task)
-        if weights is None:
-            raise IraeError(f"no shipped weights for task {task!r} yet; pass --weights FILE (from 'irae train')")
+        weights = require_default_weights(task)
     specs = ([(None, weights)] if weights is not None else []) + list(compare)
     loaded: list[LoadedModel] = []
     for name, w in specs:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import IraeError
-from ..files import discover
+from ..files import discover, no_images_message
 from ..inference import Restorer, device_and_dtype, pick_dtype
 from ..model import parameter_count
 from ..model.folded import FoldedIRAE
@@ -264,7 +264,7 @@ def _folder_sources(folder: Path, task: str) -> tuple[list, float]:
         raise IraeError(f"{folder}: not a folder; --folder takes a folder of images")
     sources = discover(folder, recursive=True)  # as restore walks it
     if not sources:
-        raise IraeError(f"{folder}: no images found")
+        raise IraeError(no_images_message(folder))
     megapixels = 0.0
     for s in sources:
         try:

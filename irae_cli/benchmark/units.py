@@ -16,7 +16,7 @@ import torch
 
 from .. import degradations as dg
 from ..errors import ImageError, IraeError
-from ..files import discover
+from ..files import discover, no_images_message
 from ..imageio import read_image, read_mask
 from .common import METRIC_CONVENTIONS
 
@@ -97,7 +97,7 @@ def folder_units(root: Path, task: str, levels: list, seed: int, failures: list[
     # Recursive like 'irae degrade', so relative paths -- and therefore seeds -- agree.
     sources = discover(root, recursive=True)
     if not sources:
-        raise IraeError(f"{root}: no images found (looked for png, jpg, webp, tiff, bmp)")
+        raise IraeError(no_images_message(root))
     for src in sources:
         rel = src.rel.as_posix()
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import IraeError
 from ..imageio import PIL_FORMAT, output_suffix
-from ..files import IMAGE_EXTENSIONS, Source, discover, folder_problem, is_within
+from ..files import Source, discover, folder_problem, is_within, no_images_message
 from ..report_parts import leftover_parts
 from .options import RestoreOptions, check_options
 
@@ -117,7 +117,7 @@ def _folder_sources(input: Path, output: Path, opts: RestoreOptions) -> list[Sou
                        exclude=opts.exclude or None, skip=skip)
     if not sources:
         hint = "" if opts.recursive else " (subfolders were not searched: drop -R)"
-        raise IraeError(f"{input}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+        raise IraeError(no_images_message(input, hint))
     return sources
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..errors import IraeError
 from ..imageio import image_pixels
 from .options import RestoreOptions
 from .plan import Job
@@ -14,12 +13,9 @@ def load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None, device=No
     """``(restorer, loaded weights)``; ``jobs`` lets --compile auto weigh the compile time against the run."""
     from ..inference import Restorer
     from ..tasks import get_task
-    from ..weights import default_weights_for, load_weights
+    from ..weights import load_weights, require_default_weights
 
-    name = opts.weights or default_weights_for(opts.task)
-    if name is None:
-        raise IraeError(f"no shipped weights exist yet for task {opts.task!r}; train some with "
-                        f"'irae train --task {opts.task} ... --out w.safetensors' and pass --weights w.safetensors")
+    name = opts.weights or require_default_weights(opts.task)
     loaded = load_weights(name, device="cpu", expect_task=opts.task)
     task = get_task(opts.task)
     params = task.params_for_weights(loaded.task_params)
