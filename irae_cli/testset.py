@@ -150,75 +150,123 @@ class _Writer:
         return True
 
 
-def _process(src: Source, levels: list[Level], seed: int, writer: _Writer,
-             versions: dict) -> tuple[list[dict], list[str], int, int]:
-    """All levels of one image -> (records, failure lines, written, kept)."""
-    written = kept = 0
+@dataclass(frozen=True)
+class _Run:
+    """What every image of one run shares (the writer is thread-safe: each write is atomic)."""
+    levels: list[Level]
+    seed: int
+    writer: _Writer
+    versions: dict  # codec_versions(), recorded on every manifest line
+
+
+@dataclass
+class _Outcome:
+    """What one image gave: its manifest lines, failure lines and file counts."""
+    records: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    written: int = 0
+    kept: int = 0
+
+    def put(self, writer: _Writer, rel: str, data: bytes) -> None:
+        if writer.put(rel, data):
+            self.written += 1
+        else:
+            self.kept += 1
+
+
+@dataclass(frozen=True)
+class _Clean:
+    """One input as written to clean/: the pixels every level degrades and the names its outputs get."""
+    source: str  # the input's path relative to CLEAN, '/'-separated (also the seed's key)
+    stem: str  # ``source`` without extension: the file name under clean/, each level and masks/
+    x: torch.Tensor  # rounded to 8 bits, as the clean file holds it
+    sha256: str  # of the clean file's bytes
+
+    @property
+    def rel(self) -> str:
+        return f"{CLEAN_DIR}/{self.stem}.png"
+
+
+def _write_clean(src: Source, run: _Run, outcome: _Outcome) -> _Clean | None:
+    """Read ``src`` and write its clean copy; None (with the failure noted in ``outcome``) if either fails."""
     try:
         data = src.path.read_bytes()
     except OSError as e:
-        return [], [f"{src.path}: cannot read ({e.strerror or e}); check it exists and is readable"], 0, 0
+        outcome.failures.append(f"{src.path}: cannot read ({e.strerror or e}); check it exists and is readable")
+        return None
     try:
         x, _meta = read_image(src.path)
     except ImageError as e:
-        return [], [str(e)], 0, 0
+        outcome.failures.append(str(e))
+        return None
     # Degrade exactly what the clean file holds: 16-bit inputs are rounded to 8 bits first.
     x = quantize_u8(x)
-    stem = src.rel.with_suffix("").as_posix()
-    rel_key = src.rel.as_posix()
-    clean_rel = f"{CLEAN_DIR}/{stem}.png"
     clean_bytes = data if _is_same_png(data, x) else png_bytes(x)
+    clean = _Clean(src.rel.as_posix(), src.rel.with_suffix("").as_posix(), x, _sha256(clean_bytes))
     try:
-        if writer.put(clean_rel, clean_bytes):
-            written += 1
-        else:
-            kept += 1
+        outcome.put(run.writer, clean.rel, clean_bytes)
     except ImageError as e:
-        return [], [str(e)], written, kept
-    clean_sha = _sha256(clean_bytes)
+        outcome.failures.append(str(e))
+        return None
+    return clean
 
-    records, failures = [], []
-    for level in levels:
-        image_seed = derive_seed(seed, rel_key, level.name)
-        g = torch.Generator().manual_seed(image_seed)
-        try:
-            suffix, degraded, mask, params = _degrade(level, x, g)
-            deg_rel = f"{level.name}/{stem}{suffix}"
-            mask_rel = f"{MASK_DIR}/{level.name}/{stem}.png" if mask is not None else None
-            for rel, blob in ((deg_rel, degraded), (mask_rel, mask)):
-                if rel is None:
-                    continue
-                if writer.put(rel, blob):
-                    written += 1
-                else:
-                    kept += 1
-        except ImageError as e:
-            failures.append(f"{src.path} [{level.name}]: {e}" if str(src.path) not in str(e) else str(e))
-            continue
-        records.append({
-            "manifest_version": MANIFEST_VERSION,
-            "id": f"{level.name}/{stem}",
-            "task": level.task,
-            "level": level.name,
-            "source": rel_key,
-            "clean": clean_rel,
-            "degraded": deg_rel,
-            "mask": mask_rel,
-            "params": params,
-            "seed": image_seed,
-            "base_seed": seed,
-            "width": int(x.shape[-1]),
-            "height": int(x.shape[-2]),
-            "channels": int(x.shape[0]),
-            "clean_sha256": clean_sha,
-            "degraded_sha256": _sha256(degraded),
-            "mask_sha256": _sha256(mask) if mask is not None else None,
-            "versions": versions,
-        })
-    return records, failures, written, kept
+
+def _write_level(src: Source, clean: _Clean, level: Level, run: _Run, outcome: _Outcome) -> None:
+    """Degrade one image at one level, write its file(s) and add its manifest line (or a failure line)."""
+    image_seed = derive_seed(run.seed, clean.source, level.name)
+    g = torch.Generator().manual_seed(image_seed)
+    try:
+        suffix, degraded, mask, params = _degrade(level, clean.x, g)
+        deg_rel = f"{level.name}/{clean.stem}{suffix}"
+        mask_rel = f"{MASK_DIR}/{level.name}/{clean.stem}.png" if mask is not None else None
+        outcome.put(run.writer, deg_rel, degraded)
+        if mask is not None:
+            outcome.put(run.writer, mask_rel, mask)
+    except ImageError as e:
+        outcome.failures.append(f"{src.path} [{level.name}]: {e}" if str(src.path) not in str(e) else str(e))
+        return
+    outcome.records.append({
+        "manifest_version": MANIFEST_VERSION,
+        "id": f"{level.name}/{clean.stem}",
+        "task": level.task,
+        "level": level.name,
+        "source": clean.source,
+        "clean": clean.rel,
+        "degraded": deg_rel,
+        "mask": mask_rel,
+        "params": params,
+        "seed": image_seed,
+        "base_seed": run.seed,
+        "width": int(clean.x.shape[-1]),
+        "height": int(clean.x.shape[-2]),
+        "channels": int(clean.x.shape[0]),
+        "clean_sha256": clean.sha256,
+        "degraded_sha256": _sha256(degraded),
+        "mask_sha256": _sha256(mask) if mask is not None else None,
+        "versions": run.versions,
+    })
+
+
+def _process(src: Source, run: _Run) -> _Outcome:
+    """All levels of one image; a level that fails does not stop the others."""
+    outcome = _Outcome()
+    clean = _write_clean(src, run, outcome)
+    if clean is not None:
+        for level in run.levels:
+            _write_level(src, clean, level, run, outcome)
+    return outcome
 
 
 # --------------------------------------------------------------------------- the run
+
+def _policy(overwrite: bool, skip_existing: bool, workers: int) -> str:
+    """What to do with files already in OUT: "new" (refuse a non-empty OUT), "overwrite" or "skip"."""
+    if overwrite and skip_existing:
+        raise IraeError("give --overwrite or --skip-existing, not both")
+    if workers < 1:
+        raise IraeError(f"--workers {workers}: give 1 or more")
+    return "overwrite" if overwrite else "skip" if skip_existing else "new"
+
 
 def _check_paths(clean: Path, out: Path, policy: str) -> None:
     if not clean.exists():
@@ -239,7 +287,19 @@ def _check_paths(clean: Path, out: Path, policy: str) -> None:
                         f"--skip-existing to keep identical ones, or choose a new folder")
 
 
+def _find_sources(clean: Path, out: Path, recursive: bool, include: list[str] | None,
+                  exclude: list[str] | None) -> list[Source]:
+    """The images to degrade; refuses none at all, and two whose outputs would share a name."""
+    sources = discover(clean, recursive=recursive, include=include or None, exclude=exclude or None, skip=[out])
+    if not sources:
+        hint = "" if recursive else " (add -r to look in subfolders)"
+        raise IraeError(f"{clean}: no images found{hint}; readable types: png, jpg, webp, tif, bmp")
+    _check_collisions(sources)
+    return sources
+
+
 def _check_collisions(sources: list[Source]) -> None:
+    # Case-folded: on a case-insensitive file system A.png and a.png would overwrite each other.
     seen: dict[str, Source] = {}
     for src in sources:
         key = src.rel.with_suffix("").as_posix().casefold()
@@ -248,6 +308,55 @@ def _check_collisions(sources: list[Source]) -> None:
             raise IraeError(f"{a} and {b} would both be written as {CLEAN_DIR}/{src.rel.with_suffix('').as_posix()}"
                             f".png; rename one or leave one out with --exclude")
         seen[key] = src
+
+
+def _earlier_manifest(out: Path, policy: str) -> list[dict]:
+    """The lines of a manifest already in OUT (read before writing, so a broken one stops the run early)."""
+    if policy == "new" or not (out / MANIFEST_NAME).is_file():
+        return []
+    try:
+        return read_manifest(out / MANIFEST_NAME)
+    except IraeError as e:
+        raise IraeError(f"{e}; move the old manifest away to start a new one") from None
+
+
+def _run_all(sources: list[Source], run: _Run, workers: int,
+             done: Callable[[Source, _Outcome], None]) -> None:
+    """``_process`` every source, calling ``done`` in this thread as each image finishes."""
+    if workers == 1:
+        for src in sources:
+            done(src, _process(src, run))
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irae-degrade")
+    try:
+        futures = {pool.submit(_process, src, run): src for src in sources}
+        for fut in as_completed(futures):
+            done(futures[fut], fut.result())
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # running images finish; their writes are atomic
+        raise
+    pool.shutdown()
+
+
+def _carry_over(result: TestSetResult, previous: list[dict]) -> None:
+    # Lines of an earlier manifest stay when this run did not remake that output and its files are
+    # unchanged: adding a level to a set (or a run that refused to replace a file) keeps the set described.
+    made = {r["id"] for r in result.records}
+    for entry in previous:
+        if entry["id"] not in made and _files_match(entry, result.out):
+            result.records.append(entry)
+            result.carried += 1
+
+
+def _write_manifest(result: TestSetResult) -> None:
+    result.records.sort(key=lambda r: r["id"])
+    text = "".join(json.dumps(r) + "\n" for r in result.records)
+    result.manifest = result.out / MANIFEST_NAME
+    result.out.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_bytes(result.manifest, text.encode(), overwrite=True)
+    except ImageError as e:
+        raise IraeError(str(e)) from None
 
 
 def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 0,
@@ -271,73 +380,32 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
     levels = build_levels(task, sigma=sigma, noise_protocol=noise_protocol, quality=quality,
                           subsampling=subsampling, double_quality=double_quality, masks=masks,
                           hole_ratio=hole_ratio, hole_bins=hole_bins)
-    if overwrite and skip_existing:
-        raise IraeError("give --overwrite or --skip-existing, not both")
-    if workers < 1:
-        raise IraeError(f"--workers {workers}: give 1 or more")
+    policy = _policy(overwrite, skip_existing, workers)
     clean, out = Path(clean), Path(out)
-    policy = "overwrite" if overwrite else "skip" if skip_existing else "new"
     _check_paths(clean, out, policy)
-    sources = discover(clean, recursive=recursive, include=include or None, exclude=exclude or None, skip=[out])
-    if not sources:
-        hint = "" if recursive else " (add -r to look in subfolders)"
-        raise IraeError(f"{clean}: no images found{hint}; readable types: png, jpg, webp, tif, bmp")
-    _check_collisions(sources)
-    previous: list[dict] = []
-    if policy != "new" and (out / MANIFEST_NAME).is_file():
-        try:
-            previous = read_manifest(out / MANIFEST_NAME)
-        except IraeError as e:
-            raise IraeError(f"{e}; move the old manifest away to start a new one") from None
+    sources = _find_sources(clean, out, recursive, include, exclude)
+    previous = _earlier_manifest(out, policy)
     result = TestSetResult(out=out, levels=levels, sources=sources)
     if dry_run:
         return result
 
-    writer = _Writer(out, policy)
     if out.is_dir():  # what a killed earlier run left mid-write (.NAME.irae-tmp-PID-*, its process gone)
         remove_stale_temp_files([out], recursive=True)
-    versions = codec_versions()
+    run = _Run(levels, seed, _Writer(out, policy), codec_versions())
     if on_start:
         on_start(len(sources))
 
-    def done(src: Source, outcome: tuple[list[dict], list[str], int, int]) -> None:
-        records, failures, written, kept = outcome
-        result.records.extend(records)
-        result.failures.extend(failures)
-        result.written += written
-        result.kept += kept
+    def done(src: Source, outcome: _Outcome) -> None:
+        result.records.extend(outcome.records)
+        result.failures.extend(outcome.failures)
+        result.written += outcome.written
+        result.kept += outcome.kept
         if on_file:
-            on_file(src, failures)
+            on_file(src, outcome.failures)
 
-    if workers == 1:
-        for src in sources:
-            done(src, _process(src, levels, seed, writer, versions))
-    else:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irae-degrade")
-        try:
-            futures = {pool.submit(_process, src, levels, seed, writer, versions): src for src in sources}
-            for fut in as_completed(futures):
-                done(futures[fut], fut.result())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # running images finish; their writes are atomic
-            raise
-        pool.shutdown()
-
-    # Lines of an earlier manifest stay when this run did not remake that output and its files are
-    # unchanged: adding a level to a set (or a run that refused to replace a file) keeps the set described.
-    made = {r["id"] for r in result.records}
-    for entry in previous:
-        if entry["id"] not in made and _files_match(entry, out):
-            result.records.append(entry)
-            result.carried += 1
-    result.records.sort(key=lambda r: r["id"])
-    text = "".join(json.dumps(r) + "\n" for r in result.records)
-    result.manifest = out / MANIFEST_NAME
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write_bytes(result.manifest, text.encode(), overwrite=True)
-    except ImageError as e:
-        raise IraeError(str(e)) from None
+    _run_all(sources, run, workers, done)
+    _carry_over(result, previous)
+    _write_manifest(result)
     return result
 
 
@@ -373,6 +441,73 @@ def _files_match(entry: dict, root: Path) -> bool:
     return _file_problem(entry, root) is None
 
 
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise IraeError(f"{path}: no manifest here; make a set with 'irae degrade'") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise IraeError(f"{path}: cannot read manifest ({e})") from None
+
+
+def _parse_line(line: str, where: str) -> dict:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise IraeError(f"{where}: not JSON ({e.msg})") from None
+    if not isinstance(entry, dict):
+        raise IraeError(f"{where}: expected a JSON object")
+    return entry
+
+
+def _check_version(entry: dict, where: str) -> None:
+    """``manifest_version`` (absent = 1): a line from a newer irae may mean something this one cannot read."""
+    version = entry.get("manifest_version", 1)
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise IraeError(f"{where}: manifest_version {version!r} is newer than this irae understands "
+                        f"({MANIFEST_VERSION}); upgrade irae")
+
+
+def _check_required(entry: dict, where: str) -> None:
+    """The keys every line has: what it is (id, task, level, source), its files with their sha256, its
+    degradation parameters and the seed its generator was given (an int, not a bool)."""
+    for key, typ in _REQUIRED.items():
+        if not isinstance(entry.get(key), typ) or (typ is int and isinstance(entry.get(key), bool)):
+            raise IraeError(f"{where}: missing or invalid {key!r}")
+
+
+def _check_task_mask(entry: dict, where: str) -> None:
+    """``task`` is a known one, and ``mask`` (a path) is there exactly when the task needs a mask (inpaint)."""
+    if entry["task"] not in TASKS:
+        raise IraeError(f"{where}: unknown task {entry['task']!r}")
+    mask = entry.get("mask")
+    if (mask is None) == TASKS[entry["task"]].needs_mask:
+        raise IraeError(f"{where}: task {entry['task']} {'needs' if mask is None else 'has no'} mask")
+    if mask is not None and not isinstance(mask, str):
+        raise IraeError(f"{where}: invalid 'mask'")
+
+
+def _check_files(entry: dict, where: str) -> None:
+    """``clean``, ``degraded``, ``mask`` stay inside the set; each ``*_sha256`` given (``mask_sha256`` always
+    with a mask) is 64 lower-case hex digits."""
+    for key in ("clean", "degraded", "mask"):
+        if entry.get(key) is not None:
+            _check_rel(entry[key], where, key)
+    for key in ("clean_sha256", "degraded_sha256", "mask_sha256"):
+        value = entry.get(key)
+        if (value is not None or (key == "mask_sha256" and entry.get("mask") is not None)) and not (
+                isinstance(value, str) and _SHA.fullmatch(value)):
+            raise IraeError(f"{where}: invalid {key!r}")
+
+
+def _validate_entry(entry: dict, where: str) -> None:
+    """Raise IraeError naming ``where`` (file:line) on the first field that is missing or malformed."""
+    _check_version(entry, where)
+    _check_required(entry, where)
+    _check_task_mask(entry, where)
+    _check_files(entry, where)
+
+
 def read_manifest(path: str | Path, *, verify: bool = False) -> list[dict]:
     """Read and validate a ``manifest.jsonl`` (or the set folder holding one).
 
@@ -398,46 +533,14 @@ def read_manifest(path: str | Path, *, verify: bool = False) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise IraeError(f"{path}: no manifest here; make a set with 'irae degrade'") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise IraeError(f"{path}: cannot read manifest ({e})") from None
     entries: list[dict] = []
     ids: set[str] = set()
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(_read_lines(path), 1):
         where = f"{path}:{n}"
         if not line.strip():
             continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise IraeError(f"{where}: not JSON ({e.msg})") from None
-        if not isinstance(entry, dict):
-            raise IraeError(f"{where}: expected a JSON object")
-        version = entry.get("manifest_version", 1)
-        if not isinstance(version, int) or version > MANIFEST_VERSION:
-            raise IraeError(f"{where}: manifest_version {version!r} is newer than this irae understands "
-                            f"({MANIFEST_VERSION}); upgrade irae")
-        for key, typ in _REQUIRED.items():
-            if not isinstance(entry.get(key), typ) or (typ is int and isinstance(entry.get(key), bool)):
-                raise IraeError(f"{where}: missing or invalid {key!r}")
-        if entry["task"] not in TASKS:
-            raise IraeError(f"{where}: unknown task {entry['task']!r}")
-        mask = entry.get("mask")
-        if (mask is None) == TASKS[entry["task"]].needs_mask:
-            raise IraeError(f"{where}: task {entry['task']} {'needs' if mask is None else 'has no'} mask")
-        if mask is not None and not isinstance(mask, str):
-            raise IraeError(f"{where}: invalid 'mask'")
-        for key in ("clean", "degraded", "mask"):
-            if entry.get(key) is not None:
-                _check_rel(entry[key], where, key)
-        for key in ("clean_sha256", "degraded_sha256", "mask_sha256"):
-            value = entry.get(key)
-            if (value is not None or (key == "mask_sha256" and mask is not None)) and not (
-                    isinstance(value, str) and _SHA.fullmatch(value)):
-                raise IraeError(f"{where}: invalid {key!r}")
+        entry = _parse_line(line, where)
+        _validate_entry(entry, where)
         if entry["id"] in ids:
             raise IraeError(f"{where}: duplicate id {entry['id']!r}")
         ids.add(entry["id"])
