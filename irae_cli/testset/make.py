@@ -12,7 +12,8 @@ from typing import Callable
 from ..degradations import Level, build_levels
 from ..environment import codec_versions
 from ..errors import ImageError, IraeError
-from ..files import Source, atomic_write_bytes, discover, folder_problem, is_within, remove_stale_temp_files
+from ..files import (Source, atomic_write_bytes, discover, folder_problem, is_within, no_images_message,
+                     remove_stale_temp_files)
 from .images import CLEAN_DIR, ImageOutcome, RunSetup, Writer, process_image
 from .manifest import MANIFEST_NAME, files_match, read_manifest
 
@@ -65,7 +66,7 @@ def _find_sources(clean: Path, out: Path, recursive: bool, include: list[str] | 
     sources = discover(clean, recursive=recursive, include=include or None, exclude=exclude or None, skip=[out])
     if not sources:
         hint = "" if recursive else " (add -r to look in subfolders)"
-        raise IraeError(f"{clean}: no images found{hint}; readable types: png, jpg, webp, tif, bmp")
+        raise IraeError(no_images_message(clean, hint))
     _check_collisions(sources)
     return sources
 
