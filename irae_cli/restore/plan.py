@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IraeError
-from ..imageio import PIL_FORMAT, output_suffix
+from ..imagewrite import PIL_FORMAT, output_suffix
 from ..files import IMAGE_EXTENSIONS, Source, discover, folder_problem, is_within
 from ..report_parts import leftover_parts
 from .options import RestoreOptions, check_options
