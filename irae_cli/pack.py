@@ -320,6 +320,24 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + hlen
 
 
+def _pack_metadata(path: Path, header: dict) -> dict:
+    """The parsed ``irae_pack`` metadata of a safetensors header, refused when it is not a pack this irae reads."""
+    meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if meta_raw is None:
+        raise PackError(f"{path}: not a training pack (safetensors file without '{META_KEY}' metadata)")
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError:
+        raise PackError(f"{path}: not a training pack (unreadable '{META_KEY}' metadata)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise PackError(f"{path}: not a training pack (format={fmt!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise PackError(f"{path}: training pack format version {meta.get('format_version')} is newer than "
+                        f"this irae ({FORMAT_VERSION}); update irae")
+    return meta
+
+
 def load_pack(path) -> tuple[torch.Tensor, dict]:
     """Read a pack: ``(crops, metadata)``.
 
@@ -336,18 +354,7 @@ def load_pack(path) -> tuple[torch.Tensor, dict]:
     if path.is_dir():
         raise PackError(f"{path}: is a folder, not a training pack file")
     header, data_start = _read_header(path)
-    meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
-    if meta_raw is None:
-        raise PackError(f"{path}: not a training pack (safetensors file without '{META_KEY}' metadata)")
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError:
-        raise PackError(f"{path}: not a training pack (unreadable '{META_KEY}' metadata)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PackError(f"{path}: not a training pack (format={meta.get('format') if isinstance(meta, dict) else None!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise PackError(f"{path}: training pack format version {meta.get('format_version')} is newer than "
-                        f"this irae ({FORMAT_VERSION}); update irae")
+    meta = _pack_metadata(path, header)
     ends = [t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
     need = data_start + (max(ends) if ends else 0)
     have = path.stat().st_size
