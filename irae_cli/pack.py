@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,11 @@ class PackError(IraeError, ValueError):
 # building
 # --------------------------------------------------------------------------
 
+def _unreadable(path: Path, e: Exception) -> PackError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return PackError(f"{path}: cannot read image ({reason})")
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
@@ -78,8 +84,19 @@ def _read_rgb(path: Path) -> np.ndarray:
                 im = Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L")
             return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PackError(f"{path}: cannot read image ({reason})") from e
+        raise _unreadable(path, e) from e
+
+
+def _upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) once EXIF-rotated, from the header alone."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if exif_orientation(im, path) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
+                w, h = h, w
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from e
+    return w, h
 
 
 def _header_overhead(metadata: dict[str, str], n: int, crop: int) -> int:
@@ -108,6 +125,136 @@ def _is_flat(c: np.ndarray, min_std: float) -> bool:
     return float(x.std(axis=0).max()) < min_std * 255.0
 
 
+@dataclass(frozen=True)
+class _Recipe:
+    """The options a pack is cut with, and its sources: what its metadata records."""
+    out_path: Path
+    crop: int
+    seed: int
+    min_std: float
+    max_bytes: int
+    sources: list[str]
+
+    def metadata(self, n: int, cpm: float | None = None) -> dict[str, str]:
+        info = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "crop": self.crop, "count": n, "seed": self.seed,
+            "sources": self.sources, "crops_per_mp": None if cpm is None else round(float(cpm), 6),
+            "min_std": round(float(self.min_std), 6), "created_by": f"irae {__version__}",
+        }
+        return {META_KEY: json.dumps(info, sort_keys=True, separators=(",", ":"))}
+
+    def too_small(self) -> PackError:
+        return PackError(f"{self.out_path}: max_bytes={self.max_bytes} is too small for even one "
+                         f"{self.crop}x{self.crop} crop")
+
+
+def _check_options(out_path, crop: int, crops_per_mp: float | None) -> None:
+    if crop < 8:
+        raise PackError(f"{out_path}: crop size {crop} is too small (use >= 8)")
+    if crops_per_mp is not None and not crops_per_mp > 0:
+        raise PackError(f"{out_path}: crops_per_mp must be positive, got {crops_per_mp}")
+
+
+def _measure_sources(paths: list[Path], crop: int, out_path: Path):
+    """([(path, (w, h)) of every source at least crop x crop], [names of those smaller]), from headers only."""
+    if not paths:
+        raise PackError(f"{out_path}: no input images")
+    sizes = [_upright_size(p) for p in paths]
+    fits = [w >= crop and h >= crop for w, h in sizes]
+    used = [(p, wh) for p, wh, ok in zip(paths, sizes, fits) if ok]
+    skipped_small = [p.name for p, ok in zip(paths, fits) if not ok]
+    if not used:
+        raise PackError(f"{out_path}: no input image is at least {crop}x{crop}")
+    return used, skipped_small
+
+
+def _plan_crops(used, recipe: _Recipe, crops_per_mp: float | None) -> tuple[float, list[int], bool]:
+    """(crops per MP, the source index of every crop slot in interleaved order, whether max_bytes cut the list).
+
+    Crop k of a source with quota q sorts at (k + 0.5) / q, so any prefix of the
+    list keeps every source's share proportional to its area.
+    """
+    crop = recipe.crop
+    mps = [w * h / 1e6 for _, (w, h) in used]
+    if crops_per_mp is None:
+        budget = _fit_count(lambda n: recipe.metadata(n, 1e6), crop, recipe.max_bytes, upper=10 ** 9)
+        cpm = min(budget / sum(mps), MAX_AUTO_COVERAGE * 1e6 / (crop * crop))
+    else:
+        cpm = float(crops_per_mp)
+    quotas = [max(1, round(cpm * mp)) for mp in mps]
+    order = sorted(((k + 0.5) / q, i, k) for i, q in enumerate(quotas) for k in range(q))
+    n_fit = _fit_count(lambda n: recipe.metadata(n, cpm), crop, recipe.max_bytes, upper=len(order))
+    if n_fit == 0:
+        raise recipe.too_small()
+    return cpm, [i for _, i, _ in order[:n_fit]], n_fit < len(order)
+
+
+def _cut_source(img: np.ndarray, want: int, rng: np.random.Generator, crop: int, min_std: float):
+    """([(crop, top, left)] of up to ``want`` non-flat crops, number of flat draws rejected)."""
+    h, w = img.shape[:2]
+    got: list[tuple[np.ndarray, int, int]] = []
+    rejected = tries = 0
+    while len(got) < want and tries < 10 * want + 10:  # a mostly flat image gives up, short
+        tries += 1
+        y = int(rng.integers(0, h - crop + 1))
+        x = int(rng.integers(0, w - crop + 1))
+        c = img[y:y + crop, x:x + crop]
+        if _is_flat(c, min_std):
+            rejected += 1
+            continue
+        got.append((c, y, x))
+    return got, rejected
+
+
+def _cut_crops(used, slots: list[int], recipe: _Recipe):
+    """(crops of each source, flat draws rejected, crops the sources could not supply)."""
+    take = [0] * len(used)
+    for i in slots:
+        take[i] += 1
+    per_source, rejected, short = [], 0, 0
+    dup: dict[str, int] = {}  # same file name in two folders: each gets its own random stream
+    for (p, _), want in zip(used, take):
+        got: list[tuple[np.ndarray, int, int]] = []
+        if want:
+            nth = dup.get(p.name, 0)
+            dup[p.name] = nth + 1
+            rng = np.random.default_rng([recipe.seed, zlib.crc32(p.name.encode()), nth])
+            got, flat = _cut_source(_read_rgb(p), want, rng, recipe.crop, recipe.min_std)
+            rejected += flat
+            short += want - len(got)
+        per_source.append(got)
+    return per_source, rejected, short
+
+
+def _interleave(slots: list[int], per_source) -> tuple[list[np.ndarray], list[tuple[int, int, int]]]:
+    """The crops in slot order, skipping slots a source could not fill; with (source, top, left) of each."""
+    next_k = [0] * len(per_source)
+    crops, origin = [], []
+    for i in slots:
+        k = next_k[i]
+        next_k[i] += 1
+        if k < len(per_source[i]):
+            c, y, x = per_source[i][k]
+            crops.append(c)
+            origin.append((i, y, x))
+    return crops, origin
+
+
+def _encode(crops, origin, recipe: _Recipe, cpm: float) -> tuple[bytes, int]:
+    """(safetensors bytes, crops kept): the most leading crops whose file fits in max_bytes."""
+    all_crops = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    all_origin = torch.tensor(origin, dtype=torch.int32).reshape(-1, 3)
+    n = len(crops)
+    while True:  # the estimate in _plan_crops leaves a margin; this loop only guards against surprises
+        data = save({"crops": all_crops[:n].contiguous(), "origin": all_origin[:n].contiguous()},
+                    metadata=recipe.metadata(n, cpm))
+        if len(data) <= recipe.max_bytes:
+            return data, n
+        n -= 1
+        if n == 0:
+            raise recipe.too_small()
+
+
 def build_pack(image_paths, out_path, *, crop: int = 192, crops_per_mp: float | None = None,
                max_bytes: int = 50 * 2 ** 20, seed: int = 0, min_std: float = MIN_STD) -> dict:
     """Cut seeded random crops from ``image_paths`` into one pack at ``out_path``.
@@ -119,124 +266,30 @@ def build_pack(image_paths, out_path, *, crop: int = 192, crops_per_mp: float | 
     ``limited_by_max_bytes``.
     """
     crop = int(crop)
-    if crop < 8:
-        raise PackError(f"{out_path}: crop size {crop} is too small (use >= 8)")
-    if crops_per_mp is not None and not crops_per_mp > 0:
-        raise PackError(f"{out_path}: crops_per_mp must be positive, got {crops_per_mp}")
+    _check_options(out_path, crop, crops_per_mp)
     out_path = Path(out_path)
-    paths = sorted((Path(p) for p in image_paths), key=lambda p: (p.name, str(p)))
-    if not paths:
-        raise PackError(f"{out_path}: no input images")
-
-    # sizes only (cheap): decide which sources take part
-    sizes = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                w, h = im.size
-                if exif_orientation(im, p) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
-                    w, h = h, w
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PackError(f"{p}: cannot read image ({reason})") from e
-        sizes.append((w, h))
-    used = [(p, wh) for p, wh in zip(paths, sizes) if wh[0] >= crop and wh[1] >= crop]
-    skipped_small = [p.name for p, wh in zip(paths, sizes) if not (wh[0] >= crop and wh[1] >= crop)]
-    if not used:
-        raise PackError(f"{out_path}: no input image is at least {crop}x{crop}")
+    paths = sorted((Path(p) for p in image_paths), key=lambda p: (p.name, str(p)))  # by name: reproducible
+    used, skipped_small = _measure_sources(paths, crop, out_path)
     sources = [p.name for p, _ in used]
-    mps = [w * h / 1e6 for _, (w, h) in used]
-
-    def meta_for(n: int, cpm: float | None = None) -> dict[str, str]:
-        info = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "crop": crop, "count": n, "seed": int(seed),
-            "sources": sources, "crops_per_mp": None if cpm is None else round(float(cpm), 6),
-            "min_std": round(float(min_std), 6), "created_by": f"irae {__version__}",
-        }
-        return {META_KEY: json.dumps(info, sort_keys=True, separators=(",", ":"))}
-
-    # quotas
-    if crops_per_mp is None:
-        budget = _fit_count(lambda n: meta_for(n, 1e6), crop, max_bytes, upper=10 ** 9)
-        cpm = min(budget / sum(mps), MAX_AUTO_COVERAGE * 1e6 / (crop * crop))
-    else:
-        cpm = float(crops_per_mp)
-    quotas = [max(1, round(cpm * mp)) for mp in mps]
-    order = sorted(((k + 0.5) / q, i, k) for i, q in enumerate(quotas) for k in range(q))
-    n_fit = _fit_count(lambda n: meta_for(n, cpm), crop, max_bytes, upper=len(order))
-    if n_fit == 0:
-        raise PackError(f"{out_path}: max_bytes={max_bytes} is too small for even one {crop}x{crop} crop")
-    limited = n_fit < len(order)
-    take = [0] * len(used)
-    for _, i, _ in order[:n_fit]:
-        take[i] += 1
-
-    # cut the crops, source by source
-    per_source: list[list[tuple[np.ndarray, int, int]]] = []
-    rejected = 0
-    short = 0
-    dup: dict[str, int] = {}
-    for i, (p, _) in enumerate(used):
-        got: list[tuple[np.ndarray, int, int]] = []
-        if take[i]:
-            img = _read_rgb(p)
-            h, w = img.shape[:2]
-            nth = dup.get(p.name, 0)
-            dup[p.name] = nth + 1
-            rng = np.random.default_rng([int(seed), zlib.crc32(p.name.encode()), nth])
-            tries = 0
-            while len(got) < take[i] and tries < 10 * take[i] + 10:
-                tries += 1
-                y = int(rng.integers(0, h - crop + 1))
-                x = int(rng.integers(0, w - crop + 1))
-                c = img[y:y + crop, x:x + crop]
-                if _is_flat(c, min_std):
-                    rejected += 1
-                    continue
-                got.append((c, y, x))
-            short += take[i] - len(got)
-        per_source.append(got)
-
-    # final order: the interleaved order, skipping crops a source could not supply
-    next_k = [0] * len(used)
-    crops, origin = [], []
-    for _, i, _ in order[:n_fit]:
-        k = next_k[i]
-        next_k[i] += 1
-        if k < len(per_source[i]):
-            c, y, x = per_source[i][k]
-            crops.append(c)
-            origin.append((i, y, x))
+    recipe = _Recipe(out_path, crop, int(seed), min_std, max_bytes, sources)
+    cpm, slots, limited = _plan_crops(used, recipe, crops_per_mp)
+    per_source, rejected, short = _cut_crops(used, slots, recipe)
+    crops, origin = _interleave(slots, per_source)
     if not crops:
         raise PackError(f"{out_path}: every crop was flat (std < {min_std:.4f}); nothing to pack")
-    all_crops = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-    all_origin = torch.tensor(origin, dtype=torch.int32).reshape(-1, 3)
-    n = len(crops)
-
-    while True:  # the estimate above leaves a margin; this loop only guards against surprises
-        data = save({"crops": all_crops[:n].contiguous(), "origin": all_origin[:n].contiguous()},
-                    metadata=meta_for(n, cpm))
-        if len(data) <= max_bytes:
-            break
-        n -= 1
-        limited = True
-        if n == 0:
-            raise PackError(f"{out_path}: max_bytes={max_bytes} is too small for even one {crop}x{crop} crop")
-    size = len(data)
+    data, n = _encode(crops, origin, recipe, cpm)
     try:
         atomic_write_bytes(out_path, data, overwrite=True)
     except ImageError as e:
         raise PackError(str(e)) from None
-    origin = origin[:n]
-
     counts = [0] * len(used)
-    for i, _, _ in origin:
+    for i, _, _ in origin[:n]:
         counts[i] += 1
     return {
-        "path": str(out_path), "count": n, "bytes": size, "crop": crop, "seed": int(seed),
+        "path": str(out_path), "count": n, "bytes": len(data), "crop": crop, "seed": int(seed),
         "crops_per_mp": cpm, "sources": sources, "per_source": dict(zip(sources, counts)),
         "skipped_small": skipped_small, "rejected_flat": rejected, "short": short,
-        "limited_by_max_bytes": limited,
+        "limited_by_max_bytes": limited or n < len(crops),
     }
 
 
@@ -267,6 +320,24 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + hlen
 
 
+def _pack_metadata(path: Path, header: dict) -> dict:
+    """The parsed ``irae_pack`` metadata of a safetensors header, refused when it is not a pack this irae reads."""
+    meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if meta_raw is None:
+        raise PackError(f"{path}: not a training pack (safetensors file without '{META_KEY}' metadata)")
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError:
+        raise PackError(f"{path}: not a training pack (unreadable '{META_KEY}' metadata)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise PackError(f"{path}: not a training pack (format={fmt!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise PackError(f"{path}: training pack format version {meta.get('format_version')} is newer than "
+                        f"this irae ({FORMAT_VERSION}); update irae")
+    return meta
+
+
 def load_pack(path) -> tuple[torch.Tensor, dict]:
     """Read a pack: ``(crops, metadata)``.
 
@@ -283,18 +354,7 @@ def load_pack(path) -> tuple[torch.Tensor, dict]:
     if path.is_dir():
         raise PackError(f"{path}: is a folder, not a training pack file")
     header, data_start = _read_header(path)
-    meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
-    if meta_raw is None:
-        raise PackError(f"{path}: not a training pack (safetensors file without '{META_KEY}' metadata)")
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError:
-        raise PackError(f"{path}: not a training pack (unreadable '{META_KEY}' metadata)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PackError(f"{path}: not a training pack (format={meta.get('format') if isinstance(meta, dict) else None!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise PackError(f"{path}: training pack format version {meta.get('format_version')} is newer than "
-                        f"this irae ({FORMAT_VERSION}); update irae")
+    meta = _pack_metadata(path, header)
     ends = [t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
     need = data_start + (max(ends) if ends else 0)
     have = path.stat().st_size

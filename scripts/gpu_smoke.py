@@ -106,7 +106,7 @@ def c_nvjpeg_decode(dev: torch.device, args) -> str:
     from irae_cli.imageio import read_image
     from irae_cli.restore import Job, RestoreOptions
     from irae_cli.restore.items import _decode_gpu_jpegs, _read
-    from irae_cli.imageio import Source
+    from irae_cli.files import Source
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -171,7 +171,8 @@ def c_nvjpeg_train(dev: torch.device, args) -> str:
 
 
 def c_bf16(dev: torch.device, args) -> str:
-    from irae_cli.imageio import discover, read_image
+    from irae_cli.files import discover
+    from irae_cli.imageio import read_image
     from irae_cli.inference import Restorer
     from irae_cli.tasks import get_task
     from irae_cli.weights import default_weights_for, load_weights

@@ -14,8 +14,9 @@ import torch
 from PIL import Image, ImageCms
 
 from irae_cli.errors import ImageError
-from irae_cli.imageio import (encode_image, encode_png16, find_mask, image_size, mask_from_alpha, output_suffix,
-                              read_image, read_mask, write_image)
+from irae_cli.imageio import image_size, read_image
+from irae_cli.imagewrite import encode_image, encode_png16, output_suffix, write_image
+from irae_cli.maskio import find_mask, mask_from_alpha, read_mask
 from irae_cli.files import atomic_write_bytes, discover
 
 DATA = Path(__file__).parent / "data"

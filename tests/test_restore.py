@@ -16,7 +16,8 @@ import torch
 from PIL import Image, ImageCms
 
 from irae_cli.errors import IraeError
-from irae_cli.imageio import encode_png16, read_image
+from irae_cli.imageio import read_image
+from irae_cli.imagewrite import encode_png16
 from irae_cli.model import create_model
 from irae_cli.restore import RestoreOptions, plan_restore, restore
 from irae_cli.weights import save_weights
@@ -381,7 +382,7 @@ def test_a_cut_jpeg_never_reaches_the_gpu_decoder(tmp_path):
     """nvJPEG decodes a truncated file without complaint; it must go to Pillow, which reports it."""
     import io
 
-    from irae_cli.imageio import jpeg_for_gpu, jpeg_is_complete
+    from irae_cli.gpu_jpeg import jpeg_for_gpu, jpeg_is_complete
 
     buf = io.BytesIO()
     exif = Image.Exif()
@@ -400,7 +401,7 @@ def test_a_cut_jpeg_never_reaches_the_gpu_decoder(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_restore_and_batched_jpeg_decode(weights, tmp_path):
-    from irae_cli.imageio import decode_jpegs_cuda, jpeg_for_gpu
+    from irae_cli.gpu_jpeg import decode_jpegs_cuda, jpeg_for_gpu
 
     src = tmp_path / "in"
     src.mkdir()
@@ -424,7 +425,7 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
     batches decode on their own thread, cross as uint8, and odd files fall back to Pillow."""
     import threading
 
-    import irae_cli.imageio as iio
+    import irae_cli.gpu_jpeg as gpu_jpeg
     import irae_cli.restore.batches as pl
     from irae_cli.imageio import read_image
 
@@ -438,7 +439,7 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
     (src / "cut.jpg").write_bytes(data[:len(data) // 2])  # truncated: never sent to the batch decoder
     refused = (src / "2.jpg").read_bytes()
     seen = []
-    real = iio.decode_jpegs_cuda
+    real = gpu_jpeg.decode_jpegs_cuda
 
     def decode(blobs, gray, device):
         seen.append([threading.current_thread().name, len(blobs), None])
@@ -448,7 +449,7 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
         seen[-1][2] = {x.dtype for x in out}
         return out
 
-    monkeypatch.setattr(iio, "decode_jpegs_cuda", decode)
+    monkeypatch.setattr(gpu_jpeg, "decode_jpegs_cuda", decode)
     monkeypatch.setattr(pl, "_gpu_jpeg_decode", lambda restorer, needs_mask: True)
     summary, _, err = run(src, tmp_path / "gpu", task="denoise", weights=str(weights["cnn-tiny"]), device="cpu",
                           format="png", batch_size=2, skip_existing=False)

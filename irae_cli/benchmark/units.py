@@ -17,7 +17,8 @@ import torch
 from .. import degradations as dg
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
-from ..imageio import read_image, read_mask
+from ..imageio import read_image
+from ..maskio import read_mask
 from .common import METRIC_CONVENTIONS
 
 

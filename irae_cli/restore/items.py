@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ImageError
-from ..imageio import ImageMeta, encode_image, find_mask, jpeg_for_gpu, mask_from_alpha, read_image, read_mask
 from ..files import atomic_write_bytes
+from ..gpu_jpeg import jpeg_for_gpu
+from ..imageio import ImageMeta, read_image
+from ..imagewrite import encode_image
+from ..maskio import find_mask, mask_from_alpha, read_mask
 from .options import RestoreOptions
 from .plan import Job, empty_file
 
@@ -75,7 +78,7 @@ def _decode_gpu_jpegs(items: list[Item], device) -> list[Item]:
     Runs on its own thread (the main thread keeps the model busy meanwhile); the decoded
     uint8 pixels become float here, on the host.
     """
-    from ..imageio import decode_jpegs_cuda  # looked up per call: a stand-in may replace it
+    from ..gpu_jpeg import decode_jpegs_cuda  # looked up per call: a stand-in may replace it
 
     t0 = time.perf_counter()
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IraeError
-from ..imageio import FORMATS
+from ..imagewrite import FORMATS
 from ..shard import parse_shard
 
 OUTPUT_FORMATS = ("auto", "same", *FORMATS)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IraeError
-from ..imageio import PIL_FORMAT, output_suffix
 from ..files import Source, discover, folder_problem, is_within, no_images_message
+from ..imagewrite import PIL_FORMAT, output_suffix
 from ..report_parts import leftover_parts
 from .options import RestoreOptions, check_options
 

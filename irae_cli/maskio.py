@@ -1,0 +1,83 @@
+"""Inpainting masks: finding a mask file for an image, reading it, or taking the holes from alpha.
+
+A mask value at or above half scale means "missing" (255 in 8-bit files);
+masks are meant to be 0 or full scale, and values in between are reported
+once per file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ImageError
+from .files import IMAGE_EXTENSIONS
+from .imageio import ImageMeta, open_image, refuse_frames, upright, warn
+
+# Mask files and alpha-as-mask: a value at or above half scale means "missing" (255 = missing in 8-bit files).
+MASK_THRESHOLD = 0.5
+
+
+def find_mask(mask_root: str | Path, rel: Path) -> Path | None:
+    """The mask for input ``rel``: same relative path under ``mask_root``, any image extension."""
+    folder = Path(mask_root) / rel.parent
+    exact = folder / rel.name
+    if exact.is_file():
+        return exact
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    for name in names:
+        p = Path(name)
+        if p.stem == rel.stem and p.suffix.lower() in IMAGE_EXTENSIONS and (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_mask(path: str | Path, size: tuple[int, int], image: str | Path = "") -> torch.Tensor:
+    """Mask file -> bool (1, H, W), True = missing (values >= half scale; 255 in 8-bit files).
+
+    ``size`` is the image's (H, W); a mask of another size is an ``ImageError``.
+    """
+    path = Path(path)
+    img = open_image(path)
+    refuse_frames(img, path)
+    img = upright(img, path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values, full = np.asarray(img).astype(np.float32), 65535
+    else:
+        if img.mode == "P":
+            img = img.convert("RGB")
+        values, full = np.asarray(img.convert("L")), 255
+    missing = values >= round(MASK_THRESHOLD * full)
+    _warn_partial(path, values, full, "mask")
+    h, w = missing.shape
+    if (h, w) != tuple(size):
+        about = f" but {image} is {size[1]}x{size[0]}" if image else f", expected {size[1]}x{size[0]}"
+        raise ImageError(f"{path}: mask is {w}x{h}{about}; masks must have the image's size")
+    return torch.from_numpy(missing.copy())[None]
+
+
+def mask_from_alpha(meta: ImageMeta, path: str | Path = "") -> torch.Tensor:
+    """Transparent pixels (alpha below half) are the holes: bool (1, H, W), True = missing."""
+    if meta.alpha is None:
+        raise ImageError(f"{path}: has no alpha channel; --mask-from alpha needs transparent holes "
+                         f"(or give mask files with --masks)")
+    full = 65535 if meta.alpha.dtype == np.uint16 else 255
+    _warn_partial(path, meta.alpha, full, "alpha")
+    return torch.from_numpy(np.asarray(meta.alpha).astype(np.float32) < MASK_THRESHOLD * full)[None]
+
+
+def _warn_partial(path: str | Path, values: np.ndarray, full: int, what: str) -> None:
+    """Masks are meant to be 0 or full scale; say once per file how values in between were read."""
+    between = int(np.count_nonzero((values > 0) & (values < full)))
+    if between:
+        half = round(MASK_THRESHOLD * full)
+        rule = (f"values >= {half} are holes" if what == "mask" else
+                f"alpha below {half} is a hole")
+        warn(f"{path}: {between} {what} pixel(s) lie between 0 and {full} (anti-aliased or lossy?); {rule}")
+
