@@ -383,14 +383,13 @@ def load_pack(path) -> tuple[torch.Tensor, dict]:
 # --------------------------------------------------------------------------
 
 def _expand(inputs) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+    """Files as given; folders searched recursively for the image types irae reads (build_pack sorts)."""
+    from .files import discover
+
     out: list[Path] = []
     for s in inputs:
         p = Path(s)
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
-        else:
-            out.append(p)
+        out += [src.path for src in discover(p, recursive=True)] if p.is_dir() else [p]
     return out
 
 
