@@ -1,4 +1,4 @@
-"""Helpers shared by the command modules: one-line errors and exit codes."""
+"""Helpers shared by the command modules: one-line errors and exit codes, options they all read alike."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from contextlib import contextmanager
 import typer
 
 from ..errors import EXIT_USAGE, IraeError, QuietError, one_line
+
+# `irae restore` and `irae benchmark quality` take the same required --task.
+TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.")
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import one_line
-from ._common import parse_list, parse_names, parse_range, user_errors
+from ._common import TASK, parse_list, parse_names, parse_range, user_errors
 
 sub = typer.Typer(
     name="benchmark",
@@ -54,42 +54,55 @@ def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> 
     return 1 if result.get("failures") else 0
 
 
+# The options of `quality` (speed and invertibility, shorter, declare theirs in place).
+_SOURCE = typer.Argument(..., help="Clean image folder or file (degraded here with fixed seeds), "
+                                   "or a manifest.jsonl written by 'irae degrade'.")
+_WEIGHTS = typer.Option(None, "--weights", "-w", help="Weights name or .safetensors path "
+                                                      "(default: the task's shipped default).")
+_COMPARE = typer.Option([], "--compare", help="Another model as NAME=WEIGHTS; repeatable.")
+_SIGMA = typer.Option(None, "--sigma", help="Noise levels on the 0-255 scale (default 15,25,50).")
+_NOISE_PROTOCOL = typer.Option(None, "--noise-protocol", help="clip: noisy image stored as 8-bit, as a real file "
+                                                              "(default); float: unclipped, as most papers.")
+_QUALITY = typer.Option(None, "--quality", help="JPEG qualities, Pillow at 4:2:0 (default 10,20,30,40).")
+_MASK = typer.Option(None, "--mask", help="Mask kinds: box, boxes, strokes (default box,strokes).")
+_HOLE_RATIO = typer.Option(None, "--hole-ratio", help="Hole area fraction range for masks (default 0.05-0.4).")
+_SEED = typer.Option(0, "--seed", help="Global seed; each image's seed derives from it, its path and level.")
+_DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16, fp16.")
+_TILE = typer.Option("auto", "--tile", help="Tile size in px, 0 = whole image, auto = 1024.")
+_BATCH_SIZE = typer.Option(4, "--batch-size", help="Images (or tiles) per model call.")
+_SHEET = typer.Option(None, "--sheet", help="Write a comparison sheet PNG: degraded | each model | clean "
+                                            "crops, labelled with PSNR.")
+_SHEET_CROP = typer.Option(128, "--sheet-crop", help="Side of each sheet tile in px.")
+_SHEET_IMAGES = typer.Option(8, "--sheet-images", help="Images per level shown on the sheet.")
+_SHEET_REGION = typer.Option("worst", "--sheet-region", help="worst: the crop where the first model errs most; "
+                                                             "centre.")
+_CLASSICAL = typer.Option("all", "--classical", help="Classical rows: all, none, or names (cbm3d, nlm; "
+                          "harmonic-fill, telea, navier-stokes). cbm3d/nlm/telea/navier-stokes need "
+                          "pip install 'irae[classical]'.")
+
+
 @sub.command("quality")
 def quality_cmd(
-    source: Path = typer.Argument(..., help="Clean image folder or file (degraded here with fixed seeds), "
-                                            "or a manifest.jsonl written by 'irae degrade'."),
-    task: str = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w",
-                                          help="Weights name or .safetensors path "
-                                               "(default: the task's shipped default)."),
-    compare: List[str] = typer.Option([], "--compare", help="Another model as NAME=WEIGHTS; repeatable."),
-    sigma: Optional[str] = typer.Option(None, "--sigma", help="Noise levels on the 0-255 scale (default 15,25,50)."),
-    noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol",
-                                                 help="clip: noisy image stored as 8-bit, as a real file "
-                                                      "(default); float: unclipped, as most papers."),
-    quality: Optional[str] = typer.Option(None, "--quality",
-                                          help="JPEG qualities, Pillow at 4:2:0 (default 10,20,30,40)."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Mask kinds: box, boxes, strokes (default box,strokes)."),
-    hole_ratio: Optional[str] = typer.Option(None, "--hole-ratio",
-                                             help="Hole area fraction range for masks (default 0.05-0.4)."),
-    seed: int = typer.Option(0, "--seed", help="Global seed; each image's seed derives from it, its path and level."),
+    source: Path = _SOURCE,
+    task: str = TASK,
+    weights: Optional[str] = _WEIGHTS,
+    compare: List[str] = _COMPARE,
+    sigma: Optional[str] = _SIGMA,
+    noise_protocol: Optional[str] = _NOISE_PROTOCOL,
+    quality: Optional[str] = _QUALITY,
+    mask: Optional[str] = _MASK,
+    hole_ratio: Optional[str] = _HOLE_RATIO,
+    seed: int = _SEED,
     device: str = _DEVICE,
-    dtype: str = typer.Option("auto", "--dtype",
-                              help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16, fp16."),
-    tile: str = typer.Option("auto", "--tile", help="Tile size in px, 0 = whole image, auto = 1024."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images (or tiles) per model call."),
+    dtype: str = _DTYPE,
+    tile: str = _TILE,
+    batch_size: int = _BATCH_SIZE,
     json_path: Optional[Path] = _JSON,
-    sheet: Optional[Path] = typer.Option(None, "--sheet",
-                                         help="Write a comparison sheet PNG: degraded | each model | clean "
-                                              "crops, labelled with PSNR."),
-    sheet_crop: int = typer.Option(128, "--sheet-crop", help="Side of each sheet tile in px."),
-    sheet_images: int = typer.Option(8, "--sheet-images", help="Images per level shown on the sheet."),
-    sheet_region: str = typer.Option("worst", "--sheet-region",
-                                     help="worst: the crop where the first model errs most; centre."),
-    classical: str = typer.Option("all", "--classical",
-                                  help="Classical rows: all, none, or names (cbm3d, nlm; harmonic-fill, telea, "
-                                       "navier-stokes). cbm3d/nlm/telea/navier-stokes need "
-                                       "pip install 'irae[classical]'."),
+    sheet: Optional[Path] = _SHEET,
+    sheet_crop: int = _SHEET_CROP,
+    sheet_images: int = _SHEET_IMAGES,
+    sheet_region: str = _SHEET_REGION,
+    classical: str = _CLASSICAL,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
@@ -102,31 +115,43 @@ def quality_cmd(
         from ..benchmark.models import parse_compare
         from ..benchmark.quality import quality as run_quality
         from ..benchmark.tables import quality_table
-        from ..errors import IraeError
-
-        if sheet_region not in ("worst", "centre", "center"):
-            raise IraeError(f"--sheet-region {sheet_region!r}: use worst or centre")
-        if sheet_images < 1 or sheet_crop < 16:
-            raise IraeError("--sheet-images must be >= 1 and --sheet-crop >= 16")
-        tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
-        check_outputs([json_path, sheet], overwrite)
         from ..progress import Progress
 
+        _check_sheet_options(sheet_region, sheet_images, sheet_crop)
+        tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
+        check_outputs([json_path, sheet], overwrite)
         with Progress("scoring", columns=("last {image}",), fields={"image": ""}, unit="image(s)") as bar:
             result = run_quality(
-            source, task=task, weights=weights, compare=parse_compare(compare),
-                sigmas=parse_list(sigma, float, "--sigma") or None,
-                qualities=parse_list(quality, int, "--quality") or None, masks=parse_names(mask, "--mask"),
-                hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None,
-                noise_protocol=noise_protocol, seed=seed, device=device, dtype=dtype, tile=tile_value,
-                batch_size=batch_size, sheet=sheet, sheet_crop=sheet_crop, sheet_images=sheet_images,
-                sheet_crop_mode=sheet_region, overwrite=overwrite, progress=_scored_counter(bar), classical=classical)
-        missing = result["settings"]["classical"]["missing"]
-        if missing:
-            print(f"irae: note: classical rows {', '.join(missing)} skipped: {result['settings']['classical']['install']}",
-                  file=sys.stderr)
+                source, task=task, weights=weights, compare=parse_compare(compare),
+                **_levels(sigma, quality, mask, hole_ratio), noise_protocol=noise_protocol, seed=seed,
+                device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet,
+                sheet_crop=sheet_crop, sheet_images=sheet_images, sheet_crop_mode=sheet_region,
+                overwrite=overwrite, progress=_scored_counter(bar), classical=classical)
+        _note_skipped_classical(result["settings"]["classical"])
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)
+
+
+def _check_sheet_options(region: str, images: int, crop: int) -> None:
+    from ..errors import IraeError
+
+    if region not in ("worst", "centre", "center"):
+        raise IraeError(f"--sheet-region {region!r}: use worst or centre")
+    if images < 1 or crop < 16:
+        raise IraeError("--sheet-images must be >= 1 and --sheet-crop >= 16")
+
+
+def _levels(sigma: str | None, quality: str | None, mask: str | None, hole_ratio: str | None) -> dict:
+    """The degradation levels given on the command line; None where the task's defaults apply."""
+    return dict(sigmas=parse_list(sigma, float, "--sigma") or None,
+                qualities=parse_list(quality, int, "--quality") or None, masks=parse_names(mask, "--mask"),
+                hole_range=parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio else None)
+
+
+def _note_skipped_classical(classical: dict) -> None:
+    if classical["missing"]:
+        print(f"irae: note: classical rows {', '.join(classical['missing'])} skipped: {classical['install']}",
+              file=sys.stderr)
 
 
 @sub.command("speed")

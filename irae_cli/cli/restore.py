@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import IraeError
-from ._common import user_errors
+from ._common import TASK, user_errors
 
 EPILOG = """Examples:
 
@@ -26,53 +26,74 @@ EPILOG = """Examples:
 Exit codes: 0 all restored, 1 some files failed (the rest were done), 2 usage error (nothing done)."""
 
 
+_INPUT = typer.Argument(..., help="An image file or a folder of images.", show_default=False)
+_OUTPUT = typer.Argument(..., help="Output folder (mirrors INPUT's tree), or a file for a single input.",
+                         show_default=False)
+_WEIGHTS = typer.Option(None, "--weights", "-w", help="Shipped weights name or a "
+                        ".safetensors path (default: the shipped weights for the task).")
+_RECURSIVE = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
+                          help="Walk subfolders (the output mirrors the tree).")
+_INCLUDE = typer.Option([], "--include", help="Only files matching this glob (repeatable).")
+_EXCLUDE = typer.Option([], "--exclude", help="Leave out files matching this glob (repeatable).")
+_MASKS = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
+                      "relative paths, any image extension; 255 = missing.")
+_MASK_FROM = typer.Option(None, "--mask-from", help="inpaint: 'alpha' takes the holes from transparent pixels.")
+_FORMAT = typer.Option("auto", "--format", "-f", help="auto, same, png, jpg, webp or tiff; auto "
+                       "= same as the input, but PNG for JPEG inputs of --task jpeg.")
+_QUALITY = typer.Option(95, "--quality", help="JPEG/WebP quality of the outputs.")
+_PNG_LEVEL = typer.Option(1, "--png-level", help="PNG compression 0-9 (1 is fast, 9 is small).")
+_SUFFIX = typer.Option("", "--suffix", help="Added to output names, e.g. _restored.")
+_SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Resume: leave existing outputs alone.")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs.")
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N; under torchrun auto/cuda "
+                       "give each process the GPU of its LOCAL_RANK.")
+_SHARD = typer.Option(None, "--shard", help="K/N: restore only part K of N (K from 0), "
+                      "balanced by pixels; for job arrays. Under torchrun the part is "
+                      "shared by the job's processes.", show_default=False)
+_DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 where the GPU or CPU computes it "
+                      "natively, else fp32), fp32, bf16 or fp16.")
+_COMPILE = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the model "
+                        "(auto: only when the run is long enough to repay the compile time).")
+_TILE = typer.Option("auto", "--tile", help="Tile size in pixels for large images; 0 = whole "
+                     "image; auto = 1024, halved on out-of-memory.")
+_TILE_OVERLAP = typer.Option(None, "--tile-overlap", help="Overlap between tiles, blended linearly "
+                             "(default: 32, or a quarter of a smaller --tile).", show_default=False)
+_BATCH_SIZE = typer.Option(4, "--batch-size", "-b", help="Images (or tiles) of equal size per batch.")
+_WORKERS = typer.Option(0, "--workers", "-j", help="Threads for decoding and for encoding (0 = auto).")
+_REPORT = typer.Option(None, "--report", help="Write one JSON line per image here.")
+_DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan and do nothing.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only.")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("restore", epilog=EPILOG)
     def restore_cli(
-        input: Path = typer.Argument(..., help="An image file or a folder of images.", show_default=False),
-        output: Path = typer.Argument(..., help="Output folder (mirrors INPUT's tree), or a file for a single "
-                                      "input.", show_default=False),
-        task: str = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint."),
-        weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Shipped weights name or a "
-                                              ".safetensors path (default: the shipped weights for the task)."),
-        recursive: bool = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
-                                       help="Walk subfolders (the output mirrors the tree)."),
-        include: list[str] = typer.Option([], "--include", help="Only files matching this glob (repeatable)."),
-        exclude: list[str] = typer.Option([], "--exclude", help="Leave out files matching this glob "
-                                          "(repeatable)."),
-        masks: Optional[Path] = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
-                                             "relative paths, any image extension; 255 = missing."),
-        mask_from: Optional[str] = typer.Option(None, "--mask-from", help="inpaint: 'alpha' takes the holes "
-                                                "from transparent pixels."),
-        out_format: str = typer.Option("auto", "--format", "-f", help="auto, same, png, jpg, webp or tiff; auto "
-                                       "= same as the input, but PNG for JPEG inputs of --task jpeg."),
-        quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality of the outputs."),
-        png_level: int = typer.Option(1, "--png-level", help="PNG compression 0-9 (1 is fast, 9 is small)."),
-        suffix: str = typer.Option("", "--suffix", help="Added to output names, e.g. _restored."),
-        skip_existing: bool = typer.Option(False, "--skip-existing", help="Resume: leave existing outputs "
-                                           "alone."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N; under torchrun auto/cuda "
-                                   "give each process the GPU of its LOCAL_RANK."),
-        shard: Optional[str] = typer.Option(None, "--shard", help="K/N: restore only part K of N (K from 0), "
-                                            "balanced by pixels; for job arrays. Under torchrun the part is "
-                                            "shared by the job's processes.", show_default=False),
-        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the GPU or CPU computes it "
-                                  "natively, else fp32), fp32, bf16 or fp16."),
-        compile_mode: str = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the model "
-                                         "(auto: only when the run is long enough to repay the compile time)."),
-        tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; 0 = whole "
-                                 "image; auto = 1024, halved on out-of-memory."),
-        tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Overlap between tiles, "
-                                                   "blended linearly (default: 32, or a quarter of a smaller "
-                                                   "--tile).", show_default=False),
-        batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images (or tiles) of equal size per "
-                                       "batch."),
-        workers: int = typer.Option(0, "--workers", "-j", help="Threads for decoding and for encoding "
-                                    "(0 = auto)."),
-        report: Optional[Path] = typer.Option(None, "--report", help="Write one JSON line per image here."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
+        input: Path = _INPUT,
+        output: Path = _OUTPUT,
+        task: str = TASK,
+        weights: Optional[str] = _WEIGHTS,
+        recursive: bool = _RECURSIVE,
+        include: list[str] = _INCLUDE,
+        exclude: list[str] = _EXCLUDE,
+        masks: Optional[Path] = _MASKS,
+        mask_from: Optional[str] = _MASK_FROM,
+        out_format: str = _FORMAT,
+        quality: int = _QUALITY,
+        png_level: int = _PNG_LEVEL,
+        suffix: str = _SUFFIX,
+        skip_existing: bool = _SKIP_EXISTING,
+        overwrite: bool = _OVERWRITE,
+        device: str = _DEVICE,
+        shard: Optional[str] = _SHARD,
+        dtype: str = _DTYPE,
+        compile_mode: str = _COMPILE,
+        tile: str = _TILE,
+        tile_overlap: Optional[int] = _TILE_OVERLAP,
+        batch_size: int = _BATCH_SIZE,
+        workers: int = _WORKERS,
+        report: Optional[Path] = _REPORT,
+        dry_run: bool = _DRY_RUN,
+        quiet: bool = _QUIET,
     ) -> None:
         """Restore a file or a folder of images (denoise, remove JPEG artefacts, inpaint holes).
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import one_line
+from ..errors import IraeError, one_line
 from ._common import parse_names, parse_range, user_errors
 
 HELP = """Train a restoration model on patches of your photos (or a .safetensors pack).
@@ -19,77 +19,109 @@ to undo it (L1 loss, Adam, warm-up + cosine).  Stop with --steps and/or
 The saved weights are the EMA of the training weights.
 """
 
+# The options, in the order --help lists them.  None means "not given": the task's default applies, or, on
+# --resume, the checkpoint's value.
+_DATA = typer.Argument(None, help="Folder of training images (searched recursively) or a "
+                                  ".safetensors training pack. Optional with --resume.")
+_OUT = typer.Option(..., "--out", "-o", help="Weights file to write (.safetensors).")
+_TASK = typer.Option(None, "--task", "-t", help="denoise | jpeg | inpaint (default: denoise)")
+_ARCH = typer.Option(None, "--arch", help="Model preset, e.g. tiny, paper-denoise, "
+                                          "cnn (a wrong name lists all) (default: the task's).")
+_STEPS = typer.Option(None, "--steps", help="Training steps; the cosine schedule spans them.")
+_MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget of this invocation; "
+                        "stops cleanly and saves. Alone, it also sets the schedule length.")
+_STOP_AT = typer.Option(None, "--stop-at", help="Stop (and save) at this step without "
+                        "ending the schedule; continue later with --resume.")
+_RESUME = typer.Option(None, "--resume", help="Continue the run saved in this checkpoint.")
+_PATCH = typer.Option(None, "--patch", help="Patch side in pixels (default: 64; 128 for inpaint).")
+_BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Patches per step and GPU "
+                           "(default: 64 on CUDA, 8 on the CPU).")
+_LR = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3; 1e-4 for inpaint).")
+_WARMUP = typer.Option(None, "--warmup", help="Warm-up steps (default: 2 % of --steps).")
+_CLIP = typer.Option(None, "--clip", help="Gradient-norm clip, 0 = off (default: 10).")
+_INVERSE_GAIN = typer.Option(None, "--inverse-gain", help="IRAE: largest gain allowed to "
+                             "the inverse direction (finite-difference penalty that keeps "
+                             "the fp32 round trip exact in 8 bits); 0 = off (default: 1000).")
+_INIT_START = typer.Option(None, "--init-start", help="IRAE: data (each flow initialised "
+                           "from its own data) or identity (the untrained model returns "
+                           "its input) (default: identity for inpaint, else data).")
+_INIT_FROM = typer.Option(None, "--init-from", help="Start from these trained weights "
+                          "(a file or shipped name, same --arch; any task) instead of a "
+                          "fresh initialisation: fine-tune, or begin a new schedule.")
+_INVERSE_GAIN_EVERY = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
+                                   "inverse gain every N steps, its penalty weighted by N "
+                                   "(default: 4; 1 = every step, ~2x slower).")
+_EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
+_SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
+_SIGMA = typer.Option(None, "--sigma", help="denoise: noise sigma range on the 0-255 scale (default: 0-55).")
+_NOISE_PROTOCOL = typer.Option(None, "--noise-protocol", help="denoise: 'clip' (clipped and "
+                               "rounded to 8 bits, as real noisy files are) or 'float' "
+                               "(unclipped, the paper's; 'paper' is accepted too) (default: clip).")
+_QUALITY = typer.Option(None, "--quality", help="jpeg: quality range (default: 10-90).")
+_SUBSAMPLING = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
+                            "4:2:0 | 4:2:2 | 4:4:4 (default: 4:2:0).")
+_MASK = typer.Option(None, "--mask", help="inpaint: mask kinds, comma-separated, of box, "
+                                          "boxes, strokes (default: box,strokes).")
+_HOLE_RATIO = typer.Option(None, "--hole-ratio", help="inpaint: hole-area range (default: 0.05-0.4).")
+_VAL = typer.Option(None, "--val", help="Folder of held-out images: PSNR every "
+                                        "--val-every steps and at the end.")
+_VAL_EVERY = typer.Option(None, "--val-every", help="Validate every N steps, 0 = only at "
+                          "the end (default: 2000).")
+_VAL_CROP = typer.Option(512, "--val-crop", help="Centre-crop validation images to at most this.")
+_VAL_SEED = typer.Option(0, "--val-seed", help="Seed of the validation degradations.")
+_CHECKPOINT = typer.Option(None, "--checkpoint", help="Checkpoint file (default: OUT with .ckpt.safetensors).")
+_CHECKPOINT_EVERY = typer.Option(None, "--checkpoint-every", help="Checkpoint every N "
+                                 "steps, 0 = only at the end (default: 1000).")
+_LOG = typer.Option(None, "--log", help="JSON log (default: OUT with .log.json).")
+_LOG_EVERY = typer.Option(None, "--log-every", help="Steps per logged loss interval.")
+_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
+_DTYPE = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only; the "
+                                              "flow arithmetic stays fp32; auto = bf16 where the GPU "
+                                              "or CPU computes it natively).")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output files.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train", help=HELP, no_args_is_help=True)
     def train(
-        data: Optional[Path] = typer.Argument(None, help="Folder of training images (searched recursively) or a "
-                                                         ".safetensors training pack. Optional with --resume."),
-        out: Path = typer.Option(..., "--out", "-o", help="Weights file to write (.safetensors)."),
-        task: Optional[str] = typer.Option(None, "--task", "-t", help="denoise | jpeg | inpaint (default: denoise)"),
-        arch: Optional[str] = typer.Option(None, "--arch", help="Model preset, e.g. tiny, paper-denoise, "
-                                                               "cnn (a wrong name lists all) (default: the task's)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps; the cosine schedule spans them."),
-        minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of this invocation; "
-                                                "stops cleanly and saves. Alone, it also sets the schedule length."),
-        stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop (and save) at this step without "
-                                              "ending the schedule; continue later with --resume."),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run saved in this checkpoint."),
-        patch: Optional[int] = typer.Option(None, "--patch", help="Patch side in pixels (default: 64; 128 for "
-                                                                  "inpaint)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Patches per step and GPU "
-                                                 "(default: 64 on CUDA, 8 on the CPU)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3; 1e-4 for "
-                                                              "inpaint)."),
-        warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default: 2 % of --steps)."),
-        clip: Optional[float] = typer.Option(None, "--clip", help="Gradient-norm clip, 0 = off (default: 10)."),
-        inverse_gain: Optional[float] = typer.Option(None, "--inverse-gain", help="IRAE: largest gain allowed to "
-                                                     "the inverse direction (finite-difference penalty that keeps "
-                                                     "the fp32 round trip exact in 8 bits); 0 = off (default: "
-                                                     "1000)."),
-        init_start: Optional[str] = typer.Option(None, "--init-start", help="IRAE: data (each flow initialised "
-                                                 "from its own data) or identity (the untrained model returns "
-                                                 "its input) (default: identity for inpaint, else data)."),
-        init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these trained weights "
-                                                "(a file or shipped name, same --arch; any task) instead of a "
-                                                "fresh initialisation: fine-tune, or begin a new schedule."),
-        inverse_gain_every: Optional[int] = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
-                                                         "inverse gain every N steps, its penalty weighted by N "
-                                                         "(default: 4; 1 = every step, ~2x slower)."),
-        ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off "
-                                                                "(default: 0.999)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw (default: 0)."),
-        sigma: Optional[str] = typer.Option(None, "--sigma", help="denoise: noise sigma range on the 0-255 scale "
-                                                                  "(default: 0-55)."),
-        noise_protocol: Optional[str] = typer.Option(None, "--noise-protocol", help="denoise: 'clip' (clipped and "
-                                                     "rounded to 8 bits, as real noisy files are) or 'float' "
-                                                     "(unclipped, the paper's; 'paper' is accepted too) "
-                                                     "(default: clip)."),
-        quality: Optional[str] = typer.Option(None, "--quality", help="jpeg: quality range (default: 10-90)."),
-        subsampling: Optional[str] = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
-                                                  "4:2:0 | 4:2:2 | 4:4:4 (default: 4:2:0)."),
-        mask: Optional[str] = typer.Option(None, "--mask", help="inpaint: mask kinds, comma-separated, of box, "
-                                                                "boxes, strokes (default: box,strokes)."),
-        hole_ratio: Optional[str] = typer.Option(None, "--hole-ratio", help="inpaint: hole-area range "
-                                                 "(default: 0.05-0.4)."),
-        val: Optional[Path] = typer.Option(None, "--val", help="Folder of held-out images: PSNR every "
-                                                               "--val-every steps and at the end."),
-        val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps, 0 = only at "
-                                                "the end (default: 2000)."),
-        val_crop: int = typer.Option(512, "--val-crop", help="Centre-crop validation images to at most this."),
-        val_seed: int = typer.Option(0, "--val-seed", help="Seed of the validation degradations."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file "
-                                                  "(default: OUT with .ckpt.safetensors)."),
-        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N "
-                                                       "steps, 0 = only at the end (default: 1000)."),
-        log: Optional[Path] = typer.Option(None, "--log", help="JSON log (default: OUT with .log.json)."),
-        log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per logged loss interval."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-        dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only; the "
-                                                          "flow arithmetic stays fp32; auto = bf16 where the GPU "
-                                                          "or CPU computes it natively)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        data: Optional[Path] = _DATA,
+        out: Path = _OUT,
+        task: Optional[str] = _TASK,
+        arch: Optional[str] = _ARCH,
+        steps: Optional[int] = _STEPS,
+        minutes: Optional[float] = _MINUTES,
+        stop_at: Optional[int] = _STOP_AT,
+        resume: Optional[Path] = _RESUME,
+        patch: Optional[int] = _PATCH,
+        batch_size: Optional[int] = _BATCH_SIZE,
+        lr: Optional[float] = _LR,
+        warmup: Optional[int] = _WARMUP,
+        clip: Optional[float] = _CLIP,
+        inverse_gain: Optional[float] = _INVERSE_GAIN,
+        init_start: Optional[str] = _INIT_START,
+        init_from: Optional[str] = _INIT_FROM,
+        inverse_gain_every: Optional[int] = _INVERSE_GAIN_EVERY,
+        ema: Optional[float] = _EMA,
+        seed: Optional[int] = _SEED,
+        sigma: Optional[str] = _SIGMA,
+        noise_protocol: Optional[str] = _NOISE_PROTOCOL,
+        quality: Optional[str] = _QUALITY,
+        subsampling: Optional[str] = _SUBSAMPLING,
+        mask: Optional[str] = _MASK,
+        hole_ratio: Optional[str] = _HOLE_RATIO,
+        val: Optional[Path] = _VAL,
+        val_every: Optional[int] = _VAL_EVERY,
+        val_crop: int = _VAL_CROP,
+        val_seed: int = _VAL_SEED,
+        checkpoint: Optional[Path] = _CHECKPOINT,
+        checkpoint_every: Optional[int] = _CHECKPOINT_EVERY,
+        log: Optional[Path] = _LOG,
+        log_every: Optional[int] = _LOG_EVERY,
+        device: str = _DEVICE,
+        dtype: str = _DTYPE,
+        overwrite: bool = _OVERWRITE,
+        quiet: bool = _QUIET,
     ) -> None:
         with user_errors():
             given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
@@ -97,23 +129,12 @@ def register(app: typer.Typer) -> None:
                            inverse_gain_every=inverse_gain_every, init_start=init_start, init_from=init_from,
                            sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
                            mask=mask, hole_ratio=hole_ratio)
-            from ..errors import IraeError
+            session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,
+                               stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
+                               checkpoint_every=checkpoint_every, log_every=log_every, device=device, dtype=dtype,
+                               overwrite=overwrite, quiet=quiet)
+            from ..train import train as run_training
 
-            if data is None and resume is None:
-                raise IraeError("DATA is required: a folder of training photos or a .safetensors pack")
-            for name, value in (("--val-every", val_every), ("--checkpoint-every", checkpoint_every),
-                                ("--log-every", log_every)):
-                if value is not None and value < 0:
-                    raise IraeError(f"{name} must be >= 0, not {value}")
-            if val_crop < 16:
-                raise IraeError(f"--val-crop must be at least 16, not {val_crop}")
-
-            from ..train import Session, train as run_training
-
-            session = Session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,
-                              stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
-                              checkpoint_every=checkpoint_every, log_every=log_every or None, device=device,
-                              dtype=dtype, overwrite=overwrite, quiet=quiet)
             _print_result(run_training(session, given))
 
 
@@ -127,6 +148,23 @@ def _given(*, sigma, quality, mask, hole_ratio, **options) -> dict:
         "hole_range": parse_range(hole_ratio, float, "--hole-ratio") if hole_ratio is not None else None,
     }
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _session(*, data, resume, val_every, checkpoint_every, log_every, val_crop, **options):
+    """The Session, its options checked before ``irae_cli.train`` (and torch) is imported: a wrong one fails
+    at once."""
+    if data is None and resume is None:
+        raise IraeError("DATA is required: a folder of training photos or a .safetensors pack")
+    for name, value in (("--val-every", val_every), ("--checkpoint-every", checkpoint_every),
+                        ("--log-every", log_every)):
+        if value is not None and value < 0:
+            raise IraeError(f"{name} must be >= 0, not {value}")
+    if val_crop < 16:
+        raise IraeError(f"--val-crop must be at least 16, not {val_crop}")
+    from ..train import Session
+
+    return Session(data=data, resume=resume, val_every=val_every, checkpoint_every=checkpoint_every,
+                   log_every=log_every or None, val_crop=val_crop, **options)
 
 
 def _print_result(result) -> None:

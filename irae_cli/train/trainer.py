@@ -1,4 +1,5 @@
-"""One run of ``irae train``: the Trainer sets everything up, then steps until a stop reason, then saves.
+"""One run of ``irae train``: the Trainer sets everything up, then steps until a stop reason, then saves
+(the saving at the end: ``finish``).
 
 Every clock reading of the run goes through ``Trainer.clock`` (``time.monotonic`` of this module when the
 Trainer is made), the budget's included, so that tests can run the budget logic on a fake clock.
@@ -30,12 +31,12 @@ from .config import Session, TrainConfig, build_config, lr_at, merge_resumed_con
 from .data import PatchSampler, load_training_data, replay_warning
 from .degrader import Degrader
 from .divergence import DivergenceGuard
+from .finish import finish
 from .loss import inverse_gain_penalty, training_loss
 from .outputs import RunFiles, check_output_space, refuse_foreign_outputs, derived_paths
 from .precision import EMA, StepPrecision, compute_dtype
-from ..environment import device_name
 from ..progress import Progress, default_echo
-from .runlog import TrainResult, open_log, run_summary, session_record
+from .runlog import TrainResult, open_log, session_record
 from .validation import TrainingValidation, summarize_val
 
 DEFAULT_VAL_EVERY = 2000
@@ -234,7 +235,7 @@ class Trainer:
             self.precision.detach()
         if self.state.stopped == "interrupted" and self.state.step == 0 and self.ckpt is None:
             raise KeyboardInterrupt  # nothing trained yet: writing no file beats writing an uninitialised one
-        return self._finish()
+        return finish(self)
 
     def _stop_reason(self) -> str | None:
         st, c, s = self.state, self.config, self.session
@@ -408,7 +409,7 @@ class Trainer:
             return
         if self.validation is not None:
             t_val = self.clock()
-            scores = self._evaluate()
+            scores = self.evaluate()
             self.budget.last_val_seconds = self.clock() - t_val
             self.log["val"].append({"step": st.step, "levels": scores,
                                     "seconds": round(self.budget.last_val_seconds, 2)})
@@ -421,13 +422,14 @@ class Trainer:
         if not self.ckpt_every or self.state.step % self.ckpt_every or done:
             return
         t_save = self.clock()
-        self._write_checkpoint()
+        self.write_checkpoint()
         self.budget.save_seconds = max(1.0, 2 * (self.clock() - t_save))
         self.state.interval_t0 += self.clock() - t_save
 
     # ------------------------------------------------------------------ files
 
-    def _evaluate(self) -> dict | None:
+    def evaluate(self) -> dict | None:
+        """Validation scores of the weights that would be saved now (the EMA's when on); None without --val."""
         if self.validation is None:
             return None
         return self.validation(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
@@ -437,7 +439,8 @@ class Trainer:
         mine = self.degrader.rng_state()
         return {"torch": torch.get_rng_state(), **collectives.gather_states(mine, self.dist)}
 
-    def _write_checkpoint(self) -> None:
+    def write_checkpoint(self) -> None:
+        """Every rank calls it (the generator states are gathered); rank 0 writes."""
         from ..model import config_to_json
 
         rng = self._rng_state()  # collective under DDP: every rank takes part
@@ -451,59 +454,6 @@ class Trainer:
                 "sessions": st.sessions, "divergence_guard": self.guard.state(), "init_from": self.init_from_record,
                 "task_params": self.task_params}
         self.files.write_checkpoint(model=self.model, ema=self.ema, optimizer=self.optimizer, rng=rng, meta=meta)
-
-    def _finish(self) -> TrainResult:
-        """The end: checkpoint, final validation, weights, log; then the failed writes, if any, as one error."""
-        st, files = self.state, self.files
-        minutes = (st.train_seconds + self.clock() - self.t_run) / 60
-        self._write_checkpoint()
-        summary = final_val = sha = None
-        if self.dist.main:
-            final_val = self._final_validation()
-            summary = self._summary(final_val, minutes)
-            final = self._final_model()
-            sha = files.write_weights(final, self.config, self.task_params, summary)
-        if self.dist.active:
-            import torch.distributed as dist
-
-            dist.barrier()
-            dist.destroy_process_group()
-        files.raise_if_any_failed(st.step)
-        if st.stopped == "interrupted":
-            raise KeyboardInterrupt
-        return TrainResult(out=files.out, checkpoint=files.checkpoint, log=files.log_path, sha256=sha,
-                           steps=st.step, steps_planned=self.config.steps, patches_seen=st.patches_seen,
-                           minutes=minutes, stopped=st.stopped, val=final_val, device=device_name(self.device),
-                           summary=summary or {})
-
-    def _final_validation(self) -> dict | None:
-        if self.validation is None:
-            return None
-        t_val = self.clock()
-        scores = self._evaluate()
-        self.log["val"].append({"step": self.state.step, "levels": scores,
-                                "seconds": round(self.clock() - t_val, 2), "final": True})
-        return scores
-
-    def _summary(self, final_val: dict | None, minutes: float) -> dict:
-        from ..model import config_to_json
-
-        st, s = self.state, self.session
-        return run_summary(
-            run_id=self.run_id, config=self.config, model_config=json.loads(config_to_json(self.model.config)),
-            data=self.data.description, steps=st.step, patches_seen=st.patches_seen, minutes=minutes,
-            device=self.device, dtype=self.precision.label, world=self.dist.world, val=final_val,
-            validator=self.validation.validator if self.validation is not None else None, val_seed=s.val_seed,
-            val_crop=s.val_crop, stopped=st.stopped, sessions=st.sessions, jpeg_engine=self.degrader.jpeg_engine,
-            oom_halvings=self.log["sessions"][-1].get("oom_halvings", []), init_from=self.init_from_record)
-
-    def _final_model(self) -> torch.nn.Module:
-        """A fresh model of the preset with the weights to save: the EMA's (when on)."""
-        from ..model import create_model
-
-        final = create_model(self.config.arch)
-        final.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
-        return final
 
 
 def train(session: Session, given: dict | None = None) -> TrainResult:
