@@ -177,6 +177,20 @@ class CouplingNet(nn.Module):
         return self.conv3(h)
 
 
+def couple(x: torch.Tensor, half: int, shift_logscale) -> torch.Tensor:
+    """The affine coupling: ``z_a = x_a * exp(log_s) + shift`` with both computed from ``x_b``, which passes."""
+    x_a, x_b = x[:, :half], x[:, half:]
+    shift, log_s = shift_logscale(x_b)
+    return torch.cat([x_a * torch.exp(log_s) + shift, x_b], dim=1)
+
+
+def uncouple(z: torch.Tensor, half: int, shift_logscale) -> torch.Tensor:
+    """``couple``'s exact inverse: ``x_b`` is there unchanged, so the same shift and scale are recomputed."""
+    z_a, x_b = z[:, :half], z[:, half:]
+    shift, log_s = shift_logscale(x_b)
+    return torch.cat([(z_a - shift) * torch.exp(-log_s), x_b], dim=1)
+
+
 class AffineCoupling(nn.Module):
     """z_a = x_a * exp(c * tanh(h_s / c)) + h_t, with (h_t, h_s) = net(x_b).
 
@@ -197,14 +211,10 @@ class AffineCoupling(nn.Module):
         return shift, self.clamp * torch.tanh(raw / self.clamp)
 
     def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
-        x_a, x_b = x[:, : self.half], x[:, self.half :]
-        shift, log_s = self._shift_logscale(x_b, init)
-        return torch.cat([x_a * torch.exp(log_s) + shift, x_b], dim=1)
+        return couple(x, self.half, lambda x_b: self._shift_logscale(x_b, init))
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        z_a, x_b = z[:, : self.half], z[:, self.half :]
-        shift, log_s = self._shift_logscale(x_b)
-        return torch.cat([(z_a - shift) * torch.exp(-log_s), x_b], dim=1)
+        return uncouple(z, self.half, self._shift_logscale)
 
 
 class FlowStep(nn.Module):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .flows import AffineCoupling, FlowStep, MultiLevelFlow
+from .flows import AffineCoupling, FlowStep, MultiLevelFlow, couple, uncouple
 from .irae import IRAE, pad_to_multiple
 
 
@@ -74,14 +74,10 @@ class FoldedCoupling(nn.Module):
         return shift, self.clamp * torch.tanh(raw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_a, x_b = x[:, : self.half], x[:, self.half :]
-        shift, log_s = self._shift_logscale(x_b)
-        return torch.cat([x_a * torch.exp(log_s) + shift, x_b], dim=1)
+        return couple(x, self.half, self._shift_logscale)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        z_a, x_b = z[:, : self.half], z[:, self.half :]
-        shift, log_s = self._shift_logscale(x_b)
-        return torch.cat([(z_a - shift) * torch.exp(-log_s), x_b], dim=1)
+        return uncouple(z, self.half, self._shift_logscale)
 
 
 class FoldedEncoderStep(nn.Module):
