@@ -1,10 +1,11 @@
 """Files and folders: finding images, writing atomically, checking output folders before any work.
 
-Every file irae writes goes through ``atomic_write_bytes`` (a temp file in the
-same folder, then a rename), so a killed run never leaves a half-written file
-under a real name, and nothing the user owns is replaced without ``overwrite``.
-What a killed run does leave (``.NAME.irae-tmp-PID-*``) is removed by the next
-run once its writer is gone.
+Images, test sets, reports, weights, checkpoints, logs and packs are written
+through ``replace_atomically`` (a temp file in the same folder, fsync, then a
+rename), so a killed run never leaves a half-written file under a real name,
+and nothing the user owns is replaced without ``overwrite``.  What a killed
+``restore``, ``degrade`` or ``train`` leaves (``.NAME.irae-tmp-PID-*``) is removed
+by the next such run into that folder once its writer is gone.
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ def replace_atomically(path: str | Path, data: bytes, *, overwrite: bool) -> Non
     path = Path(path)
     tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}.{HOST_TAG}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a folder must be: not the "refusing to overwrite" case
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of its folder", str(path.parent)) from None
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

@@ -1,8 +1,9 @@
-"""Float image tensors <-> 8-bit arrays and Pillow images: the one rounding rule.
+"""Float image tensors <-> 8-bit arrays and Pillow images, for degraded images and test sets.
 
 Images are float tensors in [0, 1], shape (C, H, W) with C = 1 or 3.  Going to
-8 bits clips and rounds half to even (``torch.round``), which is what every file
-irae writes holds.
+8 bits clips and rounds half to even, as ``quantize_u8`` does and as every
+8-bit file irae writes holds (``imagewrite`` rounds the same way, and also
+handles 16-bit, alpha and colour profiles).
 """
 
 from __future__ import annotations

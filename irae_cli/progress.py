@@ -58,15 +58,17 @@ class Progress:
         return self._bar is not None
 
     def update(self, *, completed: int | None = None, advance: int = 0, total: int | None = None,
-               force: bool = False, **fields) -> None:
-        """Move the count and/or change fields; ``force`` prints a plain status line now (not on a bar)."""
+               force: bool = False, announce: bool = True, **fields) -> None:
+        """Move the count and/or change fields.  Without a bar, ``force`` prints a status line now and
+        ``announce=False`` prints none (a count that moves every step would crowd out the lines that
+        carry fresh fields)."""
         if total is not None:
             self.total = total
         self.completed = (completed if completed is not None else self.completed) + advance
         self.fields.update({k: v for k, v in fields.items() if v is not None})
         if self._bar is not None:
             self._bar.update(self._task, completed=self.completed, total=self.total, **self.fields)
-        elif not self.quiet and self.plain_every is not None and (
+        elif announce and not self.quiet and self.plain_every is not None and (
                 force or time.monotonic() - self._last_plain >= self.plain_every):
             self._last_plain = time.monotonic()
             self.say(self.status_line())

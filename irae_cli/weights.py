@@ -14,9 +14,9 @@ checked on every load by name.
 from __future__ import annotations
 
 import hashlib
-import sysconfig
 import json
 import os
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,17 +34,21 @@ INDEX_FILE = "index.json"
 INSTALLED_SUBDIR = ("share", "irae", "weights")  # where pyproject's data-files puts weights/ on install
 
 
-def shipped_weights_dir() -> Path:
-    """The shipped weights: $IRAE_WEIGHTS_DIR, else a source checkout's weights/, else the installed copy.
-
-    An editable install reads the checkout; ``pip install .`` copies weights/ to
-    <prefix>/share/irae/weights (the user scheme's prefix for ``--user``).
-    """
+def weights_search_path() -> list[Path]:
+    """Where shipped weights may be, in order: $IRAE_WEIGHTS_DIR alone if set, else a source checkout's
+    weights/, then the installed copy (``pip install .`` puts weights/ in <prefix>/share/irae/weights; the
+    user scheme's prefix for ``--user``)."""
     if os.environ.get("IRAE_WEIGHTS_DIR"):
-        return Path(os.environ["IRAE_WEIGHTS_DIR"])
+        return [Path(os.environ["IRAE_WEIGHTS_DIR"])]
     candidates = [Path(__file__).resolve().parent.parent / "weights"]
     for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")):
         candidates.append(Path(sysconfig.get_path("data", scheme)).joinpath(*INSTALLED_SUBDIR))
+    return list(dict.fromkeys(candidates))
+
+
+def shipped_weights_dir() -> Path:
+    """The first place on the search path that holds a registry (the first place when none does)."""
+    candidates = weights_search_path()
     return next((c for c in candidates if (c / INDEX_FILE).is_file()), candidates[0])
 
 
@@ -115,7 +119,8 @@ def require_default_weights(task: str) -> str:
     """``default_weights_for(task)``, or the one message saying where irae looked and what to do instead."""
     name = default_weights_for(task)
     if name is None:
-        raise WeightsError(f"no shipped weights for task {task!r} in {WEIGHTS_DIR}; train some with "
+        looked = ", ".join(str(p) for p in weights_search_path())
+        raise WeightsError(f"no shipped weights for task {task!r} (looked in {looked}); train some with "
                            f"'irae train --task {task} ... --out w.safetensors' and pass --weights w.safetensors")
     return name
 

@@ -1,4 +1,4 @@
-"""Tests for `irae degrade` (irae_cli.testset, irae_cli.degradations and the CLI): layout, determinism, statistics, manifest."""
+"""Tests for `irae degrade` (irae_cli.testset, irae_cli.degradations, the CLI): layout, determinism, manifest."""
 
 from __future__ import annotations
 

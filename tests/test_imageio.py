@@ -245,8 +245,9 @@ def test_atomic_write_never_overwrites_and_reports_unwritable(tmp_path):
     atomic_write_bytes(p, b"two", overwrite=True)
     assert p.read_bytes() == b"two"
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    with pytest.raises(ImageError, match="blocker"):
-        atomic_write_bytes(tmp_path / "blocker" / "x.png", b"x")
+    with pytest.raises(ImageError, match="blocker") as e:
+        atomic_write_bytes(tmp_path / "blocker" / "x.png", b"x", overwrite=True)
+    assert "in the way" in str(e.value) and "--overwrite" not in str(e.value)  # not "refusing to overwrite"
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a.png", "blocker"]  # no temp files left
 
 

@@ -39,14 +39,13 @@ class ModelInfo:
 
     size_multiple: int  # height and width are padded to a multiple of this
     invertible: bool  # has an exact inverse (the clean -> degraded direction)
-    needs_init: bool  # a fresh model sets its ActNorms from the first batch before training
 
     @classmethod
     def of(cls, config) -> "ModelInfo":
         if isinstance(config, IRAEConfig):
-            return cls(size_multiple=2 ** config.levels, invertible=True, needs_init=True)
+            return cls(size_multiple=2 ** config.levels, invertible=True)
         if isinstance(config, CNNConfig):
-            return cls(size_multiple=1, invertible=False, needs_init=False)
+            return cls(size_multiple=1, invertible=False)
         raise TypeError(f"no model info for {type(config).__name__}")
 
 

@@ -28,8 +28,6 @@ def compute_dtype(name: str, device: torch.device, arch: str) -> torch.dtype:
     if name not in ("auto", "fp32", "bf16"):
         raise IraeError(f"--dtype must be auto, fp32 or bf16 for training, not {name!r}")
     _, dtype = device_and_dtype(device, name, coupling_only=model_info(arch).invertible, strict=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     return dtype
 
 

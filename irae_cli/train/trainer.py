@@ -23,6 +23,7 @@ from ..degradations import derive_seed
 from ..distributed import init_distributed
 from ..distributed import rank_device as train_device
 from ..errors import IraeError
+from ..progress import Progress, default_echo
 from ..tasks import get_task
 from . import collectives
 from .budget import CALIBRATION_STEPS, TimeBudget
@@ -33,9 +34,8 @@ from .degrader import Degrader
 from .divergence import DivergenceGuard
 from .finish import finish
 from .loss import inverse_gain_penalty, training_loss
-from .outputs import RunFiles, check_output_space, refuse_foreign_outputs, derived_paths
+from .outputs import RunFiles, check_output_space, derived_paths, refuse_foreign_outputs
 from .precision import EMA, StepPrecision, compute_dtype
-from ..progress import Progress, default_echo
 from .runlog import TrainResult, open_log, session_record
 from .validation import TrainingValidation, summarize_val
 
@@ -77,6 +77,8 @@ class Trainer:
         self._setup_config()
         self._setup_outputs()
         self.compute_dtype = compute_dtype(self.session.dtype, self.device, self.config.arch)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels are reused every step
         self._setup_data()
         self._setup_model()
         self._setup_validation()
@@ -214,7 +216,8 @@ class Trainer:
         self.initialized = False
         self.state.loss_sum = torch.zeros((), device=self.device)
         self.reporter = Progress("step", c.steps, completed=self.state.step,
-                                 fields={"loss": "-", "speed": "-", "val": "-"}, columns=("loss {loss}", "{speed}", "val {val}"), live=s.progress,
+                                 fields={"loss": "-", "speed": "-", "val": "-"},
+                                 columns=("loss {loss}", "{speed}", "val {val}"), live=s.progress,
                                  quiet=s.quiet or not self.dist.main, transient=False, plain_every=10.0)
 
     # ------------------------------------------------------------------ the loop
@@ -285,7 +288,7 @@ class Trainer:
         st.interval_steps += 1
         st.step += 1
         st.patches_seen += c.batch_size * self.dist.world
-        self.reporter.update(completed=st.step)
+        self.reporter.update(completed=st.step, announce=False)
         return True
 
     def _initialize_once(self, inp: torch.Tensor, clean: torch.Tensor) -> None:
@@ -354,7 +357,7 @@ class Trainer:
         self.config = dataclasses.replace(self.config, **changes)
         self.log["config"] = self.config.to_dict()
         if "steps" in changes:
-            self.reporter.update(total=self.config.steps)
+            self.reporter.update(total=self.config.steps, announce=False)
 
     # ------------------------------------------------------------------ after each step
 
@@ -398,7 +401,8 @@ class Trainer:
                             f"{self.files.checkpoint} is intact; lower --lr or --clip and start again")
         self.log["intervals"].append({"step": st.step, "loss": round(mean_loss, 6), "lr": st.lr,
                                       "patches_per_s": round(speed, 1), "elapsed_s": round(now - self.t_start, 2)})
-        self.reporter.update(completed=st.step, total=c.steps, loss=f"{mean_loss:.4f}", speed=f"{speed:,.0f} patches/s")
+        self.reporter.update(completed=st.step, total=c.steps, loss=f"{mean_loss:.4f}",
+                             speed=f"{speed:,.0f} patches/s")
         self.files.write_log()
         st.loss_sum.zero_()
         st.interval_steps, st.interval_t0 = 0, self.clock()

@@ -13,7 +13,6 @@ from ..tasks import Task
 from .data import to_rgb_u8
 
 
-
 def validation_levels(task: str, noise_protocol: str, subsampling: str) -> list[Level]:
     """The test-set levels of ``task`` at their defaults (what ``irae degrade`` and the benchmark use),
     kept in the run's noise protocol and chroma subsampling."""
