@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .degradations import DEFAULTS, INPAINT_FILL, apply_holes
+from .defaults import DEFAULTS
+from .degradations import INPAINT_FILL, apply_holes
 from .errors import IraeError
 
 # Holes in a stored holed image are mid-grey (INPAINT_FILL, task_params["fill"]).  Before the
@@ -63,10 +64,13 @@ class Task:
         return out
 
 
+_SIGMA = "{:g}-{:g}".format(*DEFAULTS.sigma_range)
+_QUALITY = "{}-{}".format(*DEFAULTS.quality_range)
+
 TASKS = {
-    "denoise": Task("denoise", "remove Gaussian noise (blind over sigma 0-55 on the 0-255 scale)",
+    "denoise": Task("denoise", f"remove Gaussian noise (blind over sigma {_SIGMA} on the 0-255 scale)",
                     train_defaults={"sigma": DEFAULTS.sigma_range}),
-    "jpeg": Task("jpeg", "remove JPEG compression artefacts (blind over quality 10-90, 4:2:0)",
+    "jpeg": Task("jpeg", f"remove JPEG compression artefacts (blind over quality {_QUALITY}, {DEFAULTS.subsampling})",
                  train_defaults={"quality": DEFAULTS.quality_range, "subsampling": DEFAULTS.subsampling}),
     "inpaint": Task("inpaint", "fill holes given by a mask (255 = missing)", needs_mask=True,
                     default_arch="paper-inpaint",

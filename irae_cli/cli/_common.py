@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import typer
 
+from ..defaults import DEFAULTS
 from ..errors import EXIT_USAGE, IraeError, QuietError, one_line
 
 # `irae restore` and `irae benchmark quality` take the same required --task.
@@ -94,3 +95,17 @@ def parse_range(text: str, cast=float, name: str = "value") -> tuple:
     if lo > hi:
         raise IraeError(f"{name}: range {text!r} has its low end above its high end")
     return lo, hi
+
+
+def _listed(values) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+# The defaults as the help texts quote them, from the one table (irae_cli/defaults.py).
+TRAIN_SIGMA = f"{DEFAULTS.sigma_range[0]:g}-{DEFAULTS.sigma_range[1]:g}"
+TRAIN_QUALITY = f"{DEFAULTS.quality_range[0]}-{DEFAULTS.quality_range[1]}"
+HOLE_RATIO = f"{DEFAULTS.hole_range[0]:g}-{DEFAULTS.hole_range[1]:g}"
+MASKS = _listed(DEFAULTS.masks)
+SIGMAS = _listed(DEFAULTS.sigmas)
+QUALITIES = _listed(DEFAULTS.qualities)
+SUBSAMPLING = DEFAULTS.subsampling

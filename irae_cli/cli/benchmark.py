@@ -15,7 +15,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import one_line
-from ._common import TASK, parse_list, parse_names, parse_range, user_errors
+from ._common import (HOLE_RATIO, MASKS, QUALITIES, SIGMAS, SUBSAMPLING, TASK, parse_list, parse_names, parse_range,
+                      user_errors)
 
 sub = typer.Typer(
     name="benchmark",
@@ -60,12 +61,12 @@ _SOURCE = typer.Argument(..., help="Clean image folder or file (degraded here wi
 _WEIGHTS = typer.Option(None, "--weights", "-w", help="Weights name or .safetensors path "
                                                       "(default: the task's shipped default).")
 _COMPARE = typer.Option([], "--compare", help="Another model as NAME=WEIGHTS; repeatable.")
-_SIGMA = typer.Option(None, "--sigma", help="Noise levels on the 0-255 scale (default 15,25,50).")
+_SIGMA = typer.Option(None, "--sigma", help=f"Noise levels on the 0-255 scale (default {SIGMAS}).")
 _NOISE_PROTOCOL = typer.Option(None, "--noise-protocol", help="clip: noisy image stored as 8-bit, as a real file "
                                                               "(default); float: unclipped, as most papers.")
-_QUALITY = typer.Option(None, "--quality", help="JPEG qualities, Pillow at 4:2:0 (default 10,20,30,40).")
-_MASK = typer.Option(None, "--mask", help="Mask kinds: box, boxes, strokes (default box,strokes).")
-_HOLE_RATIO = typer.Option(None, "--hole-ratio", help="Hole area fraction range for masks (default 0.05-0.4).")
+_QUALITY = typer.Option(None, "--quality", help=f"JPEG qualities, Pillow at {SUBSAMPLING} (default {QUALITIES}).")
+_MASK = typer.Option(None, "--mask", help=f"Mask kinds: box, boxes, strokes (default {MASKS}).")
+_HOLE_RATIO = typer.Option(None, "--hole-ratio", help=f"Hole area fraction range for masks (default {HOLE_RATIO}).")
 _SEED = typer.Option(0, "--seed", help="Global seed; each image's seed derives from it, its path and level.")
 _DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16, fp16.")
 _TILE = typer.Option("auto", "--tile", help="Tile size in px, 0 = whole image, auto = 1024.")

@@ -10,30 +10,30 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_SOME_FAILED, IraeError, one_line
-from ._common import parse_list, parse_names, parse_range, user_errors
+from ._common import HOLE_RATIO, MASKS, QUALITIES, SIGMAS, parse_list, parse_names, parse_range, user_errors
 
 _CLEAN = typer.Argument(..., help="Clean image file or folder (never written to).", show_default=False)
 _OUT = typer.Argument(..., help="Output folder for the set; must be new or empty.", show_default=False)
 _TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.", show_default=False)
 _SIGMA = typer.Option(
     None, "--sigma", help="denoise: noise levels on the 0-255 scale, comma-separated; a range such as "
-                          "0-55 draws sigma per image (recorded). Default: 15,25,50.", show_default=False)
+                          f"0-55 draws sigma per image (recorded). Default: {SIGMAS}.", show_default=False)
 _NOISE_PROTOCOL = typer.Option(
     None, "--noise-protocol", help="denoise: clip = 8-bit PNG (clipped, rounded: a real noisy file); "
                                    "float = unclipped float32 .npy (C,H,W) as in papers. Default: clip.",
     show_default=False)
 _QUALITY = typer.Option(
-    None, "--quality", help="jpeg: qualities, comma-separated. Default: 10,20,30,40.", show_default=False)
+    None, "--quality", help=f"jpeg: qualities, comma-separated. Default: {QUALITIES}.", show_default=False)
 _SUBSAMPLING = typer.Option(
     None, "--subsampling", help="jpeg: chroma subsampling 4:2:0, 4:2:2 or 4:4:4. Default: 4:2:0.",
     show_default=False)
 _DOUBLE_QUALITY = typer.Option(
     None, "--double-quality", help="jpeg: compress at this quality first (double JPEG).", show_default=False)
 _MASK = typer.Option(
-    None, "--mask", help="inpaint: mask kinds box, boxes, strokes, comma-separated. Default: box,strokes.",
+    None, "--mask", help=f"inpaint: mask kinds box, boxes, strokes, comma-separated. Default: {MASKS}.",
     show_default=False)
 _HOLE_RATIO = typer.Option(
-    None, "--hole-ratio", help="inpaint: hole area fraction range, e.g. 0.1-0.3. Default: 0.05-0.4.",
+    None, "--hole-ratio", help=f"inpaint: hole area fraction range, e.g. 0.1-0.3. Default: {HOLE_RATIO}.",
     show_default=False)
 _HOLE_BINS = typer.Option(
     None, "--hole-bins", help="inpaint: one level per bin, e.g. 0.1-0.2,0.2-0.3 (folders box-10-20, ...).",

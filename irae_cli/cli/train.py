@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..errors import IraeError, one_line
-from ._common import parse_names, parse_range, user_errors
+from ._common import (HOLE_RATIO, MASKS, SUBSAMPLING, TRAIN_QUALITY, TRAIN_SIGMA, parse_names, parse_range,
+                      user_errors)
 
 HELP = """Train a restoration model on patches of your photos (or a .safetensors pack).
 
@@ -53,16 +54,16 @@ _INVERSE_GAIN_EVERY = typer.Option(None, "--inverse-gain-every", help="IRAE: mea
                                    "(default: 4; 1 = every step, ~2x slower).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
 _SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
-_SIGMA = typer.Option(None, "--sigma", help="denoise: noise sigma range on the 0-255 scale (default: 0-55).")
+_SIGMA = typer.Option(None, "--sigma", help=f"denoise: noise sigma range on the 0-255 scale (default: {TRAIN_SIGMA}).")
 _NOISE_PROTOCOL = typer.Option(None, "--noise-protocol", help="denoise: 'clip' (clipped and "
                                "rounded to 8 bits, as real noisy files are) or 'float' "
                                "(unclipped, the paper's; 'paper' is accepted too) (default: clip).")
-_QUALITY = typer.Option(None, "--quality", help="jpeg: quality range (default: 10-90).")
+_QUALITY = typer.Option(None, "--quality", help=f"jpeg: quality range (default: {TRAIN_QUALITY}).")
 _SUBSAMPLING = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
-                            "4:2:0 | 4:2:2 | 4:4:4 (default: 4:2:0).")
+                            f"4:2:0 | 4:2:2 | 4:4:4 (default: {SUBSAMPLING}).")
 _MASK = typer.Option(None, "--mask", help="inpaint: mask kinds, comma-separated, of box, "
-                                          "boxes, strokes (default: box,strokes).")
-_HOLE_RATIO = typer.Option(None, "--hole-ratio", help="inpaint: hole-area range (default: 0.05-0.4).")
+                                          f"boxes, strokes (default: {MASKS}).")
+_HOLE_RATIO = typer.Option(None, "--hole-ratio", help=f"inpaint: hole-area range (default: {HOLE_RATIO}).")
 _VAL = typer.Option(None, "--val", help="Folder of held-out images: PSNR every "
                                         "--val-every steps and at the end.")
 _VAL_EVERY = typer.Option(None, "--val-every", help="Validate every N steps, 0 = only at "

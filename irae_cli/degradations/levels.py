@@ -1,4 +1,4 @@
-"""What a degradation level is, and the one table of default ranges.
+"""What a degradation level is.
 
 A ``Level`` is one named setting (``sigma25``, ``q10``, ``box`` ...).  Its
 random part (``draw``) and what a stored file of it holds (``stored``) are
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..defaults import DEFAULTS, NOISE_PROTOCOL_ALIASES, NOISE_PROTOCOLS
 from ..errors import ImageError, IraeError
 from .jpeg import SUBSAMPLING, jpeg_compress
 from .masks import MASK_KINDS, apply_holes, mask_in_range
@@ -26,28 +27,6 @@ from .noise import add_gaussian_noise, quantize_u8
 from .seeds import uniform
 
 INPAINT_FILL = 0.5  # stored holed images are mid-grey inside the holes
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Every default range in one place: training draws blind from the ranges, test sets use the levels."""
-
-    sigma_range: tuple[float, float] = (0.0, 55.0)
-    quality_range: tuple[int, int] = (10, 90)
-    subsampling: str = "4:2:0"
-    masks: tuple[str, ...] = ("box", "strokes")
-    hole_range: tuple[float, float] = (0.05, 0.4)
-    sigmas: tuple[float, ...] = (15.0, 25.0, 50.0)
-    qualities: tuple[int, ...] = (10, 20, 30, 40)
-    noise_protocol: str = "clip"
-
-
-DEFAULTS = Defaults()
-
-# How noisy pixels are kept: "clip" = clipped and rounded to 8 bits, as real noisy files are;
-# "float" = unclipped float32 (the paper's protocol, stored as .npy).  "paper" is accepted for "float".
-NOISE_PROTOCOLS = ("clip", "float")
-NOISE_PROTOCOL_ALIASES = {"paper": "float"}
 
 
 def noise_protocol(name: str) -> str:

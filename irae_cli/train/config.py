@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..degradations import DEFAULTS, MASK_KINDS, NOISE_PROTOCOLS, SUBSAMPLING
-from ..degradations.levels import NOISE_PROTOCOL_ALIASES
+from ..defaults import DEFAULTS, NOISE_PROTOCOL_ALIASES, NOISE_PROTOCOLS
+from ..degradations import MASK_KINDS, SUBSAMPLING
 from ..errors import IraeError
 from ..tasks import get_task
 

@@ -1,0 +1,69 @@
+"""Learning curves of the training campaign as markdown tables: validation PSNR against patches seen.
+
+Reads the JSON logs that `irae train` writes (OUT.log.json) and prints, per run, one
+row per validation: step, patches seen (step x batch size, plus what the run's
+--init-from weights had seen, when given), the PSNR of each level and, in the
+header, the input's PSNR (the degraded image itself; for inpainting its harmonic fill).
+
+    python scripts/curves.py > docs/training-curves.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (title, log, patches seen before this run by the weights it started from, what it is)
+RUNS = [
+    ("Denoise, `medium`, CPU", "campaign/denoise/medium.log.json", 0,
+     "lr 5e-4, batch 16 of 64², one CPU thread; 512 px validation crops"),
+    ("Denoise, `medium`, H200 (from the CPU run)", "campaign/gpu1/denoise.log.json", 124_496,
+     "batch 128 of 64², beside four other runs; shipped as `irae-denoise-medium`"),
+    ("Denoise, IRAE `medium` fresh, H200 (same recipe as the CNN below)", "campaign/gpu1/cmp-irae.log.json", 0,
+     "lr 5e-4, batch 64 of 64²"),
+    ("Denoise, CNN `cnn-medium` fresh, H200 (the non-invertible comparator)", "campaign/gpu1/cmp-cnn.log.json", 0,
+     "lr 5e-4, batch 64 of 64²; shipped as `cnn-denoise-medium`"),
+    ("JPEG, `medium` from an identity start, CPU", "campaign/jpeg/medium-identity.log.json", 0,
+     "lr 3e-4, batch 16 of 64², quality 10-90 blind, one CPU thread; 256 px validation crops"),
+    ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "campaign/inpaint/small-inpaint.log.json", 0,
+     "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
+     "shipped as `irae-inpaint-small`"),
+]
+
+
+def table(title: str, path: Path, before: int, what: str) -> list[str]:
+    log = json.loads(path.read_text())
+    batch = int(log["config"]["batch_size"])
+    vals = [v for v in log["val"] if v.get("levels")]
+    if not vals:
+        return []
+    levels = list(vals[-1]["levels"])
+    first = vals[0]["levels"]
+    inputs = " / ".join(f"{first[k].get('input_psnr_rgb_u8', float('nan')):.2f}" for k in levels)
+    out = [f"### {title}", "", f"`{path.relative_to(ROOT)}` — {what}. Input: {inputs} dB.", "",
+           "| step | patches seen | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]
+    for v in vals:
+        cells = " | ".join(f"{v['levels'][k]['psnr_rgb_u8']:.2f}" if k in v["levels"] else "–" for k in levels)
+        out.append(f"| {v['step']:,} | {before + v['step'] * batch:,} | {cells} |")
+    return out + [""]
+
+
+def main() -> int:
+    lines = ["# Training curves", "",
+             "Validation PSNR (`psnr_rgb_u8`, dB) of the held-out crops during training, from the runs' logs.",
+             "These are training-time figures on centre crops (512 px for denoise, 256 px for JPEG and inpaint);",
+             "the README's results come from `irae benchmark quality` on the full crops, with the classical rows.",
+             "Made by `python scripts/curves.py > docs/training-curves.md`.", ""]
+    for title, rel, before, what in RUNS:
+        path = ROOT / rel
+        if path.is_file():
+            lines += table(title, path, before, what)
+    sys.stdout.write("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
