@@ -56,6 +56,12 @@ class Task:
             raise IraeError(f"unknown inpainting pre-fill {prefill!r}; this irae knows {', '.join(PREFILLS)}")
         return apply_holes(degraded, mask, float(task_params.get("fill", INPAINT_FILL)))
 
+    def passes_through(self, task_params: dict, source_quality: int | None) -> bool:
+        """True for a JPEG above the quality up to which these weights were measured to improve their input
+        (``max_quality``, set when they were shipped): such a file is kept as it is, not made worse."""
+        limit = task_params.get("max_quality")
+        return self.name == "jpeg" and limit is not None and source_quality is not None and source_quality > limit
+
     def finish(self, restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Clamp to [0, 1]; for inpainting keep every known pixel exactly as it was."""
         out = restored.clamp(0, 1)

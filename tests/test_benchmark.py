@@ -463,3 +463,18 @@ def test_partial_compile_is_noted(work, monkeypatch):
                     dtype="fp32", compile=True)
     assert s["results"][0]["compile"] is True
     assert any(n.startswith("torch.compile was partial: 1 graph break") for n in s["notes"])
+
+
+def test_jpeg_scores_what_restore_writes_above_the_weights_quality_limit(work, tmp_path):
+    """Weights that help only up to quality 50 keep a quality-90 file as it is: their row is the input's there,
+    for a folder and for a test set (whose quality is read back from the files' tables) alike."""
+    from irae_cli.weights import save_weights
+
+    m = create_model("cnn-tiny")
+    save_weights(m, tmp_path / "J.safetensors", task="jpeg", task_params={"max_quality": 50})
+    kw = dict(task="jpeg", weights=str(tmp_path / "J.safetensors"), device="cpu", classical="none")
+    make_test_set(work / "photos", tmp_path / "set", task="jpeg", quality=[20, 90])
+    for r in (quality(work / "photos", qualities=[20, 90], **kw), quality(tmp_path / "set", **kw)):
+        by = {(e["model"], e["level"]): e["metrics"]["psnr_rgb_u8"] for e in r["results"]}
+        assert by[("J", "q90")] == by[("input", "q90")]
+        assert by[("J", "q20")] != by[("input", "q20")]

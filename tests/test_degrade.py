@@ -395,3 +395,19 @@ def test_single_file_input_and_dry_run(tmp_path: Path):
     assert not (tmp_path / "plan").exists()
     make_test_set(DATA / "coffee_128.png", tmp_path / "one", task="jpeg", quality=[20])
     assert sorted(tree(tmp_path / "one")) == ["clean/coffee_128.png", "manifest.jsonl", "q20/coffee_128.jpg"]
+
+
+def test_jpeg_quality_is_read_back_from_the_files_tables():
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    for q in range(1, 101):
+        for sub in (0, 2):
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=q, subsampling=sub)
+            assert D.estimate_quality(Image.open(io.BytesIO(buf.getvalue()))) == q
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    assert D.estimate_quality(Image.open(io.BytesIO(buf.getvalue()))) is None

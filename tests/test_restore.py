@@ -47,6 +47,8 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     m.initialize(x, x)
     out["jpeg"] = d / "jpeg.safetensors"
     save_weights(m, out["jpeg"], task="jpeg")
+    out["jpeg-max50"] = d / "jpeg-max50.safetensors"
+    save_weights(m, out["jpeg-max50"], task="jpeg", task_params={"max_quality": 50})
     return out
 
 
@@ -465,3 +467,24 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
         a, _ = read_image(p)
         b, _ = read_image(tmp_path / "gpu" / p.name)
         assert a.shape == b.shape and (a - b).abs().mean() < 1 / 255, p.name
+
+
+def test_jpeg_above_the_weights_quality_limit_is_kept_as_it_is(weights, tmp_path):
+    """Weights measured to help only up to quality 50 leave a quality-90 file's pixels exactly as decoded."""
+    src = tmp_path / "in"
+    src.mkdir()
+    small("coffee_128.png").save(src / "high.jpg", quality=90)
+    small("coffee_128.png").save(src / "low.jpg", quality=20)
+    report = tmp_path / "r.jsonl"
+    r = irae("--task", "jpeg", src, tmp_path / "out", "--weights", weights["jpeg-max50"], "--report", report)
+    assert r.returncode == 0, r.stderr
+    high_in, high_out = read_image(src / "high.jpg")[0], read_image(tmp_path / "out" / "high.png")[0]
+    low_in, low_out = read_image(src / "low.jpg")[0], read_image(tmp_path / "out" / "low.png")[0]
+    assert torch.equal(high_in, high_out)
+    assert not torch.equal(low_in, low_out)
+    notes = {Path(json.loads(line)["input"]).name: json.loads(line).get("notes", []) for line in
+             report.read_text().splitlines()}
+    assert any("quality 90 is above 50" in n for n in notes["high.jpg"]) and not notes.get("low.jpg")
+    # The same weights without the limit restore both.
+    r = irae("--task", "jpeg", src, tmp_path / "all", "--weights", weights["jpeg"])
+    assert r.returncode == 0 and not torch.equal(high_in, read_image(tmp_path / "all" / "high.png")[0])

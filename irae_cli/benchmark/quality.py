@@ -148,11 +148,20 @@ def restore_unit(unit: Unit, t: Task, methods: list, restorers: list, failures: 
             for i in range(len(unit.levels))])
     try:
         for name, restorer in restorers:
-            outputs[name] = restorer(unit.degraded, unit.masks)
+            outputs[name] = _kept_where_passed_through(restorer(unit.degraded, unit.masks), unit, t, restorer)
     except IraeError as e:
         failures.append({"image": unit.image, "error": f"{unit.image}: {e}"})
         return None
     return outputs
+
+
+def _kept_where_passed_through(restored: torch.Tensor, unit: Unit, t: Task, restorer) -> torch.Tensor:
+    """What ``irae restore`` writes: levels whose JPEG these weights pass through are the input itself."""
+    keep = [i for i, q in enumerate(unit.source_quality) if t.passes_through(restorer.task_params, q)]
+    if keep:
+        restored = restored.clone()
+        restored[keep] = unit.degraded[keep].to(restored.dtype)
+    return restored
 
 
 # --------------------------------------------------------------------------- scores

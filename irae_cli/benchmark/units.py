@@ -8,11 +8,13 @@ the pixels came from.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import degradations as dg
 from ..errors import ImageError, IraeError
@@ -32,6 +34,8 @@ class Unit:
     degraded: torch.Tensor  # (L, C, H, W)
     masks: torch.Tensor | None  # (L, 1, H, W) bool, True = missing
     params: list[dict] = field(default_factory=list)  # per level: what was drawn (sigma, quality, ...)
+    # per level: the JPEG quality restore would read from the file's tables (jpeg only; Task.passes_through)
+    source_quality: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -109,8 +113,17 @@ def folder_units(root: Path, task: str, levels: list, seed: int, failures: list[
             failures.append({"image": rel, "error": str(e)})
             continue
         masks = torch.stack([m for _, m in pairs]) if task == "inpaint" else None
+        quality = [_file_quality(clean, lv) for lv in levels] if task == "jpeg" else []
         yield Unit(rel, clean, [lv.name for lv in levels], torch.stack([d for d, _ in pairs]), masks,
-                   [lv.params for lv in levels])
+                   [lv.params for lv in levels], quality)
+
+
+def _file_quality(clean: torch.Tensor, level) -> int | None:
+    """What restore would read from the tables of this level's JPEG file (the file is made, not assumed)."""
+    p = level.params
+    data = dg.jpeg_bytes(clean, p["quality"], p["subsampling"], p["double_quality"])
+    with Image.open(io.BytesIO(data)) as img:
+        return dg.estimate_quality(img)
 
 
 # --------------------------------------------------------------------------- an 'irae degrade' set
@@ -133,8 +146,12 @@ def _read_entry(base: Path, e: dict) -> Unit:
     if degraded.shape != clean.shape:
         raise ImageError(f"{deg_path}: size {tuple(degraded.shape)} does not match its clean image "
                          f"{tuple(clean.shape)}; the set is inconsistent, make it again")
+    quality = None
+    if deg_path.suffix.lower() in (".jpg", ".jpeg"):
+        with Image.open(deg_path) as img:
+            quality = dg.estimate_quality(img)
     return Unit(e["source"], clean, [e["level"]], degraded[None], None if mask is None else mask[None],
-                [e["params"]])
+                [e["params"]], [quality])
 
 
 def manifest_units(path: Path, task: str, failures: list[dict], settings: dict):

@@ -54,6 +54,33 @@ def jpeg_compress(x: torch.Tensor, quality: int | list[int], subsampling: str = 
     return y if batched else y[0]
 
 
+# libjpeg's (IJG) luminance table at quality 50, row-major as Pillow reports ``Image.quantization``
+IJG_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+            14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+            49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+
+
+def _ijg_luma(quality: int) -> np.ndarray:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((np.array(IJG_LUMA) * scale + 50) // 100, 1, 255)
+
+
+_IJG_TABLES = {q: _ijg_luma(q) for q in range(1, 101)}
+
+
+def estimate_quality(img: Image.Image) -> int | None:
+    """The IJG quality (1-100) whose luminance table is nearest to this JPEG's; None when it is no JPEG.
+
+    Exact for files written by libjpeg-based encoders (Pillow, most cameras' software
+    paths); for other tables it is the libjpeg quality that quantises most alike.
+    """
+    tables = getattr(img, "quantization", None)
+    if not tables or 0 not in tables or len(tables[0]) != 64:
+        return None
+    luma = np.asarray(tables[0], dtype=np.int64)
+    return min(_IJG_TABLES, key=lambda q: (int(np.abs(_IJG_TABLES[q] - luma).sum()), -q))
+
+
 def _round_trip_u8(arr: np.ndarray, quality: int, subsampling: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(encode_u8(arr, quality, subsampling))).convert("RGB"))
 

@@ -88,6 +88,8 @@ class _BatchRunner:
         self.workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
         self.needs_mask = restorer.task.needs_mask
         self.gpu_jpeg = _gpu_jpeg_decode(restorer, self.needs_mask)
+        # JPEGs above the quality these weights improve are kept as they are (Task.passes_through)
+        self.max_quality = restorer.task_params.get("max_quality") if restorer.task.name == "jpeg" else None
         self.readers = ThreadPoolExecutor(self.workers, thread_name_prefix="irae-read")
         # nvJPEG batches decode on one thread of their own, one batch ahead of the model
         self.decoder = ThreadPoolExecutor(1, thread_name_prefix="irae-nvjpeg") if self.gpu_jpeg else None
@@ -104,7 +106,8 @@ class _BatchRunner:
         todo = iter(jobs)
         while True:
             while len(self.reads) < ahead and (job := next(todo, None)) is not None:
-                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg))
+                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg,
+                                                      self.max_quality is not None))
             if not self.reads:
                 break
             if self.decodes:
@@ -124,6 +127,11 @@ class _BatchRunner:
             self.reporter.done(item)
             return
         item.hw = tuple(item.x.shape[-2:])
+        if self.restorer.task.passes_through(self.restorer.task_params, item.source_quality):
+            item.notes.append(f"kept as it is: JPEG quality {item.source_quality} is above {self.max_quality}, "
+                              f"the highest these weights improve")
+            self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
+            return
         key = tuple(item.x.shape)
         bucket = self.buckets[key]
         bucket.append(item)
