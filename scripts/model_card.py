@@ -64,6 +64,9 @@ def main() -> None:
              f"`{lw.metadata['config']}`; **parameters:** {sum(p.numel() for p in lw.model.parameters()):,}",
              f"- **Training data:** {json.dumps(t.get('data', {}), sort_keys=True)}",
              f"- **Degradation:** {json.dumps(t.get('degradation', {}), sort_keys=True)}",
+             *([f"- **Task parameters:** `{json.dumps(lw.task_params, sort_keys=True)}`"
+                + (" (JPEG files above `max_quality` are kept as they are)" if "max_quality" in lw.task_params
+                   else "")] if lw.task_params else []),
              f"- **Run:** {t.get('steps')} steps ({t.get('steps_planned')} planned, stopped: {t.get('stopped')}), "
              f"{t.get('patches_seen', 0):,} patches seen, {t.get('minutes')} min on {t.get('device')} "
              f"({t.get('dtype')}), torch {t.get('torch')}, irae {t.get('irae_version')}, seed {t.get('seed')}, "

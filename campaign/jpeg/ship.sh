@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Ship the CPU JPEG run as irae-jpeg-medium: the ungated quality ladder, the quality limit from it,
+# the shipped benchmark (q 10-90, what restore writes) and the 1 MP round trip. CPU, fp32.
+set -eu
+cd "$(dirname "$0")/../.."
+W=${W:-campaign/jpeg/medium-identity.safetensors}
+LADDER=10,15,20,25,30,35,40,45,50,55,60,65,70,75,80,85,90,95
+irae benchmark quality --task jpeg --quality "$LADDER" data/photos/val --weights "$W" \
+  --compare irae-jpeg-small=irae-jpeg-small --dtype fp32 --device cpu --json campaign/jpeg/quality-ladder.json --overwrite
+python scripts/jpeg_quality_limit.py "$W" campaign/jpeg/quality-ladder.json --name "$(basename "$W" .safetensors)" \
+  --out weights/irae-jpeg-medium.safetensors
+irae benchmark quality --task jpeg --quality 10,20,30,40,50,60,70,80,90 data/photos/val \
+  --weights weights/irae-jpeg-medium.safetensors --compare irae-jpeg-small=irae-jpeg-small --dtype fp32 --device cpu \
+  --json weights/jpeg-medium.quality.json --overwrite
+irae benchmark invertibility --weights weights/irae-jpeg-medium.safetensors data/photos/val --dtype fp32 --size 1024 \
+  --device cpu --json weights/irae-jpeg-medium.invertibility.json --overwrite
