@@ -137,7 +137,7 @@ class Restorer:
         self.task_params = task_params if task_params is not None else task.default_task_params()
         self.model = model.eval().to(self.device)
         # The folded form restores what the model does to fp32 rounding, in fewer kernels.
-        self.runner = self._eager = fold(self.model).to(self.device) if folded else self.model
+        self.runner = self.eager = fold(self.model).to(self.device) if folded else self.model
         _, self.dtype = device_and_dtype(self.device, dtype, coupling_only=isinstance(self.runner, FoldedIRAE))
         # A folded flow runs only its coupling nets in bf16/fp16 (the flow arithmetic stays fp32:
         # whole-model bf16 cost 0.04-0.10 dB on the validation photos, coupling-only < 0.01 dB).
@@ -176,7 +176,9 @@ class Restorer:
         self.batch_size = max(1, int(batch_size))
         self.stats = RunStats()
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context a call of ``runner`` needs: whole-model low precision for a network that is
+        not a folded flow (a folded flow casts its own coupling nets), nothing otherwise."""
         if not self._autocast_whole:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -211,7 +213,7 @@ class Restorer:
         eager_probe = self.compile == "auto" and not self.compiled
         t0 = time.perf_counter()
         try:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self.autocast():
                 y = self.runner(part.to(self.device, non_blocking=True)).float()
         except torch.OutOfMemoryError:
             raise
@@ -219,7 +221,7 @@ class Restorer:
             if not self.compiled:
                 raise
             self.stats.notes.append(f"torch.compile failed at run time ({type(e).__name__}); ran eager")
-            self.runner, self.compiled, self.compile = self._eager, False, "off"
+            self.runner, self.compiled, self.compile = self.eager, False, "off"
             return self._call(part)
         y = y.to("cpu")
         megapixels = part.shape[0] * part.shape[-2] * part.shape[-1] / 1e6

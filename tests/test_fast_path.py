@@ -94,7 +94,7 @@ def test_compile_auto_decides_from_the_first_call(photos, monkeypatch):
     long = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0, compile="auto",
                     workload_megapixels=1e6)
     first = long(y)
-    assert long.compiled and compiled == [long._eager]
+    assert long.compiled and compiled == [long.eager]
     assert torch.equal(long(y), first)
     unknown = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0, compile="auto")
     unknown(y)

@@ -227,7 +227,7 @@ class ModelTimer:
         """The one retry rule: a failed compile reruns eager at the same batch; out of memory halves it."""
         if compile_error is not None:
             self.notes.append(f"torch.compile failed at run time ({compile_error}); timed eager instead")
-            self.compiled, self.run_model = False, self.restorer._eager
+            self.compiled, self.run_model = False, self.restorer.eager
             return n
         n //= 2
         self.notes.append(f"out of memory: batch halved to {n}")
@@ -242,7 +242,7 @@ class ModelTimer:
         run_model, restorer = self.run_model, self.restorer
 
         def call():
-            with torch.inference_mode(), restorer._autocast():
+            with torch.inference_mode(), restorer.autocast():
                 run_model(x)
         breaks = _graph_breaks()
         times = _time_calls(call, self.dev, warmup, repeats)
