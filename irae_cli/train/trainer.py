@@ -322,15 +322,18 @@ class Trainer:
             with self.precision.forward():
                 restored = self.train_model(inp)
             loss = training_loss(restored, clean, self.degrader.last_mask if self.task.needs_mask else None)
-            if self._diverged(loss):
-                return loss, True
-            self.guard.after_good_check(model, self.optimizer, self.ema)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
                 objective = loss + c.inverse_gain_every * inverse_gain_penalty(
                     model, restored, inp, c.inverse_gain, self.data_gen)
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
+        # Checked once the backward pass is queued: the host waits for the device here and not between the
+        # passes (IRAE training is bound by the host launching kernels).  A diverged step's gradients are
+        # never applied, and the parameters and optimiser state are still the verified ones to snapshot.
+        if self._diverged(loss):
+            return loss, True
+        self.guard.after_good_check(model, self.optimizer, self.ema)
         return loss, False
 
     def _diverged(self, loss: torch.Tensor) -> bool:
