@@ -26,7 +26,7 @@
 #     python -m irae_cli.pack data/photos/train -o data/packs/train-128.safetensors --crop 128 --max-mib 36
 #
 # Knobs (environment): TRAIN_MIN (6), CMP_STEPS (4000), DEADLINE (575), DEVICE (cuda), PACK, VAL,
-# DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT (campaign/gpu1/irae-jpeg-medium
+# DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT (weights/irae-jpeg-medium
 # .safetensors), INPAINT_INIT (empty: a fresh identity start), SMOKE_S (150),
 # FOLDER_COPIES (25), OUT (out/turn), WORK (/tmp/irae-turn), PY. CPU rehearsal at tiny scale:
 #   DEVICE=cpu TRAIN_MIN=1 CMP_STEPS=40 DEADLINE=420 FOLDER_COPIES=1 SPEED_SIZE=128 SMALL=1 SMOKE_S=60 \
@@ -41,7 +41,7 @@ DEADLINE=${DEADLINE:-575}
 PACK=${PACK:-data/packs/train-128.safetensors}
 VAL=${VAL:-data/photos/val}
 DENOISE_INIT=${DENOISE_INIT-weights/irae-denoise-medium.safetensors}
-JPEG_INIT=${JPEG_INIT-campaign/gpu1/irae-jpeg-medium.safetensors}
+JPEG_INIT=${JPEG_INIT-weights/irae-jpeg-medium.safetensors}
 INPAINT_INIT=${INPAINT_INIT-}
 SMOKE_S=${SMOKE_S:-150}
 FOLDER_COPIES=${FOLDER_COPIES:-25}
