@@ -288,7 +288,7 @@ class FolderTimer:
             lm, folder, task, dev, dtype, batch_size, notes
 
     def run(self, warmup: int, repeats: int, naive: bool) -> list[dict]:
-        from ..model.folded import fold
+        from ..model.folded import folds
         from ..restore import RestoreOptions
         from ..weights import save_weights
 
@@ -301,7 +301,7 @@ class FolderTimer:
             opts = RestoreOptions(task=self.task, weights=weights, device=str(self.dev), dtype=self.dtype,
                                   batch_size=self.batch_size, format="png")
             # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16.
-            coupling_only = isinstance(fold(self.lm.model), FoldedIRAE)
+            coupling_only = folds(self.lm.model)
             dt = pick_dtype(self.dtype, self.dev, coupling_only=coupling_only)
             scope = None if dt == torch.float32 else ("coupling nets" if coupling_only else "whole model")
             precision = {"dtype": str(dt).replace("torch.", ""), "low_precision_scope": scope,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .flows import AffineCoupling, FlowStep, MultiLevelFlow, couple, uncouple
+from .flows import AffineCoupling, FlowStep, couple, uncouple
 from .irae import IRAE, pad_to_multiple
 
 
@@ -174,8 +174,11 @@ class FoldedIRAE(nn.Module):
         return (self._decode(self._encode(y - 0.5)) + 0.5)[..., :h, :w]
 
 
+def folds(model: nn.Module) -> bool:
+    """Whether ``fold`` gives this model a folded form (answered without building it)."""
+    return isinstance(model, IRAE) and not model.config.spectral_norm
+
+
 def fold(model: nn.Module) -> nn.Module:
     """The folded restore form of an IRAE model; any other model is returned as it is."""
-    if isinstance(model, IRAE) and not model.config.spectral_norm:
-        return FoldedIRAE(model).eval()
-    return model
+    return FoldedIRAE(model).eval() if folds(model) else model
