@@ -29,4 +29,5 @@ DEFAULTS = Defaults()
 # How noisy pixels are kept: "clip" = clipped and rounded to 8 bits, as real noisy files are;
 # "float" = unclipped float32 (the paper's protocol, stored as .npy).  "paper" is accepted for "float".
 NOISE_PROTOCOLS = ("clip", "float")
+COMPILE_MODES = ("auto", "on", "off")  # --compile of restore and train
 NOISE_PROTOCOL_ALIASES = {"paper": "float"}

@@ -9,11 +9,13 @@ at most ``tile`` x ``tile`` pixels are ever on the device.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .defaults import COMPILE_MODES
 from .errors import IraeError
 from .model.folded import FoldedIRAE, fold
 from .model.irae import pad_to_multiple
@@ -23,10 +25,26 @@ AUTO_TILE = 1024
 MIN_TILE = 64
 AUTO_OVERLAP = 32  # --tile-overlap when not given: this, or a quarter of a smaller tile
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMPILE_MODES = ("auto", "on", "off")
 # --compile auto compiles once the first batch shows that the rest of the run would take longer
 # than this eagerly: compiling costs ~40-80 s on a CPU, so a short run is faster without it.
 COMPILE_PAYOFF_S = 120.0
+
+
+class _NoToolkitGuess(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." lines: compiling for the CPU needs no
+    GPU toolkit, and the guess reads like a fault to whoever sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("No CUDA runtime is found", "No ROCm runtime is found"))
+
+
+def compiled(fn, dynamic: bool | None = None):
+    """``torch.compile(fn)``, the one way restore, train and the speed benchmark compile."""
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_TOOLKIT_GUESS)
+    return torch.compile(fn, dynamic=dynamic)
+
+
+_NO_TOOLKIT_GUESS = _NoToolkitGuess()
 
 
 def strict_fp32() -> None:
@@ -201,7 +219,7 @@ class Restorer:
                 self.compile = "off"
                 return
         try:
-            self.runner = torch.compile(self.runner, dynamic=None)
+            self.runner = compiled(self.runner)
             self.compiled = True
         except Exception as e:  # noqa: BLE001 - a backend that cannot compile leaves the eager path
             self.stats.notes.append(f"torch.compile unavailable ({type(e).__name__}); ran eager")

@@ -46,7 +46,7 @@ def make_step(model, opt, device, *, probe=True, sync=True, clip=True):
             float(loss.detach().item())
         objective = loss
         if probe:
-            objective = loss + tr.inverse_gain_penalty(model, restored, inp, 1000.0, gen)
+            objective = loss + tr.inverse_gain_penalty(model.inverse, restored, inp, 1000.0, gen)
         opt.zero_grad(set_to_none=True)
         objective.backward()
         if clip:

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import IraeError
 from ..files import discover, no_images_message
-from ..inference import Restorer, device_and_dtype, pick_dtype
+from ..inference import Restorer, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
 from ..model.folded import FoldedIRAE
 from ..tasks import get_task
@@ -175,7 +175,7 @@ def _compile(model):
     if not hasattr(torch, "compile"):
         return model, "torch.compile is not available in this torch; timed eager"
     try:
-        return torch.compile(model, dynamic=False), None
+        return compiled(model, dynamic=False), None
     except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager, and is reported
         return model, f"torch.compile failed ({type(e).__name__}: {e}); timed eager"
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..defaults import COMPILE_MODES
 from ..errors import IraeError, one_line
 from ._common import (HOLE_RATIO, MASKS, SUBSAMPLING, TRAIN_QUALITY, TRAIN_SIGMA, parse_names, parse_range,
                       user_errors)
@@ -79,6 +80,9 @@ _DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
 _DTYPE = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only; the "
                                               "flow arithmetic stays fp32; auto = bf16 where the GPU "
                                               "or CPU computes it natively).")
+_COMPILE = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the training step "
+                        "(auto: when the rest of the session would run over 10 minutes; ~20 % faster on a "
+                        "CPU after ~1.5 minutes of compiling).")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output files.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 
@@ -121,6 +125,7 @@ def register(app: typer.Typer) -> None:
         log_every: Optional[int] = _LOG_EVERY,
         device: str = _DEVICE,
         dtype: str = _DTYPE,
+        compile_mode: str = _COMPILE,
         overwrite: bool = _OVERWRITE,
         quiet: bool = _QUIET,
     ) -> None:
@@ -133,7 +138,7 @@ def register(app: typer.Typer) -> None:
             session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,
                                stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
                                checkpoint_every=checkpoint_every, log_every=log_every, device=device, dtype=dtype,
-                               overwrite=overwrite, quiet=quiet)
+                               compile=compile_mode, overwrite=overwrite, quiet=quiet)
             from ..train import train as run_training
 
             _print_result(run_training(session, given))
@@ -162,6 +167,8 @@ def _session(*, data, resume, val_every, checkpoint_every, log_every, val_crop, 
             raise IraeError(f"{name} must be >= 0, not {value}")
     if val_crop < 16:
         raise IraeError(f"--val-crop must be at least 16, not {val_crop}")
+    if options["compile"] not in COMPILE_MODES:
+        raise IraeError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {options['compile']!r}")
     from ..train import Session
 
     return Session(data=data, resume=resume, val_every=val_every, checkpoint_every=checkpoint_every,

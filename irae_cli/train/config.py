@@ -107,6 +107,7 @@ class Session:
     log_every: int | None = None
     device: str = "auto"
     dtype: str = "auto"
+    compile: str = "auto"  # auto | on | off: torch.compile the training passes (train/compiled.py)
     overwrite: bool = False
     quiet: bool = False
     progress: bool | None = None  # None = a live bar when stderr is a terminal

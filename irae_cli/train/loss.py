@@ -21,15 +21,16 @@ def training_loss(restored: torch.Tensor, clean: torch.Tensor, holes: torch.Tens
     return ((restored.float() - clean).abs() * weight).sum() / (weight.sum() * clean.shape[1]).clamp_min(1.0)
 
 
-def inverse_gain_penalty(model, restored: torch.Tensor, inp: torch.Tensor, max_gain: float,
+def inverse_gain_penalty(inverse, restored: torch.Tensor, inp: torch.Tensor, max_gain: float,
                          gen: torch.Generator) -> torch.Tensor:
     """Hinge on the inverse direction's gain, one finite difference per patch (Behrmann et al. 2021).
 
     inverse(restored + d) - inp = inverse(restored + d) - inverse(restored) in exact
     arithmetic, so one extra inverse pass measures ||J_inv d|| / ||d|| for a random d.
+    ``inverse`` is the model's inverse (``model.inverse``, or its compiled form).
     """
     d = torch.randn(restored.shape, generator=gen, device=gen.device).to(restored.device, restored.dtype)
     d = d * INVERSE_PROBE
-    back = model.inverse(restored + d)
+    back = inverse(restored + d)
     gain = (back.float() - inp).flatten(1).norm(dim=1) / d.float().flatten(1).norm(dim=1)
     return torch.relu(torch.log(gain / max_gain)).pow(2).mean()

@@ -27,6 +27,7 @@ from ..progress import Progress, default_echo
 from ..tasks import get_task
 from . import collectives
 from .budget import CALIBRATION_STEPS, TimeBudget
+from .compiled import StepCompile
 from .checkpoint import load_checkpoint, load_init_weights, restore_generators, restore_optimisation, resumed_model
 from .config import Session, TrainConfig, build_config, lr_at, merge_resumed_config
 from .data import PatchSampler, load_training_data, replay_warning
@@ -198,6 +199,8 @@ class Trainer:
         self.precision = StepPrecision(self.model, self.device, self.compute_dtype)
         self.precision.attach()
         self.train_model = self.model  # wrapped in DistributedDataParallel under torchrun
+        self.compiled = StepCompile(self.session.compile, self.model, self.note)
+        self.compiled.use(self.train_model)
         self.step_weights = batched_invconv_weights if self.precision.invertible else (lambda m: nullcontext())
         self.params = list(self.model.parameters())
         self.log = self.files.log = open_log(self.earlier_log, self.run_id, self.config)  # written by RunFiles
@@ -212,7 +215,7 @@ class Trainer:
         self.ckpt_every = s.checkpoint_every if s.checkpoint_every is not None else DEFAULT_CHECKPOINT_EVERY
         self.budget = TimeBudget(s.minutes, self.t_start, self.clock,
                                  self.validation.validator.pixels if self.validation is not None else None)
-        self.start_step = self.state.step
+        self.start_step = self.calib_origin = self.state.step
         self.initialized = False
         self.state.loss_sum = torch.zeros((), device=self.device)
         self.reporter = Progress("step", c.steps, completed=self.state.step,
@@ -305,8 +308,10 @@ class Trainer:
                 self.ema = EMA(self.model, self.config.ema)
             if self.dist.active:
                 self.train_model = self._ddp()
+                self.compiled.use(self.train_model)
         elif self.dist.active and self.train_model is self.model:
             self.train_model = self._ddp()
+            self.compiled.use(self.train_model)
 
     def _ddp(self) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -316,16 +321,27 @@ class Trainer:
 
     def _loss_and_gradients(self, inp: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(loss, diverged); the gradients are left in the parameters unless the loss says it diverged."""
+        try:
+            return self._loss_and_gradients_once(inp, clean)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - compile errors surface at the first compiled call
+            if not self.compiled.fall_back(e, self.train_model):
+                raise
+            self.log["sessions"][-1]["compiled_at_step"] = None
+        return self._loss_and_gradients_once(inp, clean)
+
+    def _loss_and_gradients_once(self, inp: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, bool]:
         c, model = self.config, self.model
         # the 1x1 weights of this step, built once (batched) for forward, probe and backward
         with self.step_weights(model):
             with self.precision.forward():
-                restored = self.train_model(inp)
+                restored = self.compiled.forward(inp)
             loss = training_loss(restored, clean, self.degrader.last_mask if self.task.needs_mask else None)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
                 objective = loss + c.inverse_gain_every * inverse_gain_penalty(
-                    model, restored, inp, c.inverse_gain, self.data_gen)
+                    self.compiled.inverse, restored, inp, c.inverse_gain, self.data_gen)
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
         # Checked once the backward pass is queued: the host waits for the device here and not between the
@@ -365,16 +381,35 @@ class Trainer:
     # ------------------------------------------------------------------ after each step
 
     def _after_step(self) -> None:
+        self._maybe_compile()
         self._maybe_calibrate()
         done = self.config.steps is not None and self.state.step >= self.config.steps
         self._maybe_log(done)
         self._maybe_validate(done)
         self._maybe_checkpoint(done)
 
+    def _maybe_compile(self) -> None:
+        """--compile: decided a few steps into the session; the schedule is then timed from the compiled steps."""
+        st = self.state
+        if self.compiled.after_step(st.step - self.start_step, self.clock(), self._seconds_left):
+            self.calib_origin = st.step + 1  # the next step compiles: calibrate after it
+            self.log["sessions"][-1]["compiled_at_step"] = st.step
+
+    def _seconds_left(self, per_step: float) -> float:
+        """How long the rest of this session would take at ``per_step`` seconds a step."""
+        st, c, s = self.state, self.config, self.session
+        left = [math.inf]
+        if self.budget.seconds is not None:
+            left.append(self.budget.seconds - (self.clock() - self.t_start))
+        for end in (c.steps, s.stop_at):
+            if end is not None:
+                left.append((end - st.step) * per_step)
+        return min(left)
+
     def _maybe_calibrate(self) -> None:
         """With --minutes alone: the schedule length from the speed of the first steps, then again at
         fractions of the budget (in one process only: ranks' clocks could disagree on when)."""
-        st, c, since = self.state, self.config, self.state.step - self.start_step
+        st, c, since = self.state, self.config, self.state.step - self.calib_origin
         if c.steps is None and since in CALIBRATION_STEPS:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
