@@ -16,7 +16,8 @@
 #    Beside them, scripts/gpu_smoke.py (every CUDA-only path once, the CUDA tests included).
 # 2. When they end: the speed table with the card to itself, step by step until DEADLINE s after the
 #    start: the model alone (medium, paper-denoise; fp32, bf16, bf16 compiled), folder -> folder
-#    beside the naive loop on a >= 100 MP JPEG set, training patches/s at 64 and 128 px.
+#    beside the naive loop on a >= 100 MP JPEG set, training patches/s at 64 px (eager, then
+#    `--compile on`: its log's intervals after `compiled_at_step`) and 128 px.
 # Results are packed into $OUT after each phase (scripts/lease_out.py; <= 8 files); a run cut short
 # keeps the training results. Unpack here with
 #   python scripts/lease_out.py unpack FILES_AT out/turn
@@ -138,7 +139,10 @@ rm -rf "$WORK" "$SCRATCH" && mkdir -p "$WORK" "$SCRATCH"
         --dtype bf16 --device "$DEVICE" --json "$WORK/folder.json" --overwrite
       capped "train 64 px" 45 "$PY" -m irae_cli train --task denoise "$PACK" --arch "$arch" --steps 120 --minutes 1 \
         --patch "$P64" --batch-size $((B64 * 2)) --device "$DEVICE" --checkpoint-every 0 \
-        --out "$SCRATCH/t64.safetensors" --log "$WORK/train-64.log.json" --overwrite -q
+        --out "$SCRATCH/t64.safetensors" --log "$WORK/train-64.log.json" --compile off --overwrite -q
+      capped "train 64 px compiled" 150 "$PY" -m irae_cli train --task denoise "$PACK" --arch "$arch" --steps 600 \
+        --minutes 2.2 --patch "$P64" --batch-size $((B64 * 2)) --device "$DEVICE" --checkpoint-every 0 --compile on \
+        --out "$SCRATCH/t64c.safetensors" --log "$WORK/train-64-compiled.log.json" --overwrite -q
       publish
       capped "model $arch bf16 compile" 90 "$PY" -m irae_cli benchmark speed --arch "$arch" --size "$SPEED_SIZE" \
         --batch-size 4 --dtype bf16 --device "$DEVICE" --channels-last --compile \
