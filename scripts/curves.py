@@ -26,11 +26,18 @@ RUNS = [
      "lr 5e-4, batch 64 of 64²"),
     ("Denoise, CNN `cnn-medium` fresh, H200 (the non-invertible comparator)", "campaign/gpu1/cmp-cnn.log.json", 0,
      "lr 5e-4, batch 64 of 64²; shipped as `cnn-denoise-medium`"),
+    ("Denoise, `medium`, CPU again (a new schedule from the H200 weights)", "campaign/denoise/medium-cpu2.log.json",
+     159_056, "lr 2e-4, batch 16 of 64², one CPU thread, compiled (`--compile on`); 512 px validation crops"),
     ("JPEG, `medium` from an identity start, CPU", "campaign/jpeg/medium-identity.log.json", 0,
      "lr 3e-4, batch 16 of 64², quality 10-90 blind, one CPU thread; 256 px validation crops"),
+    ("JPEG, `medium`, CPU again (a new schedule from the shipped weights)", "campaign/jpeg/medium-2.log.json", 200_000,
+     "lr 1e-4, batch 16 of 64², quality 10-90 blind, one CPU thread; 256 px validation crops"),
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "campaign/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
      "shipped as `irae-inpaint-small`"),
+    ("Inpaint, `medium-inpaint` from the harmonic fill, CPU", "campaign/inpaint/medium-inpaint.log.json", 0,
+     "lr 2e-4, batch 8 of 128², hole-only L1, a 60,000-step schedule over several sessions, one CPU thread, "
+     "compiled; 256 px validation crops"),
 ]
 
 

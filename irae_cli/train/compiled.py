@@ -36,28 +36,29 @@ class StepCompile:
         if self.active:
             self._compile()
 
-    def after_step(self, since_start: int, now: float, seconds_left) -> bool:
-        """Called after each step of the session; True when the passes were compiled just now.
+    def decide(self, since_start: int, now: float, seconds_left) -> bool | None:
+        """Called after each step of the session: None until the timed steps are done, then once whether
+        to compile (the caller ``start``s it; under torchrun, with rank 0's answer on every rank).
 
         ``seconds_left(per_step)``: how long the rest of the session would take at ``per_step``
         seconds a step (the budget's or the schedule's end, whichever comes first).
         """
         if self.decided:
-            return False
+            return None
         if since_start == TIMED_STEPS[0]:
             self._t0 = now
-            return False
+            return None
         if since_start < TIMED_STEPS[1] or self._t0 is None:
-            return False
+            return None
         self.decided = True
         per_step = (now - self._t0) / (TIMED_STEPS[1] - TIMED_STEPS[0])
-        if self.mode == "auto" and seconds_left(per_step) < COMPILE_PAYOFF_S:
-            return False
+        return self.mode == "on" or seconds_left(per_step) >= COMPILE_PAYOFF_S
+
+    def start(self) -> None:
         self.active = True
         self._compile()
         self.note("irae: note: training under torch.compile (--compile); the next step compiles it and "
                   "takes a minute or two")
-        return True
 
     def _compile(self) -> None:
         from ..inference import compiled

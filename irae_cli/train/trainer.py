@@ -391,7 +391,9 @@ class Trainer:
     def _maybe_compile(self) -> None:
         """--compile: decided a few steps into the session; the schedule is then timed from the compiled steps."""
         st = self.state
-        if self.compiled.after_step(st.step - self.start_step, self.clock(), self._seconds_left):
+        wanted = self.compiled.decide(st.step - self.start_step, self.clock(), self._seconds_left)
+        if wanted is not None and collectives.rank0_int(int(wanted), self.dist, self.device):
+            self.compiled.start()
             self.calib_origin = st.step + 1  # the next step compiles: calibrate after it
             self.log["sessions"][-1]["compiled_at_step"] = st.step
 
