@@ -35,9 +35,6 @@ RUNS = [
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "campaign/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
      "shipped as `irae-inpaint-small`"),
-    ("Inpaint, `medium-inpaint` from the harmonic fill, CPU", "campaign/inpaint/medium-inpaint.log.json", 0,
-     "lr 2e-4, batch 8 of 128², hole-only L1, a 60,000-step schedule over several sessions, one CPU thread, "
-     "compiled; 256 px validation crops"),
 ]
 
 
