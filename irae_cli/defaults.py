@@ -30,4 +30,13 @@ DEFAULTS = Defaults()
 # "float" = unclipped float32 (the paper's protocol, stored as .npy).  "paper" is accepted for "float".
 NOISE_PROTOCOLS = ("clip", "float")
 COMPILE_MODES = ("auto", "on", "off")  # --compile of restore and train
+
+
+def check_compile_mode(mode: str) -> str:
+    """``mode`` when it is one of COMPILE_MODES, else the one-line usage error restore and train give."""
+    from .errors import IraeError
+
+    if mode not in COMPILE_MODES:
+        raise IraeError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
+    return mode
 NOISE_PROTOCOL_ALIASES = {"paper": "float"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .defaults import COMPILE_MODES
+from .defaults import check_compile_mode
 from .errors import IraeError
 from .model.folded import FoldedIRAE, fold
 from .model.irae import pad_to_multiple
@@ -38,13 +38,13 @@ class _NoToolkitGuess(logging.Filter):
         return not str(record.msg).startswith(("No CUDA runtime is found", "No ROCm runtime is found"))
 
 
+_NO_TOOLKIT_GUESS = _NoToolkitGuess()
+
+
 def compiled(fn, dynamic: bool | None = None):
     """``torch.compile(fn)``, the one way restore, train and the speed benchmark compile."""
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_TOOLKIT_GUESS)
     return torch.compile(fn, dynamic=dynamic)
-
-
-_NO_TOOLKIT_GUESS = _NoToolkitGuess()
 
 
 def strict_fp32() -> None:
@@ -162,9 +162,7 @@ class Restorer:
         self._autocast_whole = self.dtype != torch.float32 and not isinstance(self.runner, FoldedIRAE)
         if self.dtype != torch.float32 and isinstance(self.runner, FoldedIRAE):
             self.runner.set_coupling_dtype(self.dtype)
-        if compile not in COMPILE_MODES:
-            raise IraeError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}")
-        self.compile = compile
+        self.compile = check_compile_mode(compile)
         self.workload = workload_megapixels
         self.done_megapixels = 0.0
         self.compiled = False

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..defaults import COMPILE_MODES
+from ..defaults import check_compile_mode
 from ..errors import IraeError, one_line
 from ._common import (HOLE_RATIO, MASKS, SUBSAMPLING, TRAIN_QUALITY, TRAIN_SIGMA, parse_names, parse_range,
                       user_errors)
@@ -167,8 +167,7 @@ def _session(*, data, resume, val_every, checkpoint_every, log_every, val_crop, 
             raise IraeError(f"{name} must be >= 0, not {value}")
     if val_crop < 16:
         raise IraeError(f"--val-crop must be at least 16, not {val_crop}")
-    if options["compile"] not in COMPILE_MODES:
-        raise IraeError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {options['compile']!r}")
+    check_compile_mode(options["compile"])
     from ..train import Session
 
     return Session(data=data, resume=resume, val_every=val_every, checkpoint_every=checkpoint_every,

@@ -38,7 +38,7 @@ class RestoreOptions:
     dry_run: bool = False
     masks: Path | None = None
     mask_from: str | None = None  # "alpha"
-    compile: str = "auto"  # auto | on | off (see inference.COMPILE_MODES)
+    compile: str = "auto"  # auto | on | off (defaults.COMPILE_MODES)
     shard: str | None = None  # "K/N": restore part K of N (see shard.py); under torchrun, shared by its processes
 
 

@@ -8,8 +8,7 @@ a fresh run and the divergence guard's rollbacks stay eager; the updates are the
 
 from __future__ import annotations
 
-from ..errors import IraeError
-from ..defaults import COMPILE_MODES
+from ..defaults import check_compile_mode
 
 # 'auto' compiles when the rest of the session would run longer than this eagerly: compiling costs
 # ~1.5 minutes on a CPU and buys ~20 %, so shorter sessions finish sooner without it.
@@ -21,9 +20,7 @@ class StepCompile:
     """When and whether a session's training passes are compiled; ``forward``/``inverse`` are what to call."""
 
     def __init__(self, mode: str, model, note) -> None:
-        if mode not in COMPILE_MODES:
-            raise IraeError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
-        self.mode, self.model, self.note = mode, model, note
+        self.mode, self.model, self.note = check_compile_mode(mode), model, note
         self.decided = mode == "off"
         self.active = False
         self.forward = None  # set by ``use``: the module the training step calls
