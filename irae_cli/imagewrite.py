@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import ImageError
 from .files import atomic_write_bytes
 from .imageio import PNG_SIGNATURE, ImageMeta
+from .pixels import to_u8
 
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
@@ -63,8 +64,7 @@ def _to_pil(x: torch.Tensor, meta: ImageMeta, out_format: str) -> Image.Image:
     if sixteen:
         arr = np.round(x[0].numpy() * 65535.0).astype(np.uint16)
         return Image.fromarray(arr)
-    arr = np.round(x.numpy() * 255.0).astype(np.uint8)
-    img = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0))
+    img = Image.fromarray(np.ascontiguousarray(to_u8(x)))
     if meta.alpha is not None and out_format in ("PNG", "WEBP", "TIFF"):
         if img.mode == "L" and out_format == "WEBP":
             img = img.convert("RGB")

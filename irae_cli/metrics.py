@@ -31,6 +31,8 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .pixels import levels_u8
+
 __all__ = [
     "TASKS",
     "FiniteMean",
@@ -75,7 +77,7 @@ def to_u8_float(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float64)
     if not x.is_floating_point():
         raise TypeError(f"expected a float [0, 1] or uint8 image tensor, got dtype {x.dtype}")
-    return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.float64)
+    return levels_u8(x).to(torch.float64)
 
 
 def _to_255(x: torch.Tensor, round_u8: bool) -> torch.Tensor:

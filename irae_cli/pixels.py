@@ -1,9 +1,9 @@
 """Float image tensors <-> 8-bit arrays and Pillow images, for degraded images and test sets.
 
 Images are float tensors in [0, 1], shape (C, H, W) with C = 1 or 3.  Going to
-8 bits clips and rounds half to even, as ``quantize_u8`` does and as every
-8-bit file irae writes holds (``imagewrite`` rounds the same way, and also
-handles 16-bit, alpha and colour profiles).
+8 bits clips and rounds half to even, in the tensor's own float dtype as BasicSR's
+``tensor2img`` does: ``levels_u8`` is that rule, and every 8-bit file, metric, test
+set and training pack irae makes goes through it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,19 @@ import torch
 from PIL import Image
 
 
+def levels_u8(x: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] -> uint8 levels, same shape and device."""
+    return torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8)
+
+
+def quantize_u8(x: torch.Tensor) -> torch.Tensor:
+    """What storing an 8-bit file does, in ``x``'s dtype: the levels divided by 255."""
+    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+
+
 def to_u8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] -> uint8 (H, W) for one channel, (H, W, C) otherwise."""
-    arr = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    arr = levels_u8(x).cpu().numpy()
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 

@@ -19,6 +19,7 @@ from .. import degradations as dg
 from ..classical import EXTRA, NAMES as CLASSICAL_NAMES, for_task
 from ..errors import IraeError
 from ..inference import Restorer, pick_device
+from ..pixels import levels_u8
 from ..metrics import compute_all, mean_ignoring_inf, metric_keys, psnr, ssim
 from ..tasks import Task, get_task
 from .common import QUALITY_SCHEMA
@@ -193,7 +194,7 @@ def _unrounded_metrics(x: torch.Tensor, clean: torch.Tensor, task: str) -> dict[
     flatter the starting point.  The clean image is 8-bit already, so its exact
     levels are used.
     """
-    c = torch.round(clean * 255.0).to(torch.uint8)
+    c = levels_u8(clean)
     out = {"psnr_rgb_u8": psnr(x, c, channel="rgb", round_u8=False),
            "psnr_y601_u8": psnr(x, c, channel="y", round_u8=False),
            "ssim_rgb_u8": ssim(x, c, channel="rgb", round_u8=False),

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from ..pixels import to_u8
+
 __all__ = ["LABEL_H", "PAD", "SheetRow", "crop_box", "render_sheet", "sheet_size"]
 
 LABEL_H = 26
@@ -80,7 +82,7 @@ def _tile(x: torch.Tensor, box: tuple[int, int], crop: int) -> Image.Image:
     part = x[..., top:top + crop, left:left + crop].detach().float().clamp(0, 1).cpu()
     if part.shape[0] == 1:
         part = part.expand(3, -1, -1)
-    arr = np.round(part.numpy() * 255.0).astype(np.uint8).transpose(1, 2, 0)
+    arr = to_u8(part)
     tile = Image.new("RGB", (crop, crop), BACKGROUND)
     img = Image.fromarray(np.ascontiguousarray(arr), "RGB")
     tile.paste(img, ((crop - img.width) // 2, (crop - img.height) // 2))

@@ -23,6 +23,7 @@ from ..files import discover, no_images_message
 from ..inference import Restorer, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
 from ..model.folded import FoldedIRAE
+from ..pixels import to_u8
 from ..tasks import get_task
 from .common import SPEED_SCHEMA
 from ..environment import versions
@@ -373,8 +374,8 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
             x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
             autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()
             with torch.inference_mode(), autocast:
-                y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-            Image.fromarray(np.round(y * 255).astype(np.uint8), "RGB").save(dest / (s.path.stem + ".png"),
+                y = to_u8(model(x).float()[0])
+            Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"),
                                                                            compress_level=png_level)
     finally:
         for h in hooks:

@@ -7,11 +7,12 @@ from a generator passed in, so a result is a function of (seed, inputs) only.
 ``irae benchmark`` all use these definitions.
 """
 
+from ..pixels import quantize_u8
 from .jpeg import (SUBSAMPLING, estimate_quality, jpeg_batch_cuda, jpeg_batch_u8, jpeg_bytes, jpeg_compress,
                    nvjpeg_problem)
 from .levels import INPAINT_FILL, Level, build_levels, noise_protocol
 from .masks import MASK_KINDS, apply_holes, box_mask, boxes_mask, mask_in_range, random_mask, strokes_mask
-from .noise import add_gaussian_noise, quantize_u8
+from .noise import add_gaussian_noise
 from .seeds import derive_seed, generator_for, uniform
 
 __all__ = ["INPAINT_FILL", "MASK_KINDS", "SUBSAMPLING", "Level",

@@ -23,7 +23,8 @@ from ..defaults import DEFAULTS, NOISE_PROTOCOL_ALIASES, NOISE_PROTOCOLS
 from ..errors import ImageError, IraeError
 from .jpeg import SUBSAMPLING, jpeg_compress
 from .masks import MASK_KINDS, apply_holes, mask_in_range
-from .noise import add_gaussian_noise, quantize_u8
+from ..pixels import quantize_u8
+from .noise import add_gaussian_noise
 from .seeds import uniform
 
 INPAINT_FILL = 0.5  # stored holed images are mid-grey inside the holes

@@ -1,4 +1,4 @@
-"""Additive Gaussian noise and what storing it in an 8-bit file does to it."""
+"""Additive Gaussian noise (storing it in an 8-bit file: ``pixels.quantize_u8``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,3 @@ def add_gaussian_noise(x: torch.Tensor, sigma: float | torch.Tensor, generator: 
     if s.ndim == 1:
         s = s.view(-1, *([1] * (x.ndim - 1)))
     return x + noise * (s / 255.0)
-
-
-def quantize_u8(x: torch.Tensor) -> torch.Tensor:
-    """What storing an 8-bit file does: clip to [0, 1] and round to 1/255 steps."""
-    return torch.round(x.clamp(0, 1) * 255.0) / 255.0

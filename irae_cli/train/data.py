@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IraeError
+from ..pixels import levels_u8
 
 DEVICE_DATA_FRACTION = 0.5  # keep the photos on the GPU when they take at most this much free memory
 
@@ -34,7 +35,7 @@ class TrainData:
 
 def to_rgb_u8(x: torch.Tensor) -> torch.Tensor:
     """(C, H, W) float [0, 1] from read_image -> (3, H, W) uint8 (gray replicated, 16-bit rounded)."""
-    u8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8)
+    u8 = levels_u8(x)
     return u8.expand(3, -1, -1).contiguous() if u8.shape[0] == 1 else u8
 
 
