@@ -22,6 +22,7 @@ from ..inference import Restorer, pick_device
 from ..pixels import levels_u8
 from ..metrics import compute_all, mean_ignoring_inf, metric_keys, psnr, ssim
 from ..tasks import Task, get_task
+from .classical_rows import ClassicalRows
 from .common import QUALITY_SCHEMA
 from ..environment import versions
 from .models import LoadedModel, load_model
@@ -36,7 +37,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             noise_protocol: str | None = None, seed: int = 0, device: str = "auto", dtype: str = "auto",
             tile: int | str = "auto", batch_size: int = 4, sheet: str | Path | None = None,
             sheet_crop: int = 128, sheet_images: int = 8, sheet_crop_mode: str = "worst",
-            overwrite: bool = False, progress=None, classical: str = "all") -> dict:
+            overwrite: bool = False, progress=None, classical: str = "all", jobs: int = 1) -> dict:
     """Score the degraded input, the task's classical methods, and each model on one image set.
 
     ``source`` is a clean image folder or file, degraded here exactly as
@@ -49,7 +50,8 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     ``irae.benchmark.quality/1`` dict; writes ``sheet`` (PNG) when given.
     Unreadable images are listed under ``failures`` and skipped.  ``classical``
     (all, none or names) picks the classical rows (``irae_cli.classical``);
-    those whose package is missing are listed in ``settings["classical"]``.
+    those whose package is missing are listed in ``settings["classical"]``;
+    ``jobs`` > 1 runs them in that many worker processes beside the networks.
     """
     t = get_task(task)
     images = resolve_source(Path(source), task, seed=seed, sigmas=sigmas, qualities=qualities, masks=masks,
@@ -70,17 +72,18 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
         mode=sheet_crop_mode, hole=t.needs_mask)
     failures: list[dict] = []
     per: dict[tuple[str, str], list[dict]] = {}
-    for unit in images.units(failures, settings):
-        outputs = restore_unit(unit, t, methods, restorers, failures)
-        if outputs is None:
-            continue
-        for i, (level, rows) in enumerate(score_unit(unit, outputs, names, task)):
-            for name, row in rows.items():
-                per.setdefault((name, level), []).append(row)
-            if picker is not None:
-                picker.offer(unit, i, outputs, rows)
-        if progress is not None:
-            progress(unit.image)
+    with ClassicalRows(methods, jobs) as classical_rows:
+        for unit, classical_outputs in classical_rows.run(scorable(images.units(failures, settings), failures)):
+            outputs = restore_unit(unit, t, classical_outputs, restorers, failures)
+            if outputs is None:
+                continue
+            for i, (level, rows) in enumerate(score_unit(unit, outputs, names, task)):
+                for name, row in rows.items():
+                    per.setdefault((name, level), []).append(row)
+                if picker is not None:
+                    picker.offer(unit, i, outputs, rows)
+            if progress is not None:
+                progress(unit.image)
     if not per:
         first = failures[0]["error"] if failures else "no images"
         raise IraeError(f"no image could be benchmarked ({first})")
@@ -130,23 +133,26 @@ def model_rows(task: str, classical: str, loaded: list[LoadedModel], settings: d
     return models, methods
 
 
-def restore_unit(unit: Unit, t: Task, methods: list, restorers: list, failures: list[dict]
-                 ) -> dict[str, torch.Tensor] | None:
-    """Every row's (L,C,H,W) output for one unit; None (and a failure recorded) when it cannot be scored."""
-    if min(unit.clean.shape[-2:]) < 11:
-        failures.append({"image": unit.image, "error": f"{unit.image}: smaller than the 11x11 SSIM window; "
-                                                       f"not scored"})
-        return None
+def scorable(units, failures: list[dict]):
+    """The units big enough to score; the others are recorded as failures before any method runs."""
+    for unit in units:
+        if min(unit.clean.shape[-2:]) < 11:
+            failures.append({"image": unit.image, "error": f"{unit.image}: smaller than the 11x11 SSIM window; "
+                                                           f"not scored"})
+        else:
+            yield unit
+
+
+def restore_unit(unit: Unit, t: Task, classical_outputs: dict[str, torch.Tensor], restorers: list,
+                 failures: list[dict]) -> dict[str, torch.Tensor] | None:
+    """Every row's (L,C,H,W) output for one unit; None (and a failure recorded) when a network cannot run."""
     outputs: dict[str, torch.Tensor] = {}
     if t.needs_mask:  # the input row shows the holes as the model receives them, filled with the task's value
         fill_value = float(t.default_task_params().get("fill", 0.5))
         outputs[INPUT_ROW] = dg.apply_holes(unit.degraded, unit.masks, fill_value)
     else:
         outputs[INPUT_ROW] = unit.degraded
-    for m in methods:
-        outputs[m.name] = torch.stack([
-            m.run(unit.degraded[i], unit.params[i], unit.masks[i] if unit.masks is not None else None)
-            for i in range(len(unit.levels))])
+    outputs.update(classical_outputs)
     try:
         for name, restorer in restorers:
             outputs[name] = _kept_where_passed_through(restorer(unit.degraded, unit.masks), unit, t, restorer)
