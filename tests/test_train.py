@@ -671,6 +671,21 @@ def test_inpaint_loss_counts_hole_pixels_only():
     assert tr.training_loss(restored, clean, None).item() > 0.25  # denoise and jpeg: the whole image
 
 
+
+def test_l2_loss_is_the_mean_squared_error_over_the_holes(tmp_path, photos):
+    clean = torch.rand(2, 3, 16, 16)
+    holes = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    holes[:, :, 2:6, 3:9] = True
+    restored = clean.clone()
+    restored[holes.expand_as(restored)] += 0.5
+    assert tr.training_loss(restored, clean, holes, "l2").item() == pytest.approx(0.25)
+    assert tr.training_loss(restored, clean, None, "l2").item() == pytest.approx(0.25 * 24 / 256)
+    result = run_train(tmp_path, "l2", photos, {"steps": 3, "loss": "l2"})
+    assert json.loads(result.out.with_suffix(".log.json").read_text())["config"]["loss"] == "l2"
+    bad = irae("train", photos, "-o", tmp_path / "w.safetensors", "--loss", "huber")
+    assert bad.returncode == 2 and "--loss must be one of l1, l2" in bad.stderr
+    assert not (tmp_path / "w.safetensors").exists()
+
 # --------------------------------------------------------------------------- --compile
 
 def test_compiled_training_makes_the_same_updates_as_eager(tmp_path, photos):

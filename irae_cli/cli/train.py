@@ -53,6 +53,8 @@ _INIT_FROM = typer.Option(None, "--init-from", help="Start from these trained we
 _INVERSE_GAIN_EVERY = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
                                    "inverse gain every N steps, its penalty weighted by N "
                                    "(default: 4; 1 = every step, ~2x slower).")
+_LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (the mean of what a hole could hold, "
+                     "which scores higher in PSNR) (default: l1).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
 _SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
 _SIGMA = typer.Option(None, "--sigma", help=f"denoise: noise sigma range on the 0-255 scale (default: {TRAIN_SIGMA}).")
@@ -107,6 +109,7 @@ def register(app: typer.Typer) -> None:
         init_start: Optional[str] = _INIT_START,
         init_from: Optional[str] = _INIT_FROM,
         inverse_gain_every: Optional[int] = _INVERSE_GAIN_EVERY,
+        loss: Optional[str] = _LOSS,
         ema: Optional[float] = _EMA,
         seed: Optional[int] = _SEED,
         sigma: Optional[str] = _SIGMA,
@@ -132,7 +135,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
                            warmup=warmup, clip=clip, ema=ema, seed=seed, inverse_gain=inverse_gain,
-                           inverse_gain_every=inverse_gain_every, init_start=init_start, init_from=init_from,
+                           inverse_gain_every=inverse_gain_every, init_start=init_start, init_from=init_from, loss=loss,
                            sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
                            mask=mask, hole_ratio=hole_ratio)
             session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,

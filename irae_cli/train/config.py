@@ -20,6 +20,7 @@ from ..defaults import DEFAULTS, NOISE_PROTOCOL_ALIASES, NOISE_PROTOCOLS
 from ..degradations import MASK_KINDS, SUBSAMPLING
 from ..errors import IraeError
 from ..tasks import get_task
+from .loss import LOSSES
 
 LR_FLOOR = 0.01  # cosine ends at this fraction of --lr
 PROVISIONAL_WARMUP = 100  # warm-up length used until the schedule length is known
@@ -62,6 +63,7 @@ class TrainConfig:
     # Start from trained weights of the same preset (fine-tuning, another task, a new schedule or batch
     # size) instead of a fresh initialisation; the path as given, its sha256 goes to the summary.
     init_from: str | None = None
+    loss: str = "l1"  # l1 (the paper's) or l2; checkpoints made before the option trained with l1
 
     def __post_init__(self) -> None:
         # One vocabulary: checkpoints written before it say "paper" for what is now "float".
@@ -165,6 +167,8 @@ def _optimisation_problem(c: TrainConfig) -> str | None:
         return f"--inverse-gain must be 0 (off) or at least 1, not {c.inverse_gain}"
     if c.init_start not in ("data", "identity"):
         return f"--init-start must be data or identity, not {c.init_start!r}"
+    if c.loss not in LOSSES:
+        return f"--loss must be one of {', '.join(LOSSES)}, not {c.loss!r}"
     if c.inverse_gain_every < 1:
         return f"--inverse-gain-every must be at least 1, not {c.inverse_gain_every}"
     if not (c.lr > 0 and math.isfinite(c.lr)):

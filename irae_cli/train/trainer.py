@@ -337,7 +337,8 @@ class Trainer:
         with self.step_weights(model):
             with self.precision.forward():
                 restored = self.compiled.forward(inp)
-            loss = training_loss(restored, clean, self.degrader.last_mask if self.task.needs_mask else None)
+            loss = training_loss(restored, clean, self.degrader.last_mask if self.task.needs_mask else None,
+                                 c.loss)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
                 objective = loss + c.inverse_gain_every * inverse_gain_penalty(
@@ -355,6 +356,8 @@ class Trainer:
     def _diverged(self, loss: torch.Tensor) -> bool:
         """The guard's verdict on this step's loss, the same on every rank (one host sync per step)."""
         value = loss.detach().float()
+        if self.config.loss == "l2":  # the guard's factor is for error sizes; a squared error spreads twice as far
+            value = value.sqrt()
         if self.dist.active:
             value = collectives.mean_over_ranks(value.clone(), self.dist)
         return self.guard.is_bad(float(value.item()))
