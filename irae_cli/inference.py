@@ -156,11 +156,12 @@ class Restorer:
         self.model = model.eval().to(self.device)
         # The folded form restores what the model does to fp32 rounding, in fewer kernels.
         self.runner = self.eager = fold(self.model).to(self.device) if folded else self.model
-        _, self.dtype = device_and_dtype(self.device, dtype, coupling_only=isinstance(self.runner, FoldedIRAE))
         # A folded flow runs only its coupling nets in bf16/fp16 (the flow arithmetic stays fp32:
         # whole-model bf16 cost 0.04-0.10 dB on the validation photos, coupling-only < 0.01 dB).
-        self._autocast_whole = self.dtype != torch.float32 and not isinstance(self.runner, FoldedIRAE)
-        if self.dtype != torch.float32 and isinstance(self.runner, FoldedIRAE):
+        self.coupling_only = isinstance(self.runner, FoldedIRAE)
+        _, self.dtype = device_and_dtype(self.device, dtype, coupling_only=self.coupling_only)
+        self._autocast_whole = self.dtype != torch.float32 and not self.coupling_only
+        if self.dtype != torch.float32 and self.coupling_only:
             self.runner.set_coupling_dtype(self.dtype)
         self.compile = check_compile_mode(compile)
         self.workload = workload_megapixels

@@ -22,7 +22,6 @@ from ..errors import IraeError
 from ..files import discover, no_images_message
 from ..inference import Restorer, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
-from ..model.folded import FoldedIRAE
 from ..pixels import to_u8
 from ..tasks import get_task
 from .common import SPEED_SCHEMA
@@ -196,7 +195,7 @@ class ModelTimer:
         self.restorer = Restorer(lm.model, get_task(task), device=dev, dtype=dtype, tile=0, folded=folded)
         self.dev, self.channels, self.channels_last, self.notes = dev, lm.model.config.channels, channels_last, notes
         self.resolved = str(self.restorer.dtype).removeprefix("torch.")
-        if isinstance(self.restorer.runner, FoldedIRAE) and self.restorer.dtype != torch.float32:
+        if self.restorer.coupling_only and self.restorer.dtype != torch.float32:
             self.resolved += " (coupling nets)"
         self.run_model = self.restorer.runner
         if channels_last:
