@@ -443,22 +443,22 @@ def test_missing_classical_package_is_one_note_and_bad_name_is_usage_error(work,
 def test_classical_rows_in_worker_processes_give_the_same_report(work, tmp_path):
     pytest.importorskip("cv2")
     runs = {}
-    for jobs in ("1", "2"):
-        out = tmp_path / f"r{jobs}.json"
+    for workers in ("1", "2"):
+        out = tmp_path / f"r{workers}.json"
         r = irae("benchmark", "quality", "--task", "inpaint", work / "photos", "--weights", work / "I.safetensors",
-                 "--mask", "box,strokes", "--device", "cpu", "--jobs", jobs, "--json", out)
+                 "--mask", "box,strokes", "--device", "cpu", "--workers", workers, "--json", out)
         assert r.returncode == 0, r.stderr
-        runs[jobs] = json.loads(out.read_text())
+        runs[workers] = json.loads(out.read_text())
     assert runs["1"]["results"] == runs["2"]["results"] and runs["1"]["models"] == runs["2"]["models"]
     assert list(runs["2"]["models"])[:4] == ["input", "harmonic-fill", "telea", "navier-stokes"]
     assert runs["2"]["settings"]["n_images"] == 4
 
 
-@pytest.mark.parametrize("jobs", ["0", "two", "-1"])
-def test_bad_jobs_is_a_usage_error_before_any_work(work, tmp_path, jobs):
+@pytest.mark.parametrize("workers", ["two", "-1"])
+def test_bad_workers_is_a_usage_error_before_any_work(work, tmp_path, workers):
     r = irae("benchmark", "quality", "--task", "denoise", work / "photos", "--weights", work / "A.safetensors",
-             "--jobs", jobs, "--json", tmp_path / "r.json")
-    assert r.returncode == 2 and "--jobs" in r.stderr and r.stderr.count("\n") == 1
+             "-j", workers, "--json", tmp_path / "r.json")
+    assert r.returncode == 2 and "--workers" in r.stderr
     assert not (tmp_path / "r.json").exists()
 
 

@@ -2,11 +2,11 @@
 
 CBM3D needs about a CPU-minute per megapixel and uses one core, while the
 networks restore the same image in a second or two; scoring a folder against
-it would take hours on one core of a many-core machine.  With ``jobs`` > 1
+it would take hours on one core of a many-core machine.  With ``workers`` > 1
 each (method, level) of the next few units is handed to a pool of worker
 processes (bm3d is not safe to call from several threads) while this process
 runs the networks, and the results come back in order: the report is the same
-for any ``jobs``.
+for any ``workers``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,14 @@ from ..classical import METHODS
 from ..errors import IraeError
 from .units import Unit
 
-JOBS_AUTO_CAP = 8  # each worker holds its own torch (~300 MB); CBM3D rarely has more than 8 images in flight
+AUTO_CAP = 8  # each worker holds its own torch (~300 MB)
 
 
-def jobs_for(value: str | int) -> int:
-    """``--jobs``: a count >= 1, or auto (one worker per core but one, up to 8; 1 = in this process)."""
-    if str(value).strip() == "auto":
-        return max(1, min(JOBS_AUTO_CAP, (os.cpu_count() or 1) - 1))
-    try:
-        jobs = int(value)
-    except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise IraeError(f"--jobs {value!r}: give auto or a number of worker processes >= 1")
-    return jobs
+def workers_for(value: int) -> int:
+    """``--workers``: 0 = auto (one per core but one, up to 8), 1 = in this process, N = N processes."""
+    if value < 0:
+        raise IraeError(f"--workers must be 0 (auto) or more, not {value}")
+    return value or max(1, min(AUTO_CAP, (os.cpu_count() or 1) - 1))
 
 
 def _run(name: str, x: torch.Tensor, params: dict, mask: torch.Tensor | None) -> torch.Tensor:
@@ -50,18 +44,18 @@ def _one_unit(methods: list, unit: Unit, submit) -> dict[str, list]:
 
 
 class ClassicalRows:
-    """``with ClassicalRows(methods, jobs) as rows: for unit, outputs in rows.run(units): ...``
+    """``with ClassicalRows(methods, workers) as rows: for unit, outputs in rows.run(units): ...``
 
     ``outputs`` maps each method's name to its (L, C, H, W) result for the unit.
     """
 
-    def __init__(self, methods: list, jobs: int = 1):
+    def __init__(self, methods: list, workers: int = 1):
         self.methods = methods
         self.pool = None
-        if jobs > 1 and methods:
+        if workers > 1 and methods:
             # spawn: a forked copy of a process that has started torch's thread pools can hang
-            self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-        self.ahead = jobs + 1  # units in flight: enough to keep every worker busy across unit boundaries
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.ahead = workers + 1  # units in flight: enough to keep every worker busy across unit boundaries
 
     def __enter__(self) -> "ClassicalRows":
         return self

@@ -37,7 +37,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             noise_protocol: str | None = None, seed: int = 0, device: str = "auto", dtype: str = "auto",
             tile: int | str = "auto", batch_size: int = 4, sheet: str | Path | None = None,
             sheet_crop: int = 128, sheet_images: int = 8, sheet_crop_mode: str = "worst",
-            overwrite: bool = False, progress=None, classical: str = "all", jobs: int = 1) -> dict:
+            overwrite: bool = False, progress=None, classical: str = "all", workers: int = 1) -> dict:
     """Score the degraded input, the task's classical methods, and each model on one image set.
 
     ``source`` is a clean image folder or file, degraded here exactly as
@@ -51,7 +51,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     Unreadable images are listed under ``failures`` and skipped.  ``classical``
     (all, none or names) picks the classical rows (``irae_cli.classical``);
     those whose package is missing are listed in ``settings["classical"]``;
-    ``jobs`` > 1 runs them in that many worker processes beside the networks.
+    ``workers`` > 1 runs them in that many processes beside the networks.
     """
     t = get_task(task)
     images = resolve_source(Path(source), task, seed=seed, sigmas=sigmas, qualities=qualities, masks=masks,
@@ -72,7 +72,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
         mode=sheet_crop_mode, hole=t.needs_mask)
     failures: list[dict] = []
     per: dict[tuple[str, str], list[dict]] = {}
-    with ClassicalRows(methods, jobs) as classical_rows:
+    with ClassicalRows(methods, workers) as classical_rows:
         for unit, classical_outputs in classical_rows.run(scorable(images.units(failures, settings), failures)):
             outputs = restore_unit(unit, t, classical_outputs, restorers, failures)
             if outputs is None:

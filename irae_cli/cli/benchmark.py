@@ -80,9 +80,9 @@ _SHEET_REGION = typer.Option("worst", "--sheet-region", help="worst: the crop wh
 _CLASSICAL = typer.Option("all", "--classical", help="Classical rows: all, none, or names (cbm3d, nlm; "
                           "harmonic-fill, telea, navier-stokes). cbm3d/nlm/telea/navier-stokes need "
                           "pip install 'irae[classical]'.")
-_JOBS = typer.Option("auto", "--jobs", help="Worker processes for the classical rows (CBM3D takes minutes per "
-                     "photo on one core): a number, or auto = one per core but one, up to 8 "
-                     "(1 = in this process). The figures do not depend on it.")
+_WORKERS = typer.Option(0, "--workers", "-j", help="Processes for the classical rows (CBM3D takes minutes per "
+                        "photo on one core): 0 = auto, one per core but one, up to 8; 1 = in this process. "
+                        "The figures do not depend on it.")
 
 
 @sub.command("quality")
@@ -107,7 +107,7 @@ def quality_cmd(
     sheet_images: int = _SHEET_IMAGES,
     sheet_region: str = _SHEET_REGION,
     classical: str = _CLASSICAL,
-    jobs: str = _JOBS,
+    workers: int = _WORKERS,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
@@ -116,7 +116,7 @@ def quality_cmd(
     and Navier-Stokes for inpainting) are scored in the same run, on the same degraded images.
     """
     with user_errors():
-        from ..benchmark.classical_rows import jobs_for
+        from ..benchmark.classical_rows import workers_for
         from ..benchmark.common import check_outputs
         from ..benchmark.models import parse_compare
         from ..benchmark.quality import quality as run_quality
@@ -124,7 +124,7 @@ def quality_cmd(
         from ..progress import Progress
 
         _check_sheet_options(sheet_region, sheet_images, sheet_crop)
-        workers = jobs_for(jobs)
+        workers = workers_for(workers)
         tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
         check_outputs([json_path, sheet], overwrite)
         with Progress("scoring", columns=("last {image}",), fields={"image": ""}, unit="image(s)") as bar:
@@ -133,7 +133,7 @@ def quality_cmd(
                 **_levels(sigma, quality, mask, hole_ratio), noise_protocol=noise_protocol, seed=seed,
                 device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet,
                 sheet_crop=sheet_crop, sheet_images=sheet_images, sheet_crop_mode=sheet_region,
-                overwrite=overwrite, progress=_scored_counter(bar), classical=classical, jobs=workers)
+                overwrite=overwrite, progress=_scored_counter(bar), classical=classical, workers=workers)
         _note_skipped_classical(result["settings"]["classical"])
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)
