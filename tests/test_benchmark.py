@@ -310,6 +310,22 @@ def test_speed_folder_end_to_end_and_naive(work):
     assert s["model"]["mac_per_pixel"] > 0 and s["model"]["params"] > 0
 
 
+def test_speed_folder_runs_restore_with_the_given_io_threads(work, tmp_path, monkeypatch):
+    import irae_cli.restore as pl
+
+    seen, real_restore = [], pl.restore
+    def restore(input, output, opts, **kw):
+        seen.append(opts.workers)
+        return real_restore(input, output, opts, **kw)
+
+    monkeypatch.setattr(pl, "restore", restore)
+    s = speed(arch="tiny", folder=work / "photos", device="cpu", warmup=0, workers=3)
+    assert seen == [3] and s["settings"]["io_threads"] == 3
+    assert speed(arch="tiny", folder=work / "photos", device="cpu", warmup=0)["settings"]["io_threads"] >= 1
+    bad = irae("benchmark", "speed", "--arch", "tiny", "-j", "2", "--json", tmp_path / "s.json")
+    assert bad.returncode == 2 and "--workers" in bad.stderr and not (tmp_path / "s.json").exists()
+
+
 def test_speed_folder_is_like_for_like(work, tmp_path, monkeypatch):
     """JPEG in: both runs write PNG at the same level and run at the same precision (bf16 coupling nets)."""
     import irae_cli.restore as pl

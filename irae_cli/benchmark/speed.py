@@ -32,15 +32,16 @@ from .models import LoadedModel, load_model, preset_model
 def speed(*, arch: str | None = None, weights: str | None = None, size: int = 1024, batch_size: int = 4,
           dtype: str = "auto", device: str = "auto", compile: bool = False, repeats: int | None = None,
           warmup: int = 2, folder: str | Path | None = None, naive: bool = False,
-          channels_last: bool = False, baseline: bool = False) -> dict:
+          channels_last: bool = False, baseline: bool = False, workers: int = 0) -> dict:
     """Time one restore model; returns the ``irae.benchmark.speed/1`` dict.
 
     Without ``folder``: ``batch_size`` random images of ``size`` x ``size``
     through the model alone (``repeats`` default 10). With ``folder``: the
     whole restore path, files in to files out in a temporary folder (default 1
-    repeat), and with ``naive`` also a plain per-image loop on the same files.
+    repeat), and with ``naive`` also a plain per-image loop on the same files;
+    ``workers`` is restore's ``--workers`` (I/O threads per pool, 0 = auto).
     """
-    _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder)
+    _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder, workers)
     lm = load_model(weights) if weights is not None else preset_model(arch or "paper-denoise")
     task = lm.task or "denoise"
     dev, dt = device_and_dtype(device, dtype)  # fp32 means the IEEE fp32 convolutions that restore runs
@@ -66,20 +67,26 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
         settings["compile"] = results[-1]["compile"]
         settings["dtype"] = results[-1]["dtype"]
     else:
+        from ..restore.options import io_threads
+
         settings["repeats"] = repeats = repeats or 1
-        results = FolderTimer(lm, Path(folder), task, dev, dtype, batch_size, notes).run(warmup, repeats, naive)
+        settings["io_threads"] = io_threads(workers)
+        results = FolderTimer(lm, Path(folder), task, dev, dtype, batch_size, notes, workers).run(warmup, repeats,
+                                                                                                   naive)
     out_model = {**lm.entry(), "params": params, "mac_per_pixel": mac, "size_multiple": multiple}
     return {"schema": SPEED_SCHEMA, "settings": settings, "versions": versions(dev), "model": out_model,
             "results": results, "notes": notes}
 
 
-def _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder) -> None:
+def _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder, workers) -> None:
     if arch is not None and weights is not None:
         raise IraeError("give --arch or --weights, not both")
     if size < 16 or batch_size < 1 or warmup < 0 or (repeats is not None and repeats < 1):
         raise IraeError("--size must be >= 16, --batch-size and --repeats >= 1, --warmup >= 0")
     if naive and folder is None:
         raise IraeError("--naive compares against the end-to-end run; give --folder DIR as well")
+    if workers < 0 or (workers and folder is None):
+        raise IraeError("--workers sets the I/O threads of a --folder run: 0 (auto) or more, with --folder DIR")
 
 
 def _model_runs(lm: LoadedModel, task: str, dev: torch.device, notes: list[str], *, dtype: str, compile: bool,
@@ -282,10 +289,10 @@ class FolderTimer:
     """
 
     def __init__(self, lm: LoadedModel, folder: Path, task: str, dev: torch.device, dtype: str, batch_size: int,
-                 notes: list[str]):
+                 notes: list[str], workers: int = 0):
         self.sources, self.megapixels = _folder_sources(folder, task)
-        self.lm, self.folder, self.task, self.dev, self.dtype, self.batch_size, self.notes = \
-            lm, folder, task, dev, dtype, batch_size, notes
+        self.lm, self.folder, self.task, self.dev, self.dtype, self.batch_size, self.notes, self.workers = \
+            lm, folder, task, dev, dtype, batch_size, notes, workers
 
     def run(self, warmup: int, repeats: int, naive: bool) -> list[dict]:
         from ..model.folded import folds
@@ -299,7 +306,7 @@ class FolderTimer:
                 weights = str(tmp / f"{self.lm.arch}.safetensors")
                 save_weights(self.lm.model, weights, task=self.task)
             opts = RestoreOptions(task=self.task, weights=weights, device=str(self.dev), dtype=self.dtype,
-                                  batch_size=self.batch_size, format="png")
+                                  batch_size=self.batch_size, workers=self.workers, format="png")
             # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16.
             coupling_only = folds(self.lm.model)
             dt = pick_dtype(self.dtype, self.dev, coupling_only=coupling_only)

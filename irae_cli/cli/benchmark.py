@@ -176,6 +176,8 @@ def speed_cmd(
     folder: Optional[Path] = typer.Option(None, "--folder",
                                           help="End to end: restore this folder into a temp folder, I/O included."),
     naive: bool = typer.Option(False, "--naive", help="With --folder: also time a plain per-image loop."),
+    workers: int = typer.Option(0, "--workers", "-j", help="With --folder: restore's I/O threads per pool "
+                                "(decoding, encoding; 0 = auto, up to 4)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also time the eager fp32 unfolded model in the "
                                   "same run, as the reference for speed-ups."),
     json_path: Optional[Path] = _JSON,
@@ -190,7 +192,7 @@ def speed_cmd(
         check_outputs([json_path], overwrite)
         result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
                        compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
-                       channels_last=channels_last, baseline=baseline)
+                       channels_last=channels_last, baseline=baseline, workers=workers)
         for note in result["notes"]:
             print(f"irae: note: {one_line(note)}", file=sys.stderr)
         code = _finish(result, speed_table(result), json_path, overwrite)

@@ -10,7 +10,6 @@ finish, and every file written gets its report line.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +23,7 @@ from ..imageio import set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
 from .items import Item, _decode_gpu_jpegs, _read, _write
-from .options import RestoreOptions
+from .options import RestoreOptions, io_threads
 from .plan import Job, Plan
 from .report import Reporter, RestoreSummary
 
@@ -85,7 +84,7 @@ class _BatchRunner:
         self.restorer = restorer
         self.opts = opts
         self.reporter = reporter
-        self.workers = opts.workers or max(1, min(4, os.cpu_count() or 1))
+        self.workers = io_threads(opts.workers)
         self.needs_mask = restorer.task.needs_mask
         self.gpu_jpeg = _gpu_jpeg_decode(restorer, self.needs_mask)
         # JPEGs above the quality these weights improve are kept as they are (Task.passes_through)

@@ -64,6 +64,14 @@ def check_options(opts: RestoreOptions) -> RestoreOptions:
     return opts
 
 
+AUTO_IO_THREADS = 4  # per pool (decoding, encoding); --workers sets more on a machine with many cores
+
+
+def io_threads(workers: int) -> int:
+    """Threads per I/O pool for ``--workers`` (0 = auto)."""
+    return workers or max(1, min(AUTO_IO_THREADS, os.cpu_count() or 1))
+
+
 def _check_numbers(opts: RestoreOptions) -> None:
     if opts.batch_size < 1:
         raise IraeError(f"--batch-size must be at least 1, not {opts.batch_size}")
