@@ -478,6 +478,18 @@ def test_bad_workers_is_a_usage_error_before_any_work(work, tmp_path, workers):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_self_ensemble_rows_follow_each_network(work):
+    r = quality(work / "photos" / RGB[0], task="denoise", sigmas=[25], weights=str(work / "A.safetensors"),
+                compare=[("B", str(work / "B.safetensors"))], device="cpu", classical="none", self_ensemble=True)
+    assert list(r["models"]) == ["input", "A", "A x8", "B", "B x8"]
+    assert r["models"]["A x8"]["self_ensemble"] == 8 and r["models"]["A x8"]["sha256"] == r["models"]["A"]["sha256"]
+    rows = {e["model"]: e["metrics"]["psnr_rgb_u8"] for e in r["results"]}
+    assert rows["A x8"] != rows["A"] and rows["B x8"] != rows["B"]
+    with pytest.raises(IraeError, match="self-ensemble row"):
+        quality(work / "photos" / RGB[0], task="denoise", sigmas=[25], weights=str(work / "A.safetensors"),
+                compare=[("A x8", str(work / "B.safetensors"))], device="cpu", classical="none", self_ensemble=True)
+
+
 def test_speed_baseline_row_times_eager_fp32_in_the_same_run(work):
     s = speed(weights=str(work / "A.safetensors"), size=64, batch_size=1, repeats=2, warmup=1, device="cpu",
                     dtype="bf16", baseline=True)

@@ -41,6 +41,25 @@ def test_tiles_stay_on_the_model_grid_and_blend(model, photos):
     assert err[16] < 0.1 * change
 
 
+def test_self_ensemble_is_the_mean_over_the_eight_flips_and_turns(model, photos):
+    y = photos[:2, :, 3:123, 0:100]  # not square: quarter turns swap the sides (both multiples of 4: no padding)
+    views = []
+    for k in range(4):
+        for mirror in (False, True):
+            t = torch.rot90(y, k, (2, 3))
+            t = t.flip(3) if mirror else t
+            with torch.no_grad():
+                r = model(t)
+            r = r.flip(3) if mirror else r
+            views.append(torch.rot90(r, -k, (2, 3)))
+    expected = torch.stack(views).mean(0).clamp(0, 1)  # the mean first, then the clamp every restore applies
+    assert (views[0] - views[3]).abs().max() > 1e-3  # the model is not symmetric: the views differ
+    got = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0, self_ensemble=True)(y)
+    assert got.shape == y.shape and torch.allclose(got, expected, atol=1e-5)
+    tiled = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=64, self_ensemble=True)(y)
+    assert (tiled - got).abs().mean() < 0.1 * (got - y).abs().mean()
+
+
 def test_tile_starts_cover_and_end_at_the_edge():
     assert tile_starts(100, 100, 8) == [0]
     starts = tile_starts(200, 64, 16)

@@ -334,6 +334,18 @@ def test_irae_model_tiles_and_odd_sizes(weights, tmp_path):
     assert Image.open(tmp_path / "out" / "odd.png").size == (67, 45)
 
 
+def test_self_ensemble_from_the_command_line(weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb(45, 97)).save(src / "odd.png")  # odd sides: padded, turned, tiled, turned back, cropped
+    r = irae(src, tmp_path / "out", "--task", "denoise", "--weights", weights["tiny"], "--self-ensemble",
+             "--tile", "64", "--report", tmp_path / "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "r.jsonl").read_text())
+    assert rec["views"] == 8 and rec["size"] == [97, 45] and rec["tiles"] == 8 * 2
+    assert Image.open(tmp_path / "out" / "odd.png").size == (97, 45)
+
+
 @pytest.mark.skipif(ROOT, reason="root can write into read-only folders (test_reliability drops the capability)")
 def test_read_only_output_folder(weights, tmp_path):
     src = tmp_path / "in"

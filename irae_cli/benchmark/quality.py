@@ -29,6 +29,7 @@ from .models import LoadedModel, load_model
 from .units import Unit, resolve_source
 
 INPUT_ROW = "input"
+ENSEMBLE_SUFFIX = " x8"  # the self-ensemble row of a network
 RESERVED_NAMES = (INPUT_ROW, *CLASSICAL_NAMES, "degraded", "clean")
 
 
@@ -37,7 +38,8 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             noise_protocol: str | None = None, seed: int = 0, device: str = "auto", dtype: str = "auto",
             tile: int | str = "auto", batch_size: int = 4, sheet: str | Path | None = None,
             sheet_crop: int = 128, sheet_images: int = 8, sheet_crop_mode: str = "worst",
-            overwrite: bool = False, progress=None, classical: str = "all", workers: int = 1) -> dict:
+            overwrite: bool = False, progress=None, classical: str = "all", workers: int = 1,
+            self_ensemble: bool = False) -> dict:
     """Score the degraded input, the task's classical methods, and each model on one image set.
 
     ``source`` is a clean image folder or file, degraded here exactly as
@@ -52,6 +54,8 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     (all, none or names) picks the classical rows (``irae_cli.classical``);
     those whose package is missing are listed in ``settings["classical"]``;
     ``workers`` > 1 runs them in that many processes beside the networks.
+    ``self_ensemble`` adds a row ``NAME x8`` per network: the mean over the 8
+    flips and turns of each image.
     """
     t = get_task(task)
     images = resolve_source(Path(source), task, seed=seed, sigmas=sigmas, qualities=qualities, masks=masks,
@@ -59,13 +63,14 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     settings = images.settings()
     loaded = load_models(task, weights, compare)
     # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
-    restorers = [(lm.name, Restorer(lm.model, t, task_params=t.params_for_weights(lm.task_params),
-                                    device=device, dtype=dtype, tile=tile, batch_size=batch_size))
-                 for lm in loaded]
+    restorers = [(lm.name + suffix, Restorer(lm.model, t, task_params=t.params_for_weights(lm.task_params),
+                                             device=device, dtype=dtype, tile=tile, batch_size=batch_size,
+                                             self_ensemble=bool(suffix)))
+                 for lm in loaded for suffix in ("", ENSEMBLE_SUFFIX)[:1 + self_ensemble]]
     dev = restorers[0][1].device if restorers else pick_device(device)
     settings.update({"device": str(dev), "dtype": str(restorers[0][1].dtype).removeprefix("torch.") if restorers
                      else "float32", "tile": tile, "batch_size": batch_size, "n_images": 0, "sheet": None})
-    models, methods = model_rows(task, classical, loaded, settings)
+    models, methods = model_rows(task, classical, loaded, settings, self_ensemble)
     names = list(models)
     picker = None if sheet is None else SheetPicker(
         names, lead=loaded[0].name if loaded else INPUT_ROW, crop=sheet_crop, per_level=sheet_images,
@@ -113,8 +118,10 @@ def load_models(task: str, weights: str | None, compare) -> list[LoadedModel]:
     return loaded
 
 
-def model_rows(task: str, classical: str, loaded: list[LoadedModel], settings: dict) -> tuple[dict, list]:
-    """The report's ``models`` (input, classical methods, networks; the row order) and the classical methods.
+def model_rows(task: str, classical: str, loaded: list[LoadedModel], settings: dict,
+               self_ensemble: bool = False) -> tuple[dict, list]:
+    """The report's ``models`` (input, classical methods, networks, each followed by its self-ensemble row when
+    asked; the row order) and the classical methods.
 
     Records in ``settings["classical"]`` which classical rows run and which miss their package.
     """
@@ -130,6 +137,11 @@ def model_rows(task: str, classical: str, loaded: list[LoadedModel], settings: d
                              "install": EXTRA if missing else None}
     for lm in loaded:
         models[lm.name] = lm.entry()
+        if self_ensemble:
+            if lm.name + ENSEMBLE_SUFFIX in {o.name for o in loaded}:
+                raise IraeError(f"model name {lm.name + ENSEMBLE_SUFFIX!r} is also the self-ensemble row of "
+                                f"{lm.name!r}; name it otherwise with --compare NAME=WEIGHTS")
+            models[lm.name + ENSEMBLE_SUFFIX] = {**lm.entry(), "self_ensemble": 8}
     return models, methods
 
 

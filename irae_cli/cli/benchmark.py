@@ -108,6 +108,8 @@ def quality_cmd(
     sheet_region: str = _SHEET_REGION,
     classical: str = _CLASSICAL,
     workers: int = _WORKERS,
+    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
+                                       "of its restorations of the 8 flips and quarter turns of each image."),
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
@@ -133,7 +135,8 @@ def quality_cmd(
                 **_levels(sigma, quality, mask, hole_ratio), noise_protocol=noise_protocol, seed=seed,
                 device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet,
                 sheet_crop=sheet_crop, sheet_images=sheet_images, sheet_crop_mode=sheet_region,
-                overwrite=overwrite, progress=_scored_counter(bar), classical=classical, workers=workers)
+                overwrite=overwrite, progress=_scored_counter(bar), classical=classical, workers=workers,
+                self_ensemble=self_ensemble)
         _note_skipped_classical(result["settings"]["classical"])
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)

@@ -39,6 +39,7 @@ class RestoreOptions:
     masks: Path | None = None
     mask_from: str | None = None  # "alpha"
     compile: str = "auto"  # auto | on | off (defaults.COMPILE_MODES)
+    self_ensemble: bool = False  # the mean over the 8 flips and turns of each image (8x the model time)
     shard: str | None = None  # "K/N": restore part K of N (see shard.py); under torchrun, shared by its processes
 
 

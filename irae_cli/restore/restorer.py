@@ -21,7 +21,7 @@ def load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None, device=No
     params = task.params_for_weights(loaded.task_params)
     restorer = Restorer(loaded.model, task, task_params=params, device=device or opts.device, dtype=opts.dtype,
                         tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size,
-                        compile=opts.compile,
+                        compile=opts.compile, self_ensemble=opts.self_ensemble,
                         workload_megapixels=_workload_megapixels(jobs) if opts.compile == "auto" and jobs else None)
     return restorer, loaded
 
