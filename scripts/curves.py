@@ -31,6 +31,9 @@ RUNS = [
     ("Denoise, `medium`, the inverse gain bounded at 300 (from the run above)",
      "campaign/denoise/medium-cpu2-bounded.log.json", 327_056,
      "lr 5e-5, batch 16 of 64², probed every step, compiled; shipped as `irae-denoise-medium`"),
+    ("Denoise, `medium`, a third CPU schedule (from the shipped weights, the bound at 300 from the start)",
+     "campaign/denoise/medium-cpu3.log.json", 345_056,
+     "lr 2e-4, batch 16 of 64², probed every 4th step, compiled; not shipped yet"),
     ("JPEG, `medium` from an identity start, CPU", "campaign/jpeg/medium-identity.log.json", 0,
      "lr 3e-4, batch 16 of 64², quality 10-90 blind, one CPU thread; 256 px validation crops"),
     ("JPEG, `medium`, CPU again (a new schedule from the shipped weights)", "campaign/jpeg/medium-2.log.json", 200_000,
@@ -38,6 +41,8 @@ RUNS = [
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "campaign/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
      "shipped as `irae-inpaint-small`"),
+    ("Inpaint, `medium-inpaint` from the harmonic fill, CPU", "campaign/inpaint/medium-inpaint.log.json", 0,
+     "lr 2e-4, batch 8 of 128², hole-only L1, one CPU thread, compiled; 256 px validation crops; not shipped"),
 ]
 
 
