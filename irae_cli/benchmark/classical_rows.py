@@ -1,6 +1,6 @@
 """The classical rows of a quality benchmark, in this process or in worker processes.
 
-CBM3D needs about a CPU-minute per megapixel and uses one core, while the
+CBM3D needs a few CPU-minutes per megapixel and uses one core, while the
 networks restore the same image in a second or two; scoring a folder against
 it would take hours on one core of a many-core machine.  With ``workers`` > 1
 each (method, level) of the next few units is handed to a pool of worker
