@@ -89,10 +89,8 @@ def _opencv(flag_name: str):
 
         if mask is None:
             raise ValueError("inpainting needs a mask")
-        a = to_u8(x)
-        a = a[..., None] if a.ndim == 2 else a
         m = mask.reshape(mask.shape[-2:]).cpu().numpy().astype(np.uint8) * 255
-        out = cv2.inpaint(np.ascontiguousarray(a if a.shape[2] == 3 else a[..., 0]), m, 3, getattr(cv2, flag_name))
+        out = cv2.inpaint(np.ascontiguousarray(to_u8(x)), m, 3, getattr(cv2, flag_name))
         filled = _chw(out.astype(np.float64) / 255.0, x)
         return torch.where(mask.reshape(1, *mask.shape[-2:]), filled, x)  # known pixels exactly as given
     return run

@@ -29,6 +29,7 @@ DEFAULTS = Defaults()
 # How noisy pixels are kept: "clip" = clipped and rounded to 8 bits, as real noisy files are;
 # "float" = unclipped float32 (the paper's protocol, stored as .npy).  "paper" is accepted for "float".
 NOISE_PROTOCOLS = ("clip", "float")
+NOISE_PROTOCOL_ALIASES = {"paper": "float"}
 COMPILE_MODES = ("auto", "on", "off")  # --compile of restore and train
 
 
@@ -39,4 +40,3 @@ def check_compile_mode(mode: str) -> str:
     if mode not in COMPILE_MODES:
         raise IraeError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
     return mode
-NOISE_PROTOCOL_ALIASES = {"paper": "float"}

@@ -20,7 +20,7 @@ def levels_u8(x: torch.Tensor) -> torch.Tensor:
 
 def quantize_u8(x: torch.Tensor) -> torch.Tensor:
     """What storing an 8-bit file does, in ``x``'s dtype: the levels divided by 255."""
-    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+    return levels_u8(x).to(x.dtype) / 255.0
 
 
 def to_u8(x: torch.Tensor) -> np.ndarray:

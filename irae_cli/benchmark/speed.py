@@ -381,8 +381,7 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
             autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()
             with torch.inference_mode(), autocast:
                 y = to_u8(model(x).float()[0])
-            Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"),
-                                                                           compress_level=png_level)
+            Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"), compress_level=png_level)
     finally:
         for h in hooks:
             h.remove()

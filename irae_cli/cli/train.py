@@ -53,8 +53,8 @@ _INIT_FROM = typer.Option(None, "--init-from", help="Start from these trained we
 _INVERSE_GAIN_EVERY = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
                                    "inverse gain every N steps, its penalty weighted by N "
                                    "(default: 4; 1 = every step, ~2x slower).")
-_LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (the mean of what a hole could hold, "
-                     "which scores higher in PSNR) (default: l1).")
+_LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (squared error; over the holes for "
+                     "inpainting) (default: l1).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
 _SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
 _SIGMA = typer.Option(None, "--sigma", help=f"denoise: noise sigma range on the 0-255 scale (default: {TRAIN_SIGMA}).")

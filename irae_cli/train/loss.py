@@ -4,7 +4,8 @@ the gain of its inverse direction.
 For inpainting the loss covers the hole pixels only: restore pastes every known pixel back as it was, so
 what the model does there is never seen, and a whole-image loss would spend capacity on them.  L2 is
 offered because a hole's content is uncertain: L1 is minimised by the per-pixel median of what could be
-there, L2 by the mean, and the mean is what scores best in PSNR (a mean squared error).
+there, L2 by the mean, and PSNR (a mean squared error) rewards the mean.  Measured on inpainting, L2
+fine-tuning still scored below L1, so L1 stays the default.
 """
 
 from __future__ import annotations
