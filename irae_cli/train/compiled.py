@@ -67,6 +67,14 @@ class StepCompile:
     def _eager_inverse(self):
         return self.model.inverse if self.model.invertible else None
 
+    def release(self, eager_module) -> None:
+        """Back to ``eager_module`` for good, dropping every compiled graph that holds the one it replaces."""
+        import torch._dynamo
+
+        self.active = False
+        self.forward, self.inverse = eager_module, self._eager_inverse()
+        torch._dynamo.reset()
+
     def fall_back(self, error: Exception, eager_module) -> bool:
         """After a failed step: back to eager when compiling caused it (True), else False (re-raise)."""
         if not self.active:

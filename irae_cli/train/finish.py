@@ -32,6 +32,7 @@ def finish(t: Trainer) -> TrainResult:
     if t.dist.active:
         import torch.distributed as dist
 
+        t.drop_ddp()
         dist.barrier()
         dist.destroy_process_group()
     files.raise_if_any_failed(st.step)

@@ -8,6 +8,7 @@ Trainer is made), the budget's included, so that tests can run the budget logic 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -312,6 +313,18 @@ class Trainer:
         elif self.dist.active and self.train_model is self.model:
             self.train_model = self._ddp()
             self.compiled.use(self.train_model)
+
+    def drop_ddp(self) -> None:
+        """Free the DistributedDataParallel wrapper while the process group and the interpreter are alive.
+
+        Left to interpreter shutdown, gloo work still held by its reducer can be torn down after the
+        group, which aborts the process (SIGABRT) once in a while on a loaded machine.
+        """
+        if self.train_model is self.model:
+            return
+        self.train_model = self.model
+        self.compiled.release(self.model)
+        gc.collect()
 
     def _ddp(self) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
