@@ -166,7 +166,8 @@ class Restorer:
                  workload_megapixels: float | None = None, folded: bool = True, self_ensemble: bool = False) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.task = task
-        self.task_params = task_params if task_params is not None else task.default_task_params()
+        self.task_params = (task_params if task_params is not None
+                            else task.default_task_params(int(model.config.channels)))
         self.model = model.eval().to(self.device)
         # The folded form restores what the model does to fp32 rounding, in fewer kernels.
         self.runner = self.eager = fold(self.model).to(self.device) if folded else self.model
@@ -356,6 +357,7 @@ class Restorer:
         else:
             y = sum(undo_dihedral(self._restore_same_size(dihedral(x, k, mirror)), k, mirror)
                     for k, mirror in self.views) / len(self.views)
+        y = self.task.model_output(y, self.task_params)
         if images.shape[1] == 1 and y.shape[1] == 3:
             y = y.mean(dim=1, keepdim=True)
         return self.task.finish(y, images, masks)

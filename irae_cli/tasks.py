@@ -21,6 +21,10 @@ from .errors import IraeError
 # from the hole's border, so the network only learns what a smooth fill misses; "none" leaves
 # the grey, as inpainting weights made before the pre-fill existed expect (they lack the key).
 PREFILLS = ("harmonic", "none")
+# An inpainting model with one channel more than its images (a 4-channel preset) sees the mask itself
+# beside the pre-filled image (task_params["mask_channel"]): the flow maps (image, mask) to (restored,
+# mask), still a bijection, and knows where the holes are instead of guessing them from a smooth fill.
+MASK_CHANNEL = "mask_channel"
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,21 @@ class Task:
     # Degradation ranges used by ``irae train`` when none are given.
     train_defaults: dict = field(default_factory=dict)
 
-    def default_task_params(self) -> dict:
-        return {"fill": INPAINT_FILL, "prefill": "harmonic"} if self.needs_mask else {}
+    def default_task_params(self, model_channels: int = 3) -> dict:
+        """What a new model of ``model_channels`` input channels is trained (and later run) with."""
+        if model_channels not in (3, 4) or (model_channels == 4 and not self.needs_mask):
+            raise IraeError(f"a {model_channels}-channel model cannot be trained for {self.name}: only inpainting "
+                            f"models take a 4th channel (the mask); pick a 3-channel --arch")
+        if not self.needs_mask:
+            return {}
+        params = {"fill": INPAINT_FILL, "prefill": "harmonic"}
+        if model_channels == 4:
+            params[MASK_CHANNEL] = True
+        return params
 
-    def params_for_weights(self, stored: dict | None) -> dict:
+    def params_for_weights(self, stored: dict | None, model_channels: int = 3) -> dict:
         """Task parameters a weights file runs with: the task's defaults, then what the file says."""
-        params = {**self.default_task_params(), **(stored or {})}
+        params = {**self.default_task_params(model_channels), **(stored or {})}
         if self.needs_mask and "prefill" not in (stored or {}):
             params["prefill"] = "none"  # made before the pre-fill existed: trained on grey holes
         return params
@@ -51,10 +64,21 @@ class Task:
         if prefill == "harmonic":
             from .fill import harmonic_fill
 
-            return harmonic_fill(degraded, mask)
-        if prefill != "none":
+            x = harmonic_fill(degraded, mask)
+        elif prefill == "none":
+            x = apply_holes(degraded, mask, float(task_params.get("fill", INPAINT_FILL)))
+        else:
             raise IraeError(f"unknown inpainting pre-fill {prefill!r}; this irae knows {', '.join(PREFILLS)}")
-        return apply_holes(degraded, mask, float(task_params.get("fill", INPAINT_FILL)))
+        if not task_params.get(MASK_CHANNEL):
+            return x
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return torch.cat([x, mask.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 1, -1, -1)], dim=1)
+
+    def model_output(self, restored: torch.Tensor, task_params: dict) -> torch.Tensor:
+        """The restored image in what the model returns: all of it, or its first three channels when the
+        fourth carries the mask."""
+        return restored[:, :3] if task_params.get(MASK_CHANNEL) else restored
 
     def passes_through(self, task_params: dict, source_quality: int | None) -> bool:
         """True for a JPEG above the quality up to which these weights were measured to improve their input

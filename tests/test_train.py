@@ -724,3 +724,20 @@ def test_a_wrong_compile_mode_is_a_usage_error_before_any_work(tmp_path, photos)
     r = irae("train", photos, "-o", tmp_path / "w.safetensors", "--compile", "always")
     assert r.returncode == 2 and "--compile must be one of auto, on, off" in r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_small_inverse_probe_is_measured_against_a_second_inverse_pass():
+    """Below SMALL_PROBE the round trip's own error would swamp the probe: it is taken out by a second pass."""
+    restored = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    inp = restored.clone()
+    offset = 1e-3  # a round trip that misses by this much everywhere, with gain exactly 1
+
+    def inverse(x):
+        return x + offset
+
+    def penalty(probe, max_gain):
+        return tr.inverse_gain_penalty(inverse, restored, inp, max_gain, torch.Generator().manual_seed(1), probe)
+
+    assert penalty(1e-5, 1.001).item() == 0.0  # slope 1, measured as 1
+    assert penalty(1e-5, 0.5).item() == pytest.approx(np.log(2) ** 2, rel=1e-3)
+    assert penalty(1e-3, 1.001).item() > 0  # the large probe's ratio includes the offset

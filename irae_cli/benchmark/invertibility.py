@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import degradations as dg
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..imageio import read_image
@@ -54,7 +55,7 @@ def invertibility(*, weights: str | None = None, arch: str | None = None, images
         except ImageError as e:
             failures.append({"image": rel, "error": f"{rel}: {e}"})
             continue
-        results.append({"image": rel, **round_trip(model, y, dtype, dev)})
+        results.append({"image": rel, **round_trip(model, as_model_input(y, model.config.channels, rel), dtype, dev)})
     if not results:
         raise IraeError(f"no image could be measured ({failures[0]['error']})")
     settings = {"weights": lm.weights, "arch": lm.arch, "trained": weights is not None, "images": str(folder),
@@ -113,8 +114,7 @@ def _invertible_model(weights: str | None, arch: str | None, loaded: list[tuple[
             raise IraeError(str(e)) from None
         mult = int(probe.size_multiple)
         first = fit_to_multiple(loaded[0][1], mult)
-        first = first.expand(probe.config.channels, -1, -1) if first.shape[0] == 1 else first
-        lm = preset_model(arch, first[None])
+        lm = preset_model(arch, as_model_input(first, probe.config.channels, loaded[0][0])[None])
     if not lm.model.invertible:
         raise IraeError(f"{lm.weights or lm.arch}: a {lm.arch} model is not invertible; "
                         "the round-trip test applies to IRAE models only")
@@ -148,10 +148,20 @@ def fit_to_multiple(x: torch.Tensor, multiple: int, size: int | None = None) -> 
     return x[:, top:top + th, left:left + tw].contiguous()
 
 
+def as_model_input(x: torch.Tensor, channels: int, rel: str) -> torch.Tensor:
+    """A (C,H,W) image as the model's (channels,H,W) input: gray repeated to RGB; for a model that also sees
+    an inpainting mask, a mask seeded by the image's name beside it (the mask comes back through the round trip
+    like the pixels)."""
+    if x.shape[0] == 1 and channels >= 3:
+        x = x.expand(3, -1, -1)
+    if channels == 4 and x.shape[0] == 3:
+        mask = dg.random_mask("box", x.shape[1], x.shape[2], dg.generator_for(0, rel, "mask-channel"))
+        x = torch.cat([x, mask.to(x.dtype).reshape(1, *x.shape[1:])])
+    return x
+
+
 def round_trip(model: torch.nn.Module, y: torch.Tensor, dtype: str, dev: torch.device) -> dict:
-    """The errors of ``inverse(forward(y))`` for one fitted (C,H,W) image, computed in float64."""
-    if y.shape[0] == 1 and model.config.channels == 3:
-        y = y.expand(3, -1, -1)
+    """The errors of ``inverse(forward(y))`` for one fitted (C,H,W) model input, computed in float64."""
     y = y[None].to(dev, INVERT_DTYPES[dtype] if dtype == "fp64" else torch.float32)
     with torch.inference_mode():
         if dtype == "bf16":

@@ -63,7 +63,8 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     settings = images.settings()
     loaded = load_models(task, weights, compare)
     # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
-    restorers = [(lm.name + suffix, Restorer(lm.model, t, task_params=t.params_for_weights(lm.task_params),
+    restorers = [(lm.name + suffix, Restorer(lm.model, t,
+                                             task_params=t.params_for_weights(lm.task_params, lm.model.config.channels),
                                              device=device, dtype=dtype, tile=tile, batch_size=batch_size,
                                              self_ensemble=bool(suffix)))
                  for lm in loaded for suffix in ("", ENSEMBLE_SUFFIX)[:1 + self_ensemble]]

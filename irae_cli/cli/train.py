@@ -53,6 +53,9 @@ _INIT_FROM = typer.Option(None, "--init-from", help="Start from these trained we
 _INVERSE_GAIN_EVERY = typer.Option(None, "--inverse-gain-every", help="IRAE: measure the "
                                    "inverse gain every N steps, its penalty weighted by N "
                                    "(default: 4; 1 = every step, ~2x slower).")
+_INVERSE_PROBE = typer.Option(None, "--inverse-probe", help="IRAE: size of the step that measures the "
+                              "inverse gain (default: 1e-3); below 1e-4 it measures the slope fp32 rounding "
+                              "meets, against a second inverse pass (use with --dtype fp32).")
 _LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (squared error; over the holes for "
                      "inpainting) (default: l1).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
@@ -109,6 +112,7 @@ def register(app: typer.Typer) -> None:
         init_start: Optional[str] = _INIT_START,
         init_from: Optional[str] = _INIT_FROM,
         inverse_gain_every: Optional[int] = _INVERSE_GAIN_EVERY,
+        inverse_probe: Optional[float] = _INVERSE_PROBE,
         loss: Optional[str] = _LOSS,
         ema: Optional[float] = _EMA,
         seed: Optional[int] = _SEED,
@@ -135,7 +139,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
                            warmup=warmup, clip=clip, ema=ema, seed=seed, inverse_gain=inverse_gain,
-                           inverse_gain_every=inverse_gain_every, init_start=init_start, init_from=init_from, loss=loss,
+                           inverse_gain_every=inverse_gain_every, inverse_probe=inverse_probe, init_start=init_start, init_from=init_from, loss=loss,
                            sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
                            mask=mask, hole_ratio=hole_ratio)
             session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,

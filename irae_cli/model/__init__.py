@@ -27,6 +27,8 @@ PRESETS = {
     # Three levels give holes a larger receptive field, as paper-inpaint does.
     "small-inpaint": IRAEConfig(width=32, depth=4, levels=3),
     "medium-inpaint": IRAEConfig(width=48, depth=8, levels=3),
+    # small-inpaint that also sees the mask (a 4th channel beside the pre-filled image).
+    "small-inpaint-mask": IRAEConfig(channels=4, width=32, depth=4, levels=3),
     # Non-invertible comparator with at least paper-denoise's parameter count.
     "cnn": CNNConfig(width=96, depth=18),
     "cnn-medium": CNNConfig(width=64, depth=15),  # >= medium's parameter count

@@ -39,13 +39,14 @@ class ModelInfo:
 
     size_multiple: int  # height and width are padded to a multiple of this
     invertible: bool  # has an exact inverse (the clean -> degraded direction)
+    channels: int  # input (and output) channels: 3, or 4 for an inpainting model that sees its mask
 
     @classmethod
     def of(cls, config) -> "ModelInfo":
         if isinstance(config, IRAEConfig):
-            return cls(size_multiple=2 ** config.levels, invertible=True)
+            return cls(size_multiple=2 ** config.levels, invertible=True, channels=config.channels)
         if isinstance(config, CNNConfig):
-            return cls(size_multiple=1, invertible=False)
+            return cls(size_multiple=1, invertible=False, channels=config.channels)
         raise TypeError(f"no model info for {type(config).__name__}")
 
 

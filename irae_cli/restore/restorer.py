@@ -18,7 +18,7 @@ def load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None, device=No
     name = opts.weights or require_default_weights(opts.task)
     loaded = load_weights(name, device="cpu", expect_task=opts.task)
     task = get_task(opts.task)
-    params = task.params_for_weights(loaded.task_params)
+    params = task.params_for_weights(loaded.task_params, loaded.model.config.channels)
     restorer = Restorer(loaded.model, task, task_params=params, device=device or opts.device, dtype=opts.dtype,
                         tile=opts.tile, tile_overlap=opts.tile_overlap, batch_size=opts.batch_size,
                         compile=opts.compile, self_ensemble=opts.self_ensemble,

@@ -57,6 +57,9 @@ class TrainConfig:
     # The penalty's probe costs a whole extra inverse pass and its backward (~2x a step), while
     # the gain drifts slowly: probing every N-th step, weighted by N, buys the bound at ~1/N of it.
     inverse_gain_every: int = 1
+    # Size of the probe's random step on the restored patch (train/loss.py): 1e-3 measures the gain over
+    # that distance; a small one (1e-5) the slope that fp32 rounding meets, which can be several times higher.
+    inverse_probe: float = 1e-3
     # How an IRAE starts (model.initialize): "data" = each flow from its own data and rotations;
     # "identity" = the decoder a copy of the encoder, so the untrained model returns its input.
     init_start: str = "data"
@@ -169,6 +172,8 @@ def _optimisation_problem(c: TrainConfig) -> str | None:
         return f"--init-start must be data or identity, not {c.init_start!r}"
     if c.loss not in LOSSES:
         return f"--loss must be one of {', '.join(LOSSES)}, not {c.loss!r}"
+    if not 1e-7 <= c.inverse_probe <= 1e-2:
+        return f"--inverse-probe must lie within 1e-7 to 1e-2, not {c.inverse_probe}"
     if c.inverse_gain_every < 1:
         return f"--inverse-gain-every must be at least 1, not {c.inverse_gain_every}"
     if not (c.lr > 0 and math.isfinite(c.lr)):
@@ -185,9 +190,13 @@ def _optimisation_problem(c: TrainConfig) -> str | None:
 def _model_problem(c: TrainConfig) -> str | None:
     from ..model import model_info
 
-    multiple = model_info(c.arch).size_multiple
-    if c.patch < 8 or c.patch % multiple:
-        return f"--patch {c.patch} must be at least 8 and a multiple of {multiple} for --arch {c.arch}"
+    info = model_info(c.arch)
+    if c.patch < 8 or c.patch % info.size_multiple:
+        return f"--patch {c.patch} must be at least 8 and a multiple of {info.size_multiple} for --arch {c.arch}"
+    if info.channels == 4 and c.task != "inpaint":
+        return f"--arch {c.arch} takes the mask as a 4th channel: it is for --task inpaint only"
+    if info.channels == 4 and c.init_start != "identity":
+        return f"--arch {c.arch} starts from its input (--init-start identity): its mask channel has no clean target"
     return None
 
 

@@ -35,7 +35,7 @@ from .data import PatchSampler, load_training_data, replay_warning
 from .degrader import Degrader
 from .divergence import DivergenceGuard
 from .finish import finish
-from .loss import inverse_gain_penalty, training_loss
+from .loss import SMALL_PROBE, inverse_gain_penalty, training_loss
 from .outputs import RunFiles, check_output_space, derived_paths, refuse_foreign_outputs
 from .precision import EMA, StepPrecision, compute_dtype
 from .runlog import TrainResult, open_log, session_record
@@ -79,6 +79,9 @@ class Trainer:
         self._setup_config()
         self._setup_outputs()
         self.compute_dtype = compute_dtype(self.session.dtype, self.device, self.config.arch)
+        if self.config.inverse_gain > 0 and self.config.inverse_probe < SMALL_PROBE and self.compute_dtype != torch.float32:
+            raise IraeError(f"--inverse-probe {self.config.inverse_probe:g} measures slopes too fine for "
+                            f"{str(self.compute_dtype).removeprefix('torch.')} coupling nets; add --dtype fp32")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels are reused every step
         self._setup_data()
@@ -113,8 +116,10 @@ class Trainer:
             self.run_id = uuid.uuid4().hex
             if self.config.steps is None and self.session.minutes is None:
                 raise IraeError("give --steps N and/or --minutes M (the run needs an end)")
+        from ..model import model_info
+
         self.task = get_task(self.config.task)
-        self.task_params = self.task.default_task_params()
+        self.task_params = self.task.default_task_params(model_info(self.config.arch).channels)
 
     def _setup_outputs(self) -> None:
         s, resumed = self.session, self.ckpt is not None
@@ -350,12 +355,12 @@ class Trainer:
         with self.step_weights(model):
             with self.precision.forward():
                 restored = self.compiled.forward(inp)
-            loss = training_loss(restored, clean, self.degrader.last_mask if self.task.needs_mask else None,
+            loss = training_loss(self.task.model_output(restored, self.task_params), clean, self.degrader.last_mask if self.task.needs_mask else None,
                                  c.loss)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
                 objective = loss + c.inverse_gain_every * inverse_gain_penalty(
-                    self.compiled.inverse, restored, inp, c.inverse_gain, self.data_gen)
+                    self.compiled.inverse, restored, inp, c.inverse_gain, self.data_gen, c.inverse_probe)
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
         # Checked once the backward pass is queued: the host waits for the device here and not between the

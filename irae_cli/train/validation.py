@@ -44,9 +44,9 @@ class Validator:
             raise IraeError(f"--val {root}: no readable images found")
         self.images = len({it["rel"] for it in self.items})
         self.pixels = sum(it["clean"].shape[-1] * it["clean"].shape[-2] for it in self.items)
-        self.input_psnr = self._score([self.task.model_input(it["degraded"][None],
-                                                             None if it["mask"] is None else it["mask"][None],
-                                                             task_params)[0] for it in self.items])
+        self.input_psnr = self._score([self.task.model_output(self.task.model_input(
+            it["degraded"][None], None if it["mask"] is None else it["mask"][None], task_params), task_params)[0]
+            for it in self.items])
 
     def _degraded(self, rel: str, clean: torch.Tensor, level: Level) -> dict:
         y, mask = level.stored(clean, generator_for(self.seed, rel, level.name))
