@@ -39,8 +39,8 @@ class Task:
     def default_task_params(self, model_channels: int = 3) -> dict:
         """What a new model of ``model_channels`` input channels is trained (and later run) with."""
         if model_channels not in (3, 4) or (model_channels == 4 and not self.needs_mask):
-            raise IraeError(f"a {model_channels}-channel model cannot be trained for {self.name}: only inpainting "
-                            f"models take a 4th channel (the mask); pick a 3-channel --arch")
+            raise IraeError(f"a {model_channels}-channel model is not for {self.name}: only inpainting models "
+                            f"take a 4th channel (the mask); use a 3-channel model")
         if not self.needs_mask:
             return {}
         params = {"fill": INPAINT_FILL, "prefill": "harmonic"}

@@ -139,7 +139,8 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
                            warmup=warmup, clip=clip, ema=ema, seed=seed, inverse_gain=inverse_gain,
-                           inverse_gain_every=inverse_gain_every, inverse_probe=inverse_probe, init_start=init_start, init_from=init_from, loss=loss,
+                           inverse_gain_every=inverse_gain_every, inverse_probe=inverse_probe,
+                           init_start=init_start, init_from=init_from, loss=loss,
                            sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
                            mask=mask, hole_ratio=hole_ratio)
             session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,

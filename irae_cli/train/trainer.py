@@ -79,7 +79,8 @@ class Trainer:
         self._setup_config()
         self._setup_outputs()
         self.compute_dtype = compute_dtype(self.session.dtype, self.device, self.config.arch)
-        if self.config.inverse_gain > 0 and self.config.inverse_probe < SMALL_PROBE and self.compute_dtype != torch.float32:
+        fine_probe = self.config.inverse_gain > 0 and self.config.inverse_probe < SMALL_PROBE
+        if fine_probe and self.compute_dtype != torch.float32:
             raise IraeError(f"--inverse-probe {self.config.inverse_probe:g} measures slopes too fine for "
                             f"{str(self.compute_dtype).removeprefix('torch.')} coupling nets; add --dtype fp32")
         if self.device.type == "cuda":
@@ -355,8 +356,8 @@ class Trainer:
         with self.step_weights(model):
             with self.precision.forward():
                 restored = self.compiled.forward(inp)
-            loss = training_loss(self.task.model_output(restored, self.task_params), clean, self.degrader.last_mask if self.task.needs_mask else None,
-                                 c.loss)
+            holes = self.degrader.last_mask if self.task.needs_mask else None
+            loss = training_loss(self.task.model_output(restored, self.task_params), clean, holes, c.loss)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
                 objective = loss + c.inverse_gain_every * inverse_gain_penalty(
