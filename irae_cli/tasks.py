@@ -27,6 +27,13 @@ PREFILLS = ("harmonic", "none")
 MASK_CHANNEL = "mask_channel"
 
 
+def with_mask_channel(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, 1 or 3, H, W) images and their masks -> the (N, 4, H, W) input of a mask-channel model (gray as RGB)."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return torch.cat([x, mask.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 1, -1, -1)], dim=1)
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -69,11 +76,7 @@ class Task:
             x = apply_holes(degraded, mask, float(task_params.get("fill", INPAINT_FILL)))
         else:
             raise IraeError(f"unknown inpainting pre-fill {prefill!r}; this irae knows {', '.join(PREFILLS)}")
-        if not task_params.get(MASK_CHANNEL):
-            return x
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return torch.cat([x, mask.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 1, -1, -1)], dim=1)
+        return with_mask_channel(x, mask) if task_params.get(MASK_CHANNEL) else x
 
     def model_output(self, restored: torch.Tensor, task_params: dict) -> torch.Tensor:
         """The restored image in what the model returns: all of it, or its first three channels when the

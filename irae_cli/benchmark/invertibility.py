@@ -13,6 +13,7 @@ from ..files import discover, no_images_message
 from ..imageio import read_image
 from ..inference import device_and_dtype
 from ..model import create_model
+from ..tasks import with_mask_channel
 from .common import INVERTIBILITY_SCHEMA
 from ..environment import versions
 from .models import LoadedModel, load_model, preset_model
@@ -152,12 +153,10 @@ def as_model_input(x: torch.Tensor, channels: int, rel: str) -> torch.Tensor:
     """A (C,H,W) image as the model's (channels,H,W) input: gray repeated to RGB; for a model that also sees
     an inpainting mask, a mask seeded by the image's name beside it (the mask comes back through the round trip
     like the pixels)."""
-    if x.shape[0] == 1 and channels >= 3:
-        x = x.expand(3, -1, -1)
-    if channels == 4 and x.shape[0] == 3:
+    if channels == 4:
         mask = dg.random_mask("box", x.shape[1], x.shape[2], dg.generator_for(0, rel, "mask-channel"))
-        x = torch.cat([x, mask.to(x.dtype).reshape(1, *x.shape[1:])])
-    return x
+        return with_mask_channel(x[None], mask[None])[0]
+    return x.expand(3, -1, -1) if x.shape[0] == 1 and channels == 3 else x
 
 
 def round_trip(model: torch.nn.Module, y: torch.Tensor, dtype: str, dev: torch.device) -> dict:

@@ -71,16 +71,18 @@ class StepCompile:
         """Back to ``eager_module`` for good, dropping every compiled graph that holds the one it replaces."""
         import torch._dynamo
 
+        self._to_eager(eager_module)
+        torch._dynamo.reset()
+
+    def _to_eager(self, eager_module) -> None:
         self.active = False
         self.forward, self.inverse = eager_module, self._eager_inverse()
-        torch._dynamo.reset()
 
     def fall_back(self, error: Exception, eager_module) -> bool:
         """After a failed step: back to eager when compiling caused it (True), else False (re-raise)."""
         if not self.active:
             return False
-        self.active = False
-        self.forward, self.inverse = eager_module, self._eager_inverse()
+        self._to_eager(eager_module)
         self.note(f"irae: note: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
                   f"training goes on eagerly")
         return True

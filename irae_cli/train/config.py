@@ -193,7 +193,9 @@ def _model_problem(c: TrainConfig) -> str | None:
     info = model_info(c.arch)
     if c.patch < 8 or c.patch % info.size_multiple:
         return f"--patch {c.patch} must be at least 8 and a multiple of {info.size_multiple} for --arch {c.arch}"
-    if info.channels == 4 and c.task != "inpaint":
+    try:  # the task says which models it can run
+        get_task(c.task).default_task_params(info.channels)
+    except IraeError:
         return f"--arch {c.arch} takes the mask as a 4th channel: it is for --task inpaint only"
     if info.channels == 4 and c.init_start != "identity":
         return f"--arch {c.arch} starts from its input (--init-start identity): its mask channel has no clean target"
