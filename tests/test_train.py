@@ -726,6 +726,36 @@ def test_a_wrong_compile_mode_is_a_usage_error_before_any_work(tmp_path, photos)
     assert not list(tmp_path.iterdir())
 
 
+def test_a_fine_probe_runs_its_inverse_passes_in_fp32_beside_bf16_coupling_nets(tmp_path, photos, monkeypatch):
+    """bf16 (8-bit mantissa) cannot resolve a 1e-5 step: the probe's passes go back to fp32, the loss's stay bf16."""
+    import irae_cli.train.trainer as trainer_module
+
+    seen = {"probe": set(), "loss": set()}
+    models = []
+    penalty, loss = trainer_module.inverse_gain_penalty, trainer_module.training_loss
+
+    def spy_penalty(inverse, *args):
+        models.append(inverse.__self__)
+        hooks = [m.register_forward_hook(lambda m, a, out: seen["probe"].add(out.dtype))
+                 for m in models[-1].modules() if isinstance(m, torch.nn.Conv2d)]
+        try:
+            return penalty(inverse, *args)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def spy_loss(*args):
+        if models:  # from the second step on: the coupling nets as the loss's forward pass saw them
+            seen["loss"].update(n.autocast_dtype for n in models[-1].modules() if hasattr(n, "autocast_dtype"))
+        return loss(*args)
+
+    monkeypatch.setattr(trainer_module, "inverse_gain_penalty", spy_penalty)
+    monkeypatch.setattr(trainer_module, "training_loss", spy_loss)
+    run_train(tmp_path, "fine", photos, {"steps": 3, "inverse_gain": 50.0, "inverse_probe": 1e-5,
+                                         "inverse_gain_every": 1}, dtype="bf16", compile="off")
+    assert seen == {"probe": {torch.float32}, "loss": {torch.bfloat16}}
+
+
 def test_a_small_inverse_probe_is_measured_against_a_second_inverse_pass():
     """Below SMALL_PROBE the round trip's own error would swamp the probe: it is taken out by a second pass."""
     restored = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -55,7 +55,7 @@ _INVERSE_GAIN_EVERY = typer.Option(None, "--inverse-gain-every", help="IRAE: mea
                                    "(default: 4; 1 = every step, ~2x slower).")
 _INVERSE_PROBE = typer.Option(None, "--inverse-probe", help="IRAE: size of the step that measures the "
                               "inverse gain (default: 1e-3); below 1e-4 it measures the slope fp32 rounding "
-                              "meets, against a second inverse pass (use with --dtype fp32).")
+                              "meets, against a second inverse pass (the probe runs in fp32).")
 _LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (squared error; over the holes for "
                      "inpainting) (default: l1).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")

@@ -11,7 +11,7 @@ float32.  On the CPU ``auto`` gives bf16 only where the CPU computes it natively
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -84,6 +84,21 @@ class StepPrecision:
         if self.dtype != torch.float32 and not self.invertible:
             return torch.autocast(device_type=self.device.type, dtype=self.dtype)
         return nullcontext()
+
+    @contextmanager
+    def fp32_coupling_nets(self):
+        """The coupling nets back in float32 within: a fine inverse-gain probe measures changes of ~1e-5,
+        which bf16 (8 bits of mantissa) rounds away."""
+        if not self.handles:
+            yield
+            return
+        for h in self.handles:
+            h.net.autocast_dtype = None
+        try:
+            yield
+        finally:
+            for h in self.handles:
+                h.net.autocast_dtype = self.dtype
 
 
 class EMA:

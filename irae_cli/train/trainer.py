@@ -79,10 +79,6 @@ class Trainer:
         self._setup_config()
         self._setup_outputs()
         self.compute_dtype = compute_dtype(self.session.dtype, self.device, self.config.arch)
-        fine_probe = self.config.inverse_gain > 0 and self.config.inverse_probe < SMALL_PROBE
-        if fine_probe and self.compute_dtype != torch.float32:
-            raise IraeError(f"--inverse-probe {self.config.inverse_probe:g} measures slopes too fine for "
-                            f"{str(self.compute_dtype).removeprefix('torch.')} coupling nets; add --dtype fp32")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels are reused every step
         self._setup_data()
@@ -360,8 +356,13 @@ class Trainer:
             loss = training_loss(self.task.model_output(restored, self.task_params), clean, holes, c.loss)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
-                objective = loss + c.inverse_gain_every * inverse_gain_penalty(
-                    self.compiled.inverse, restored, inp, c.inverse_gain, self.data_gen, c.inverse_probe)
+                # A fine probe's two inverse passes run in fp32 whatever --dtype: bf16 coupling nets cannot
+                # resolve its step, and the loss above keeps their speed.
+                fine = c.inverse_probe < SMALL_PROBE
+                with self.precision.fp32_coupling_nets() if fine else nullcontext():
+                    penalty = inverse_gain_penalty(self.compiled.inverse, restored, inp, c.inverse_gain,
+                                                   self.data_gen, c.inverse_probe)
+                objective = loss + c.inverse_gain_every * penalty
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
         # Checked once the backward pass is queued: the host waits for the device here and not between the
