@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .errors import WeightsError
-from .files import atomic_save_safetensors
+from .files import atomic_save_safetensors, replace_atomically
 from .model import config_from_dict, config_to_json, create_model
 
 FORMAT = "irae-weights"
@@ -243,4 +243,6 @@ def register(name: str, path: Path, *, task: str, default: bool = True, card: st
                 entry["default"] = False
     index[name] = {"file": Path(path).name, "sha256": sha256_file(Path(path)), "task": task,
                    "default": default, **({"card": card} if card else {})}
-    (weights_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    # replaced whole: a restore reading the index meanwhile sees the old one or the new, never a partial file
+    replace_atomically(weights_dir / INDEX_FILE, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(),
+                       overwrite=True)

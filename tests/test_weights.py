@@ -108,6 +108,25 @@ def test_registry_sha256_checked(tiny_file, tmp_path):
         load_weights(path, weights_dir=tmp_path)  # a shipped file passed by path is checked too
 
 
+def test_a_failed_registry_write_leaves_the_old_index_whole(tiny_file, tmp_path, monkeypatch):
+    """The index is replaced whole, never truncated first: a restore reading it meanwhile, or a full disk,
+    must not leave a partial file."""
+    import irae_cli.files as files
+
+    _, path = tiny_file
+    register("my-denoise", path, task="denoise", weights_dir=tmp_path)
+    before = (tmp_path / "index.json").read_bytes()
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", no_space)
+    with pytest.raises(OSError):
+        register("other-denoise", path, task="denoise", weights_dir=tmp_path)
+    assert (tmp_path / "index.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
+
+
 def test_uninitialised_model_is_refused(tmp_path):
     path = tmp_path / "raw.safetensors"
     save_weights(create_model("tiny"), path, task="denoise")
