@@ -6,7 +6,8 @@ is cast back to float32.  The flow arithmetic stays float32 with TF32 off: the f
 orthogonal 1x1 convolutions, the application of the affine coupling (``x_a * exp(log_s) + t``),
 squeeze/split, the loss and the optimiser.  Rounding there is what the inverse direction amplifies.
 The non-invertible comparator (``cnn``) is autocast as a whole.  ``fp32`` runs everything in IEEE
-float32.  On the CPU ``auto`` gives bf16 only where the CPU computes it natively (AVX-512 BF16 or AMX).
+float32.  A fine inverse-gain probe (``--inverse-probe`` below 1e-4) runs its inverse passes with the
+coupling nets in float32 too (``StepPrecision.fp32_coupling_nets``).  On the CPU ``auto`` gives bf16 only where the CPU computes it natively (AVX-512 BF16 or AMX).
 """
 
 from __future__ import annotations
