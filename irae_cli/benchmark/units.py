@@ -8,7 +8,6 @@ the pixels came from.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,22 +107,17 @@ def folder_units(root: Path, task: str, levels: list, seed: int, failures: list[
         try:
             clean, _ = read_image(src.path)
             clean = dg.quantize_u8(clean)
-            pairs = [degrade_image(clean, lv, seed, rel) for lv in levels]
+            if task == "jpeg":  # the pixels and the quality restore would read, from one encode per level
+                files = [dg.decode_file(lv.jpeg_file(clean)) for lv in levels]
+                pairs, quality = [(y, None) for y, _ in files], [q for _, q in files]
+            else:
+                pairs, quality = [degrade_image(clean, lv, seed, rel) for lv in levels], []
         except ImageError as e:
             failures.append({"image": rel, "error": str(e)})
             continue
         masks = torch.stack([m for _, m in pairs]) if task == "inpaint" else None
-        quality = [_file_quality(clean, lv) for lv in levels] if task == "jpeg" else []
         yield Unit(rel, clean, [lv.name for lv in levels], torch.stack([d for d, _ in pairs]), masks,
                    [lv.params for lv in levels], quality)
-
-
-def _file_quality(clean: torch.Tensor, level) -> int | None:
-    """What restore would read from the tables of this level's JPEG file (the file is made, not assumed)."""
-    p = level.params
-    data = dg.jpeg_bytes(clean, p["quality"], p["subsampling"], p["double_quality"])
-    with Image.open(io.BytesIO(data)) as img:
-        return dg.estimate_quality(img)
 
 
 # --------------------------------------------------------------------------- an 'irae degrade' set

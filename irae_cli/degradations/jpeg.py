@@ -41,17 +41,10 @@ def jpeg_bytes(x: torch.Tensor, quality: int, subsampling: str = "4:2:0",
     return encode_u8(to_u8(x), quality, subsampling)
 
 
-def jpeg_compress(x: torch.Tensor, quality: int | list[int], subsampling: str = "4:2:0",
-                  double_quality: int | list[int] | None = None) -> torch.Tensor:
-    """Encode + decode per image, a batch may have one quality per image; results return to x's device."""
-    batched = x.ndim == 4
-    xs = x if batched else x[None]
-    n = xs.shape[0]
-    qs = quality if isinstance(quality, (list, tuple)) else [quality] * n
-    dq = double_quality if isinstance(double_quality, (list, tuple)) else [double_quality] * n
-    out = [from_pil(Image.open(io.BytesIO(jpeg_bytes(img, q, subsampling, q0)))) for img, q, q0 in zip(xs, qs, dq)]
-    y = torch.stack(out).to(device=x.device, dtype=x.dtype)
-    return y if batched else y[0]
+def decode_file(data: bytes) -> tuple[torch.Tensor, int | None]:
+    """A JPEG file's pixels as float (C, H, W) in [0, 1], and the quality restore reads from its tables."""
+    with Image.open(io.BytesIO(data)) as img:
+        return from_pil(img), estimate_quality(img)
 
 
 # libjpeg's (IJG) luminance table at quality 50, row-major as Pillow reports ``Image.quantization``

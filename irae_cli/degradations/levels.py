@@ -21,7 +21,7 @@ import torch
 
 from ..defaults import DEFAULTS, NOISE_PROTOCOL_ALIASES, NOISE_PROTOCOLS
 from ..errors import ImageError, IraeError
-from .jpeg import SUBSAMPLING, jpeg_compress
+from .jpeg import SUBSAMPLING, decode_file, jpeg_bytes
 from .masks import MASK_KINDS, apply_holes, mask_in_range
 from ..pixels import quantize_u8
 from .noise import add_gaussian_noise
@@ -91,8 +91,13 @@ class Level:
         if self.task == "denoise":
             return (pixels if p["protocol"] == "float" else quantize_u8(pixels)), None
         if self.task == "jpeg":
-            return jpeg_compress(x, p["quality"], p["subsampling"], double_quality=p["double_quality"]), None
+            return decode_file(self.jpeg_file(x))[0].to(device=x.device, dtype=x.dtype), None
         return pixels, mask
+
+    def jpeg_file(self, x: torch.Tensor) -> bytes:
+        """The file a test set of this JPEG level holds for the 8-bit (C, H, W) image ``x``."""
+        p = self.params
+        return jpeg_bytes(x, p["quality"], p["subsampling"], p["double_quality"])
 
 
 def _num(v: float) -> str:

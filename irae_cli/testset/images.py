@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..degradations import Level, derive_seed, jpeg_bytes, quantize_u8
+from ..degradations import Level, derive_seed, quantize_u8
 from ..errors import ImageError
 from ..files import Source, atomic_write_bytes
 from ..imageio import read_image
@@ -70,7 +70,7 @@ def _degrade(level: Level, x: torch.Tensor, g: torch.Generator) -> tuple[str, by
             return ".npy", npy_bytes(y), None, params
         return ".png", png_bytes(quantize_u8(y)), None, params
     if level.task == "jpeg":
-        return ".jpg", jpeg_bytes(x, p["quality"], p["subsampling"], p["double_quality"]), None, params
+        return ".jpg", level.jpeg_file(x), None, params
     return ".png", png_bytes(y), _mask_png(mask), params
 
 # --------------------------------------------------------------------------- one image
