@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .degradations.jpeg import estimate_quality
 from .errors import ImageError
 from .imageio import ImageMeta, exif_without_orientation, open_image
 
@@ -45,14 +46,14 @@ def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, in
         if orientation not in (None, 1):
             return None
         w, h = img.size
-        mode, icc = img.mode, img.info.get("icc_profile")
+        mode, icc, quality = img.mode, img.info.get("icc_profile"), estimate_quality(img)
     try:
         data = path.read_bytes()
     except OSError:
         return None
     if not jpeg_is_complete(data):
         return None  # nvJPEG decodes a cut file without complaint; Pillow names the problem
-    meta = ImageMeta(mode=mode, bits=8, icc_profile=icc, exif=exif, format="JPEG")
+    meta = ImageMeta(mode=mode, bits=8, icc_profile=icc, exif=exif, format="JPEG", jpeg_quality=quality)
     return data, meta, (1 if mode == "L" else 3, h, w)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .degradations.jpeg import estimate_quality
 from .errors import ImageError, one_line
 
 # Pillow refuses headers above twice its own limit; anything above that is treated as a decompression bomb.
@@ -70,6 +71,7 @@ class ImageMeta:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     format: str | None = None  # Pillow format name of the source
+    jpeg_quality: int | None = None  # a JPEG source's quality, read from its quantisation tables
 
     @property
     def gray(self) -> bool:
@@ -285,6 +287,7 @@ def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise _decode_failure(path, e) from None
     fmt = img.format
+    quality = estimate_quality(img) if fmt == "JPEG" else None
     icc = img.info.get("icc_profile")
     exif_bytes, orientation = exif_without_orientation(img, path)
     img = apply_orientation(img, orientation)
@@ -294,7 +297,8 @@ def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     else:
         planes, mode, alpha, icc = _planes_8bit(img, icc, path)
         bits = 8
-    meta = ImageMeta(mode=mode, bits=bits, alpha=alpha, icc_profile=icc, exif=exif_bytes, format=fmt)
+    meta = ImageMeta(mode=mode, bits=bits, alpha=alpha, icc_profile=icc, exif=exif_bytes, format=fmt,
+                     jpeg_quality=quality)
     return torch.from_numpy(np.ascontiguousarray(planes)), meta
 
 

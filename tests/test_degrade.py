@@ -411,3 +411,16 @@ def test_jpeg_quality_is_read_back_from_the_files_tables():
     buf = io.BytesIO()
     img.save(buf, "PNG")
     assert D.estimate_quality(Image.open(io.BytesIO(buf.getvalue()))) is None
+
+
+def test_reading_a_jpeg_reports_its_quality_with_its_pixels(tmp_path):
+    """Restore's quality limit comes from the one read of the file, also when it is named .png."""
+    from PIL import Image
+
+    from irae_cli.imageio import read_image
+
+    arr = (np.random.default_rng(0).random((24, 40, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg", quality=37)
+    Image.fromarray(arr).save(tmp_path / "b.png", "JPEG", quality=85)
+    Image.fromarray(arr).save(tmp_path / "c.png")
+    assert [read_image(tmp_path / n)[1].jpeg_quality for n in ("a.jpg", "b.png", "c.png")] == [37, 85, None]

@@ -58,7 +58,7 @@ def _ijg_luma(quality: int) -> np.ndarray:
     return np.clip((np.array(IJG_LUMA) * scale + 50) // 100, 1, 255)
 
 
-_IJG_TABLES = {q: _ijg_luma(q) for q in range(1, 101)}
+_IJG_TABLES = np.stack([_ijg_luma(q) for q in range(1, 101)])  # row q - 1: quality q
 
 
 def estimate_quality(img: Image.Image) -> int | None:
@@ -70,8 +70,9 @@ def estimate_quality(img: Image.Image) -> int | None:
     tables = getattr(img, "quantization", None)
     if not tables or 0 not in tables or len(tables[0]) != 64:
         return None
-    luma = np.asarray(tables[0], dtype=np.int64)
-    return min(_IJG_TABLES, key=lambda q: (int(np.abs(_IJG_TABLES[q] - luma).sum()), -q))
+    distance = np.abs(_IJG_TABLES - np.asarray(tables[0], dtype=np.int64)).sum(axis=1)
+    # the nearest table; among equals the highest quality (several low qualities clip to the same table)
+    return int(100 - np.argmin(distance[::-1]))
 
 
 def _round_trip_u8(arr: np.ndarray, quality: int, subsampling: str) -> np.ndarray:

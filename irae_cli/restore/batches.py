@@ -105,8 +105,7 @@ class _BatchRunner:
         todo = iter(jobs)
         while True:
             while len(self.reads) < ahead and (job := next(todo, None)) is not None:
-                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg,
-                                                      self.max_quality is not None))
+                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg))
             if not self.reads:
                 break
             if self.decodes:

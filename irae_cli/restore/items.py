@@ -33,23 +33,22 @@ class Item:
     tiles: int = 0
     notes: list[str] = field(default_factory=list)
     hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
-    source_quality: int | None = None  # a JPEG input's quality, read from its tables (jpeg task only)
+    source_quality: int | None = None  # a JPEG input's quality, read from its tables (the jpeg task consults it)
     reported: bool = False  # its report line and count are done (Ctrl-C must neither lose nor repeat them)
 
 
-def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool, jpeg_quality: bool = False
-          ) -> Item:
+def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool) -> Item:
     item = Item(job)
     t0 = time.perf_counter()
     path = job.source.path
     try:
-        if jpeg_quality and path.suffix.lower() in (".jpg", ".jpeg"):
-            item.source_quality = _jpeg_quality(path)
         if gpu_jpeg and path.suffix.lower() in (".jpg", ".jpeg"):
             item.blob = jpeg_for_gpu(path)
             if item.blob is not None:
+                item.source_quality = item.blob[1].jpeg_quality
                 return item
         item.x, item.meta = read_image(path)
+        item.source_quality = item.meta.jpeg_quality
         if task_needs_mask:
             _read_mask(item, opts)
     except ImageError as e:
@@ -60,19 +59,6 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool,
         item.error = f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     item.seconds = time.perf_counter() - t0
     return item
-
-
-def _jpeg_quality(path: Path) -> int | None:
-    """The file's JPEG quality from its quantisation tables (the header only); None when unreadable."""
-    from PIL import Image
-
-    from ..degradations.jpeg import estimate_quality
-
-    try:
-        with Image.open(path) as img:
-            return estimate_quality(img)
-    except Exception:  # noqa: BLE001 - the decoder reports an unreadable file properly a moment later
-        return None
 
 
 def _read_mask(item: Item, opts: RestoreOptions) -> None:
