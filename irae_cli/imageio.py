@@ -287,7 +287,7 @@ def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise _decode_failure(path, e) from None
     fmt = img.format
-    quality = estimate_quality(img) if fmt == "JPEG" else None
+    quality = estimate_quality(img)  # None unless it has JPEG tables (JPEG, or a camera's MPO)
     icc = img.info.get("icc_profile")
     exif_bytes, orientation = exif_without_orientation(img, path)
     img = apply_orientation(img, orientation)
