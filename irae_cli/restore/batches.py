@@ -125,8 +125,9 @@ class _BatchRunner:
             self.reporter.done(item)
             return
         item.hw = tuple(item.x.shape[-2:])
-        if self.restorer.task.passes_through(self.restorer.task_params, item.source_quality):
-            item.notes.append(f"kept as it is: JPEG quality {item.source_quality} is above {self.max_quality}, "
+        quality = item.meta.jpeg_quality  # read with the pixels, on either decoder's path
+        if self.restorer.task.passes_through(self.restorer.task_params, quality):
+            item.notes.append(f"kept as it is: JPEG quality {quality} is above {self.max_quality}, "
                               f"the highest these weights improve")
             self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
             return

@@ -33,7 +33,6 @@ class Item:
     tiles: int = 0
     notes: list[str] = field(default_factory=list)
     hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
-    source_quality: int | None = None  # a JPEG input's quality, read from its tables (the jpeg task consults it)
     reported: bool = False  # its report line and count are done (Ctrl-C must neither lose nor repeat them)
 
 
@@ -45,10 +44,8 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool)
         if gpu_jpeg and path.suffix.lower() in (".jpg", ".jpeg"):
             item.blob = jpeg_for_gpu(path)
             if item.blob is not None:
-                item.source_quality = item.blob[1].jpeg_quality
                 return item
         item.x, item.meta = read_image(path)
-        item.source_quality = item.meta.jpeg_quality
         if task_needs_mask:
             _read_mask(item, opts)
     except ImageError as e:
