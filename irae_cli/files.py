@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageError
+from .errors import ImageError, IraeError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
@@ -47,6 +47,8 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
     root = Path(root)
     if root.is_file():
         return [Source(root, Path(root.name))]
+    if root.exists() and not root.is_dir():
+        raise IraeError(f"{root}: {_NOT_REGULAR}, nor a folder; give an image file or a folder")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
     skip_real = {os.path.realpath(p) for p in (skip or [])}
@@ -72,6 +74,11 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
                 if recursive:
                     walk(path)
             elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                if not _regular(entry):  # opening a FIFO would wait for a writer forever
+                    from .imageio import warn
+
+                    warn(f"{path}: {_NOT_REGULAR}; left out")
+                    continue
                 rel = path.relative_to(root)
                 if include and not _matches(rel, include):
                     continue
@@ -81,6 +88,16 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
 
     walk(root)
     return found
+
+
+_NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+
+
+def _regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows a link, so a link to a photo counts
+    except OSError:
+        return True  # unreadable: the read names the file and the reason
 
 
 def no_images_message(root: str | Path, hint: str = "") -> str:
@@ -95,6 +112,20 @@ def is_within(path: str | Path, folder: str | Path) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
+def link_into(root: str | Path, protected: str | Path) -> Path | None:
+    """A symlinked folder inside ``root`` that leads into ``protected`` (or holds it), or None.
+
+    A check that compares only the top folders misses ``OUT/sub -> INPUT/sub``: writes below
+    such a link land in the user's own folder.
+    """
+    for top, dirs, _files in os.walk(root):
+        for d in dirs:
+            path = Path(top) / d
+            if path.is_symlink() and (is_within(path, protected) or is_within(protected, path)):
+                return path
+    return None
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 def replace_atomically(path: str | Path, data: bytes, *, overwrite: bool) -> None:
@@ -105,7 +136,7 @@ def replace_atomically(path: str | Path, data: bytes, *, overwrite: bool) -> Non
     never clobbered.  Raises OSError as a plain write would; callers word it.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.irae-tmp-{os.getpid()}-{id(data):x}.{HOST_TAG}")
+    tmp = path.with_name(temp_name(path.name, f"{os.getpid()}-{id(data):x}"))
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +162,20 @@ def replace_atomically(path: str | Path, data: bytes, *, overwrite: bool) -> Non
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+NAME_MAX = 255  # bytes in one file name on the file systems irae writes to
+
+
+def temp_name(name: str, tag: str) -> str:
+    """``.NAME.irae-tmp-TAG.HOST``, NAME shortened where the whole would pass NAME_MAX (a long name
+    the user's file system holds must not fail for its temp file)."""
+    tail = f".irae-tmp-{tag}.{HOST_TAG}"
+    raw = name.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - 1 - len(tail)
+    if len(raw) > room:
+        name = raw[:room].decode("utf-8", "ignore")  # "ignore" drops a character cut in half
+    return f".{name}{tail}"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
@@ -193,6 +238,26 @@ def folder_problem(folder: str | Path, what: str = "output folder") -> str | Non
     if not os.access(base, os.W_OK | os.X_OK):
         where = "" if base == Path(os.path.abspath(folder)) else f" ({base}, where it would be made)"
         return f"{what} {folder}{where} is not writable (permission denied); choose another or fix its permissions"
+    if base != Path(os.path.abspath(folder)):
+        return _mkdir_problem(folder, base, what)
+    return None
+
+
+def _mkdir_problem(folder: Path, base: Path, what: str) -> str | None:
+    """Make and remove the first missing folder: root passes os.access on /proc or /sys, where mkdir fails."""
+    first = Path(os.path.abspath(folder))
+    while first.parent != base:
+        first = first.parent
+    try:
+        first.mkdir()
+    except FileExistsError:
+        return None  # made meanwhile (another rank of the same run)
+    except OSError as e:
+        return f"{what} {folder} cannot be made ({e.strerror or e}); choose another"
+    try:
+        first.rmdir()
+    except OSError:
+        pass
     return None
 
 

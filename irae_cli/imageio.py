@@ -31,6 +31,13 @@ from .errors import ImageError, one_line
 # Pillow refuses headers above twice its own limit; anything above that is treated as a decompression bomb.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 ORIENTATION = 0x0112
+# TIFF tags that describe how a file stores its pixels, not the photo.  Pillow's getexif() of a TIFF holds
+# them beside the real EXIF, and a TIFF writer given them as EXIF would describe the new file wrongly
+# (ExtraSamples of an RGBA input on an RGB output, a CMYK input's photometric, strip offsets) and make
+# it unreadable.  The ICC profile (34675) travels on its own, checked against the pixels written.
+LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281,
+                         284, 288, 289, 290, 291, 292, 293, 297, 317, 320, 321, 322, 323, 324, 325, 330, 332,
+                         334, 338, 339, 340, 341, 347, *range(512, 522), 529, 530, 531, 532, 34675, 37724})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GRAY_MODES = ("L", "LA", "I;16", "I;16B", "I;16L", "I", "1")
 
@@ -108,7 +115,7 @@ def open_image(path: Path, load: bool = True) -> Image.Image:
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{path}: image header claims a huge size (possible decompression bomb); skipped") from None
+        raise ImageError(f"{path}: image header claims a huge size (possible decompression bomb)") from None
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found (a broken link?)") from None
     except PermissionError:
@@ -195,8 +202,8 @@ def exif_without_orientation(img: Image.Image, path: str | Path = "") -> tuple[b
             exif = img.getexif()
             if not len(exif):
                 return None, orientation
-            if ORIENTATION in exif:
-                del exif[ORIENTATION]
+            for tag in [t for t in exif if t == ORIENTATION or t in LAYOUT_TAGS]:
+                del exif[tag]
             return (exif.tobytes() if len(exif) else None), orientation
     except Exception:  # noqa: BLE001 - a malformed tag Pillow cannot re-encode
         warn(f"{path}: EXIF data cannot be copied (malformed tags); the output is written without it")

@@ -31,11 +31,12 @@ def find_mask(mask_root: str | Path, rel: Path) -> Path | None:
         names = sorted(os.listdir(folder))
     except OSError:
         return None
-    for name in names:
-        p = Path(name)
-        if p.stem == rel.stem and p.suffix.lower() in IMAGE_EXTENSIONS and (folder / name).is_file():
-            return folder / name
-    return None
+    found = [folder / n for n in names
+             if Path(n).stem == rel.stem and Path(n).suffix.lower() in IMAGE_EXTENSIONS and (folder / n).is_file()]
+    if len(found) > 1:
+        warn(f"{found[0]}: one of {len(found)} masks for {rel} ({', '.join(p.name for p in found)}); the first "
+             f"is used — keep one, or name it exactly as the image")
+    return found[0] if found else None
 
 
 def read_mask(path: str | Path, size: tuple[int, int], image: str | Path = "") -> torch.Tensor:

@@ -218,7 +218,7 @@ def _cut_crops(used, slots: list[int], recipe: _Recipe):
         if want:
             nth = dup.get(p.name, 0)
             dup[p.name] = nth + 1
-            rng = np.random.default_rng([recipe.seed, zlib.crc32(p.name.encode()), nth])
+            rng = np.random.default_rng([recipe.seed, zlib.crc32(p.name.encode("utf-8", "surrogateescape")), nth])
             got, flat = _cut_source(_read_rgb(p), want, rng, recipe.crop, recipe.min_std)
             rejected += flat
             short += want - len(got)

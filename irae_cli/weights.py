@@ -24,12 +24,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from . import __version__
-from .errors import WeightsError
+from .errors import WeightsError, io_reason
 from .files import atomic_save_safetensors, replace_atomically
 from .model import config_from_dict, config_to_json, create_model
 
 FORMAT = "irae-weights"
 FORMAT_VERSION = "1"
+# What `irae train` writes beside its weights; named here so a checkpoint given as weights is recognised.
+CHECKPOINT_FORMAT = "irae-train-checkpoint"
+CHECKPOINT_SUFFIX = ".ckpt.safetensors"  # after the --out file's stem, unless --checkpoint names it
 INDEX_FILE = "index.json"
 INSTALLED_SUBDIR = ("share", "irae", "weights")  # where pyproject's data-files puts weights/ on install
 
@@ -131,7 +134,11 @@ def resolve(name_or_path: str | Path, weights_dir: Path | None = None) -> tuple[
     index = read_index(weights_dir)
     key = str(name_or_path)
     if key in index:
-        return weights_dir / index[key]["file"], index[key]["sha256"]
+        path = weights_dir / index[key]["file"]
+        if not path.is_file():  # a partial copy of the weights folder, or a file deleted by hand
+            raise WeightsError(f"{path}: the shipped weights {key!r} listed in {weights_dir / INDEX_FILE} are "
+                               f"missing; restore the file from the repository or reinstall irae")
+        return path, index[key]["sha256"]
     path = Path(name_or_path)
     if not path.exists():
         known = ", ".join(sorted(index)) or "none shipped yet"
@@ -148,7 +155,10 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
     path, expected_sha = resolve(name_or_path, weights_dir)
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a .safetensors weights file")
-    sha = sha256_file(path)
+    try:
+        sha = sha256_file(path)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read the weights file ({io_reason(e)})") from None
     if expected_sha is not None and sha != expected_sha:
         raise WeightsError(f"{path}: sha256 {sha[:12]}… does not match the registry ({expected_sha[:12]}…); "
                            f"the file is corrupt or was replaced — restore it from the repository")
@@ -159,8 +169,11 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(unreadable_safetensors(path, e, "weights")) from None
     if meta.get("format") != FORMAT:
+        if meta.get("format") == CHECKPOINT_FORMAT:
+            raise WeightsError(checkpoint_not_weights(path))
         raise WeightsError(f"{path}: safetensors file without irae metadata (format={meta.get('format')!r}); "
                            f"only files written by 'irae train' can be loaded")
+    refuse_non_finite(state, path)
     config_dict = metadata_json(meta, "config", path, required=True)
     task_params = metadata_json(meta, "task_params", path)
     training = metadata_json(meta, "training", path)
@@ -185,6 +198,28 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
     model.eval().to(device)
     return LoadedWeights(model=model, path=path, sha256=sha, task=task, task_params=task_params,
                          training=training, metadata=meta)
+
+
+def checkpoint_not_weights(path: Path) -> str:
+    """Why a training checkpoint is refused as weights, naming the weights file the same run wrote beside it."""
+    suffix = CHECKPOINT_SUFFIX
+    head = f"{path}: a training checkpoint (what 'irae train --resume' continues from), not weights"
+    if not path.name.endswith(suffix):  # named with --checkpoint: the --out name cannot be told from it
+        return f"{head}; use the weights file its run wrote with --out"
+    weights = path.with_name(path.name[: -len(suffix)] + ".safetensors")
+    if weights.is_file():
+        return f"{head}; use the weights its run wrote beside it (--out): {weights}"
+    return (f"{head}; its weights, {weights} (--out), are written when the run finishes -- finish it with "
+            f"'irae train --resume {path}'")
+
+
+def refuse_non_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A NaN or infinity in any tensor turns every output black or NaN with no error: refuse the file."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise WeightsError(f"{path}: tensor {name!r} holds {kind} values; the weights are damaged (a diverged "
+                               f"training or an edited file) -- train them again or use other weights")
 
 
 def metadata_json(meta: dict, key: str, path: Path, *, required: bool = False) -> dict:

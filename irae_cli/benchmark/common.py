@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import IraeError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, folder_problem
 
 QUALITY_SCHEMA = "irae.benchmark.quality/1"
 SPEED_SCHEMA = "irae.benchmark.speed/1"
@@ -43,13 +43,17 @@ def write_json(result: dict, path: str | Path, *, overwrite: bool = False) -> No
     atomic_write_bytes(path, to_json(result).encode(), overwrite=overwrite)
 
 
-def check_outputs(paths: list[str | Path | None], overwrite: bool) -> None:
-    """Refuse before any work is done if a report file would replace one the user has."""
-    for p in paths:
+def check_outputs(outputs: dict[str, str | Path | None], overwrite: bool) -> None:
+    """Refuse before any work is done a report file (by option name) that would replace one the user has or
+    that cannot be written where it is asked for."""
+    for option, p in outputs.items():
         if p is None:
             continue
         p = Path(p)
         if p.is_dir():
-            raise IraeError(f"{p}: is a folder; give a file name for the report")
+            raise IraeError(f"{option} {p}: is a folder; give a file name for the report")
         if p.exists() and not overwrite:
-            raise IraeError(f"{p}: already exists; refusing to overwrite (use --overwrite or another name)")
+            raise IraeError(f"{option} {p}: already exists; refusing to overwrite (use --overwrite or another name)")
+        problem = folder_problem(p.parent, f"{option} folder")
+        if problem:
+            raise IraeError(problem)

@@ -17,7 +17,7 @@ import torch
 
 from .. import degradations as dg
 from ..classical import EXTRA, NAMES as CLASSICAL_NAMES, for_task
-from ..errors import IraeError
+from ..errors import ImageError, IraeError
 from ..inference import Restorer, pick_device
 from ..pixels import levels_u8
 from ..metrics import compute_all, mean_ignoring_inf, metric_keys, psnr, ssim
@@ -50,6 +50,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     (name or path; default: the task's shipped default) and ``compare``
     (name, weights) pairs are the models.  Returns the
     ``irae.benchmark.quality/1`` dict; writes ``sheet`` (PNG) when given.
+    A sheet that cannot be saved leaves ``settings["sheet"]["error"]`` and the rest of the result.
     Unreadable images are listed under ``failures`` and skipped.  ``classical``
     (all, none or names) picks the classical rows (``irae_cli.classical``);
     those whose package is missing are listed in ``settings["classical"]``;
@@ -97,7 +98,11 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     result = {"schema": QUALITY_SCHEMA, "settings": settings, "versions": versions(dev), "models": models,
               "results": aggregate(per, names, task), "failures": failures}
     if picker is not None:
-        settings["sheet"] = picker.write(sheet, overwrite=overwrite)
+        try:
+            settings["sheet"] = picker.write(sheet, overwrite=overwrite)
+        except ImageError as e:
+            # The scores stand without the picture: a sheet that cannot be saved must not take the report with it.
+            settings["sheet"] = {"path": str(sheet), "error": str(e)}
     return result
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import IraeError
+from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..inference import Restorer, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
@@ -263,7 +263,7 @@ class ModelTimer:
 
 def _folder_sources(folder: Path, task: str) -> tuple[list, float]:
     """The images ``irae restore`` would walk in ``folder`` and their total megapixels."""
-    from PIL import Image
+    from ..imageio import open_image
 
     if get_task(task).needs_mask:
         raise IraeError("end-to-end timing needs masks for inpainting weights; time a denoise or jpeg model")
@@ -275,10 +275,12 @@ def _folder_sources(folder: Path, task: str) -> tuple[list, float]:
     megapixels = 0.0
     for s in sources:
         try:
-            with Image.open(s.path) as img:
+            # restore's own header read, so a file it would refuse (a decompression bomb) is refused here too
+            with open_image(s.path, load=False) as img:
                 megapixels += img.width * img.height / 1e6
-        except OSError:
-            raise IraeError(f"{s.path}: cannot read this image; remove it from the timing folder") from None
+        except ImageError as e:
+            # a folder timed without some of its files would not be the figure asked for
+            raise IraeError(f"{e}; nothing was timed: remove it from the timing folder") from None
     return sources, megapixels
 
 

@@ -48,11 +48,16 @@ def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> 
     natural = Measurement.get(console, console.options.update(max_width=1000), table).maximum
     console.width = max(console.width, natural)
     console.print(table)
+    failed = bool(result.get("failures"))
     for f in result.get("failures", []):
         print(f"irae: error: {one_line(f['error'])}", file=sys.stderr)
+    sheet = result.get("settings", {}).get("sheet")
+    if isinstance(sheet, dict) and sheet.get("error"):
+        print(f"irae: error: {one_line(sheet['error'])}", file=sys.stderr)
+        failed = True
     if json_path is not None:
         write_json(result, json_path, overwrite=overwrite)
-    return 1 if result.get("failures") else 0
+    return 1 if failed else 0
 
 
 # The options of `quality` (speed and invertibility, shorter, declare theirs in place).
@@ -128,7 +133,7 @@ def quality_cmd(
         _check_sheet_options(sheet_region, sheet_images, sheet_crop)
         workers = workers_for(workers)
         tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
-        check_outputs([json_path, sheet], overwrite)
+        check_outputs({"--json": json_path, "--sheet": sheet}, overwrite)
         with Progress("scoring", columns=("last {image}",), fields={"image": ""}, unit="image(s)") as bar:
             result = run_quality(
                 source, task=task, weights=weights, compare=parse_compare(compare),
@@ -192,7 +197,7 @@ def speed_cmd(
         from ..benchmark.speed import speed
         from ..benchmark.tables import speed_table
 
-        check_outputs([json_path], overwrite)
+        check_outputs({"--json": json_path}, overwrite)
         result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
                        compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
                        channels_last=channels_last, baseline=baseline, workers=workers)
@@ -224,7 +229,7 @@ def invertibility_cmd(
         from ..benchmark.invertibility import invertibility
         from ..benchmark.tables import invertibility_table
 
-        check_outputs([json_path], overwrite)
+        check_outputs({"--json": json_path}, overwrite)
         result = invertibility(weights=weights, arch=arch, images=images, dtype=dtype, device=device, size=size)
         code = _finish(result, invertibility_table(result), json_path, overwrite)
         if not result["summary"]["passed"]:

@@ -14,7 +14,8 @@ import torch
 def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from a global seed and identifying parts (relative path, level, ...)."""
     text = "\x1f".join([str(seed), *map(str, parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes (UTF-8 names are unchanged)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "little") >> 1
 
 
 def generator_for(seed: int, *parts: object, device: str | torch.device = "cpu") -> torch.Generator:

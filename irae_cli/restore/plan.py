@@ -40,6 +40,7 @@ class Plan:
     existing: list[Job]  # output exists, neither --skip-existing nor --overwrite
     collisions: dict[Path, list[Source]]
     onto_inputs: list[Job]  # output path is an input file
+    folder_clashes: list[str] = field(default_factory=list)  # output paths that are (or must be) folders
     report_problem: str | None = None
     folder_problems: list[str] = field(default_factory=list)  # output folders that cannot be written
     entries: list[Job] = field(default_factory=list)  # every input in discovery order, whatever its fate
@@ -64,6 +65,9 @@ class Plan:
             out.append("several inputs would be written to the same output; rename them, use --format same "
                        "or --exclude: " + _listing([f"{o} <- {', '.join(str(s.path) for s in srcs)}"
                                                   for o, srcs in self.collisions.items()]))
+        if self.folder_clashes:
+            out.append("these outputs would have to be files where a folder is or must be; rename the inputs, "
+                       "change --format or --suffix, or --exclude one: " + _listing(self.folder_clashes))
         if self.existing:
             out.append(f"{len(self.existing)} output file(s) already exist; pass --skip-existing to resume "
                        f"or --overwrite to replace them: " + _listing([str(j.output) for j in self.existing]))
@@ -93,13 +97,24 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
     plan = _sort_jobs(input, output, sources, targets, opts)
     plan.report_problem = _report_problem(input, opts, [j.output for j in plan.entries],
                                           {os.path.realpath(s.path) for s in sources})
-    plan.folder_problems = _folder_problems(plan.jobs)
+    plan.folder_problems = _folder_problems(plan.jobs) + _guarded_folder_problems(input, output, opts, plan.entries)
     return plan
 
 
+# Image types irae reads or users meet but does not write: an OUTPUT named so is a mistake, not a folder name.
+UNWRITABLE_IMAGE_SUFFIXES = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".npy"}
+
+
 def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
-    if output.suffix.lower() in PIL_FORMAT and not output.is_dir():
+    suffix = output.suffix.lower()
+    if suffix in PIL_FORMAT and not output.is_dir():
+        if opts.format not in ("auto", "same") and PIL_FORMAT[output_suffix(suffix, opts.format)] != PIL_FORMAT[suffix]:
+            raise IraeError(f"--format {opts.format} and OUTPUT {output} disagree; drop --format or name the "
+                            f"file {output.with_suffix(output_suffix(suffix, opts.format))}")
         return output
+    if suffix in UNWRITABLE_IMAGE_SUFFIXES and not output.is_dir():
+        raise IraeError(f"OUTPUT {output}: irae does not write {suffix.lstrip('.').upper()} files; name a .png, "
+                        f".jpg, .webp or .tif file, or a folder")
     if (output.exists() or output.is_symlink()) and not output.is_dir():
         raise IraeError(f"OUTPUT {output} exists and is neither a folder nor an image file; give a folder, "
                         f"or an image file name such as {output.with_suffix('.png')}")
@@ -138,7 +153,7 @@ def _sort_jobs(input: Path, output: Path, sources: list[Source], targets: list[P
     plan = Plan(input, output, [], [], [], {}, [], options=opts)
     for s, t in zip(sources, targets):
         by_output[t].append(s)
-        job = Job(s, t, exists=t.exists() or t.is_symlink())
+        job = Job(s, t, exists=(t.exists() or t.is_symlink()) and not t.is_dir())  # a folder: _folder_clashes
         plan.entries.append(job)
         if os.path.realpath(t) in inputs_real:
             plan.onto_inputs.append(job)
@@ -152,6 +167,7 @@ def _sort_jobs(input: Path, output: Path, sources: list[Source], targets: list[P
         else:
             plan.jobs.append(job)
     plan.collisions = {t: srcs for t, srcs in by_output.items() if len(srcs) > 1}
+    plan.folder_clashes = _folder_clashes(plan.entries, output)
     return plan
 
 
@@ -161,6 +177,42 @@ def _folder_problems(jobs: list[Job]) -> list[str]:
     if len(problems) > 1:
         problems = [f"{len(problems)} output folders cannot be written: " + _listing(problems)]
     return problems
+
+
+def _guarded_folder_problems(input: Path, output: Path, opts: RestoreOptions, entries: list[Job]) -> list[str]:
+    """Outputs that a symlinked folder would carry into the masks folder, or into the INPUT folder
+    from outside OUTPUT (an OUTPUT inside INPUT is allowed and skipped when reading)."""
+    into_masks, into_input = [], []
+    for parent in sorted({j.output.parent for j in entries}):
+        if opts.masks is not None and is_within(parent, opts.masks):
+            into_masks.append(str(parent))
+        elif input.is_dir() and is_within(parent, input) and not is_within(parent, output):
+            into_input.append(str(parent))
+    out = []
+    if into_masks:
+        out.append(f"outputs would be written into the --masks folder {opts.masks}; choose another OUTPUT: "
+                   + _listing(into_masks))
+    if into_input:
+        out.append(f"outputs would be written into the INPUT folder {input} (a link in OUTPUT leads there); "
+                   f"remove the link or choose another OUTPUT: " + _listing(into_input))
+    return out
+
+
+def _folder_clashes(entries: list[Job], output: Path) -> list[str]:
+    """Outputs whose path is a folder: an existing one, or one another output needs for itself."""
+    targets = {j.output for j in entries}
+    clashes = []
+    for j in entries:
+        if j.output.is_dir():
+            clashes.append(f"{j.output} (an existing folder)")
+            continue
+        for up in j.output.parents:
+            if up == output or up == up.parent:
+                break
+            if up in targets:
+                clashes.append(f"{up} (also the folder of {j.output})")
+                break
+    return sorted(set(clashes))
 
 
 def empty_file(path: Path) -> bool:
@@ -182,12 +234,15 @@ def _report_problem(input: Path, opts: RestoreOptions, outputs: list[Path], inpu
         return f"--report {report} is one of the images; choose another file name"
     if input.is_dir() and is_within(report, input):
         return f"--report {report} lies inside the INPUT folder; irae never writes into its input"
+    if opts.masks is not None and is_within(report, opts.masks):
+        return f"--report {report} lies inside the --masks folder; choose a file elsewhere"
     return _report_file_problem(report, opts)
 
 
 def _report_file_problem(report: Path, opts: RestoreOptions) -> str | None:
-    """An existing report (or parts an interrupted torchrun run left) is replaced or added to only when asked."""
-    if report.exists() and not (opts.overwrite or opts.skip_existing):
+    """An existing report (or parts an interrupted torchrun run left) is replaced or added to only when asked;
+    an empty one (a run stopped before its first image) holds nothing to lose."""
+    if report.exists() and not (opts.overwrite or opts.skip_existing) and not empty_file(report):
         return (f"--report {report} already exists; pass --overwrite to replace it, --skip-existing to add this "
                 f"run's lines to it, or choose another file")
     parts = leftover_parts(report)

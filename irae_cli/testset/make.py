@@ -12,7 +12,7 @@ from typing import Callable
 from ..degradations import Level, build_levels
 from ..environment import codec_versions
 from ..errors import ImageError, IraeError
-from ..files import (Source, atomic_write_bytes, discover, folder_problem, is_within, no_images_message,
+from ..files import (Source, atomic_write_bytes, discover, folder_problem, is_within, link_into, no_images_message,
                      remove_stale_temp_files)
 from .images import CLEAN_DIR, ImageOutcome, RunSetup, Writer, process_image
 from .manifest import MANIFEST_NAME, files_match, read_manifest
@@ -52,6 +52,10 @@ def _check_paths(clean: Path, out: Path, policy: str) -> None:
                         f"folder (irae never writes into CLEAN)")
     if out.exists() and not out.is_dir():
         raise IraeError(f"{out}: exists and is not a folder")
+    link = link_into(out, clean) if out.is_dir() else None
+    if link is not None:
+        raise IraeError(f"{link} is a link into the clean input {clean}; remove the link or choose another output "
+                        f"folder (irae never writes into CLEAN)")
     problem = folder_problem(out)
     if problem:
         raise IraeError(problem)

@@ -13,9 +13,9 @@ import torch
 from .. import __version__
 from ..errors import IraeError
 from ..files import atomic_save_safetensors
+from ..weights import CHECKPOINT_FORMAT
 from .config import TrainConfig
 
-CHECKPOINT_FORMAT = "irae-train-checkpoint"
 CHECKPOINT_VERSION = "1"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import IraeError
 from ..files import atomic_write_text
+from ..weights import CHECKPOINT_SUFFIX
 from .checkpoint import read_run_id, save_checkpoint
 from .config import Session, TrainConfig
 
@@ -18,7 +19,7 @@ from .config import Session, TrainConfig
 def derived_paths(session: Session) -> tuple[Path, Path, Path]:
     out = Path(session.out)
     stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
-    ckpt = Path(session.checkpoint) if session.checkpoint else out.with_name(f"{stem}.ckpt.safetensors")
+    ckpt = Path(session.checkpoint) if session.checkpoint else out.with_name(stem + CHECKPOINT_SUFFIX)
     log = Path(session.log) if session.log else out.with_name(f"{stem}.log.json")
     if len({out.resolve(), ckpt.resolve(), log.resolve()}) < 3:
         raise IraeError(f"--out, --checkpoint and --log must be three different files ({out}, {ckpt}, {log})")
