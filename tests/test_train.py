@@ -771,3 +771,21 @@ def test_a_small_inverse_probe_is_measured_against_a_second_inverse_pass():
     assert penalty(1e-5, 1.001).item() == 0.0  # slope 1, measured as 1
     assert penalty(1e-5, 0.5).item() == pytest.approx(np.log(2) ** 2, rel=1e-3)
     assert penalty(1e-3, 1.001).item() > 0  # the large probe's ratio includes the offset
+
+
+def test_minutes_alone_uses_the_budget_when_the_run_speeds_up_late():
+    # A job beside the run ends at 70 % of the budget and the steps go 4x faster: the schedule set at
+    # half the budget would end at ~77 % of it; set again later, the run uses (nearly) all of it.
+    from irae_cli.train.budget import TimeBudget
+
+    t = [0.0]
+    budget = TimeBudget(10, 0.0, lambda: t[0], None)  # 600 s
+    steps, step = None, 0
+    while steps is None or step < steps:
+        step += 1
+        t[0] += 1.0 if t[0] < 420 else 0.25
+        if step in (2, 12):
+            steps = budget.calibrate(step, step, 64 * 64) or steps
+        elif steps is not None:
+            steps = budget.recalibrate(step, steps, 1) or steps
+    assert t[0] <= 600 and t[0] >= 0.95 * 600, (t[0], step)
