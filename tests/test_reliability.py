@@ -685,3 +685,26 @@ def test_symlinks_out_of_the_input_folder_are_followed_and_never_written(weights
     made = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")}
     assert made == {"img00.png", "link.png", "linked-folder/deep.png"}
     assert not (tmp_path / "out" / "link.png").is_symlink() and tree(outside) == before
+
+
+def test_degrade_stopped_by_ctrl_c_describes_what_it_finished_and_resumes(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:02d}.png")
+    out = tmp_path / "set"
+    args = [sys.executable, "-m", "irae_cli", "degrade", "--task", "denoise", "--sigma", "15,25,50", str(src), str(out)]
+    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not (out / "sigma50").is_dir() or len(list(out.glob("sigma50/*"))) < 4):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert "--skip-existing" in err.splitlines()[-1], err
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert 1 <= len(lines) < 40 * 3
+    r = subprocess.run(args + ["--skip-existing"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 40 * 3

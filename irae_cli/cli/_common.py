@@ -16,8 +16,9 @@ TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.")
 
 
 @contextmanager
-def user_errors():
-    """Turn an IraeError (or bad value) into one line on stderr and its exit code; no traceback."""
+def user_errors(resume_hint: str = ""):
+    """Turn an IraeError (or bad value) into one line on stderr and its exit code; no traceback.
+    ``resume_hint``: how to finish the work after Ctrl-C (said on the interrupt line)."""
     try:
         yield
     except IraeError as e:
@@ -25,8 +26,15 @@ def user_errors():
             print(f"irae: error: {one_line(e)}", file=sys.stderr)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        print("irae: interrupted; finished files are complete, none is half-written", file=sys.stderr)
+        print(f"irae: interrupted; finished files are complete, none is half-written{resume_hint}", file=sys.stderr)
         raise typer.Exit(130) from None
+
+
+def finish_hint(skip_existing: bool, overwrite: bool) -> str:
+    """How a restore or degrade stopped by Ctrl-C is finished (its written files are kept)."""
+    if skip_existing:
+        return "; to finish, run the same command again"
+    return "; to finish, run it again with --skip-existing" + (" in place of --overwrite" if overwrite else "")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_SOME_FAILED, IraeError, one_line
-from ._common import HOLE_RATIO, MASKS, QUALITIES, SIGMAS, parse_list, parse_names, parse_range, user_errors
+from ._common import (HOLE_RATIO, MASKS, QUALITIES, SIGMAS, finish_hint, parse_list, parse_names, parse_range,
+                      user_errors)
 
 _CLEAN = typer.Argument(..., help="Clean image file or folder (never written to).", show_default=False)
 _OUT = typer.Argument(..., help="Output folder for the set; must be new or empty.", show_default=False)
@@ -152,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
         Outputs are byte-identical across runs, file orders and worker counts for the same seed.
         """
-        with user_errors():
+        with user_errors(finish_hint(skip_existing, overwrite)):
             from ..testset import make_test_set
 
             display = _Display(quiet)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import IraeError
-from ._common import TASK, user_errors
+from ._common import TASK, finish_hint, user_errors
 
 EPILOG = """Examples:
 
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         unless --overwrite (or left alone with --skip-existing); colour is
         restored while alpha, bit depth, ICC profile and EXIF are kept.
         """
-        with user_errors():
+        with user_errors(finish_hint(skip_existing, overwrite)):
             from ..restore import RestoreOptions, restore
 
             opts = RestoreOptions(

@@ -180,7 +180,13 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
         if on_file:
             on_file(src, outcome.failures)
 
-    _run_all(sources, run, workers, done)
+    try:
+        _run_all(sources, run, workers, done)
+    except KeyboardInterrupt:
+        # The images finished so far are a set of their own: described, a resume adds to it.
+        _carry_over(result, previous)
+        _write_manifest(result)
+        raise
     _carry_over(result, previous)
     _write_manifest(result)
     return result
