@@ -14,6 +14,7 @@ import errno
 import fnmatch
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +95,12 @@ _NOT_REGULAR = "not a regular file (a pipe, socket or device)"
 
 
 def _regular(entry: os.DirEntry) -> bool:
+    """False only for a pipe, socket or device (a link is followed: a link to a photo counts)."""
     try:
-        return entry.is_file()  # follows a link, so a link to a photo counts
+        mode = entry.stat().st_mode
     except OSError:
-        return True  # unreadable: the read names the file and the reason
+        return True  # a broken link or an unreadable entry: the read names the file and the reason
+    return not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode))
 
 
 def no_images_message(root: str | Path, hint: str = "") -> str:
@@ -112,18 +115,11 @@ def is_within(path: str | Path, folder: str | Path) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def link_into(root: str | Path, protected: str | Path) -> Path | None:
-    """A symlinked folder inside ``root`` that leads into ``protected`` (or holds it), or None.
-
-    A check that compares only the top folders misses ``OUT/sub -> INPUT/sub``: writes below
-    such a link land in the user's own folder.
-    """
-    for top, dirs, _files in os.walk(root):
-        for d in dirs:
-            path = Path(top) / d
-            if path.is_symlink() and (is_within(path, protected) or is_within(protected, path)):
-                return path
-    return None
+def folders_reaching(folders, protected: str | Path, allowed: str | Path | None = None) -> list[Path]:
+    """The output ``folders`` whose real location lies in ``protected`` (a link anywhere on the way
+    counts), except those that also lie in ``allowed`` (an OUTPUT the user put inside it on purpose)."""
+    return sorted(f for f in set(folders)
+                  if is_within(f, protected) and not (allowed is not None and is_within(f, allowed)))
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -171,10 +167,9 @@ def temp_name(name: str, tag: str) -> str:
     """``.NAME.irae-tmp-TAG.HOST``, NAME shortened where the whole would pass NAME_MAX (a long name
     the user's file system holds must not fail for its temp file)."""
     tail = f".irae-tmp-{tag}.{HOST_TAG}"
-    raw = name.encode("utf-8", "surrogateescape")
     room = NAME_MAX - 1 - len(tail)
-    if len(raw) > room:
-        name = raw[:room].decode("utf-8", "ignore")  # "ignore" drops a character cut in half
+    while len(name.encode("utf-8", "surrogateescape")) > room:
+        name = name[:-1]  # whole characters, so the temp name starts with the real one
     return f".{name}{tail}"
 
 
@@ -222,7 +217,7 @@ def existing_ancestor(path: str | Path) -> Path:
     return p
 
 
-def folder_problem(folder: str | Path, what: str = "output folder") -> str | None:
+def folder_problem(folder: str | Path, what: str = "output folder", probed: dict | None = None) -> str | None:
     """Why files cannot be written into ``folder`` (made if missing), or None: checked before any work.
 
     Catches a regular file where a folder must be (or above it) and a folder
@@ -233,32 +228,44 @@ def folder_problem(folder: str | Path, what: str = "output folder") -> str | Non
     base = existing_ancestor(folder)
     if not base.is_dir():
         if base == Path(os.path.abspath(folder)):
-            return f"{what} {folder} exists and is a file, not a folder"
+            return f"{what} {folder} exists and is a file, not a folder; choose another"
         return f"{what} {folder} cannot be made: {base} is a file, not a folder"
     if not os.access(base, os.W_OK | os.X_OK):
         where = "" if base == Path(os.path.abspath(folder)) else f" ({base}, where it would be made)"
         return f"{what} {folder}{where} is not writable (permission denied); choose another or fix its permissions"
-    if base != Path(os.path.abspath(folder)):
-        return _mkdir_problem(folder, base, what)
+    if base != Path(os.path.abspath(folder)) and _IS_ROOT:
+        return _mkdir_problem(folder, base, what, probed)
     return None
 
 
-def _mkdir_problem(folder: Path, base: Path, what: str) -> str | None:
-    """Make and remove the first missing folder: root passes os.access on /proc or /sys, where mkdir fails."""
+_IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _mkdir_problem(folder: Path, base: Path, what: str, probed: dict | None) -> str | None:
+    """Make and remove the first missing folder: root passes os.access on /proc or /sys, where mkdir
+    fails.  ``probed`` (first missing folder -> error or None) spares a new OUTPUT's many subfolders
+    a probe each."""
     first = Path(os.path.abspath(folder))
     while first.parent != base:
         first = first.parent
-    try:
-        first.mkdir()
-    except FileExistsError:
-        return None  # made meanwhile (another rank of the same run)
-    except OSError as e:
-        return f"{what} {folder} cannot be made ({e.strerror or e}); choose another"
-    try:
-        first.rmdir()
-    except OSError:
-        pass
-    return None
+    if probed is not None and first in probed:
+        error = probed[first]
+    else:
+        error = None
+        try:
+            first.mkdir()
+        except FileExistsError:
+            pass  # made meanwhile (another rank of the same run)
+        except OSError as e:
+            error = e.strerror or str(e)
+        else:
+            try:
+                first.rmdir()
+            except OSError:
+                pass
+        if probed is not None:
+            probed[first] = error
+    return None if error is None else f"{what} {folder} cannot be made ({error}); choose another"
 
 
 def free_bytes(folder: str | Path) -> int | None:
@@ -267,8 +274,7 @@ def free_bytes(folder: str | Path) -> int | None:
         st = os.statvfs(existing_ancestor(folder))
     except (OSError, AttributeError):
         return None
-    root = hasattr(os, "geteuid") and os.geteuid() == 0  # root may use the blocks reserved for it
-    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
+    return (st.f_bfree if _IS_ROOT else st.f_bavail) * st.f_frsize  # root may use the blocks reserved for it
 
 
 def _host_tag() -> str:

@@ -29,6 +29,8 @@ from .pixels import to_u8
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
               ".bmp": "BMP"}
+# Image types users meet that irae does not write: an OUTPUT file named so is a mistake, not a folder name.
+UNWRITABLE_IMAGE_SUFFIXES = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico"}
 
 
 def output_suffix(source_suffix: str, fmt: str = "same") -> str:

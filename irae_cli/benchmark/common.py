@@ -51,7 +51,7 @@ def check_outputs(outputs: dict[str, str | Path | None], overwrite: bool) -> Non
             continue
         p = Path(p)
         if p.is_dir():
-            raise IraeError(f"{option} {p}: is a folder; give a file name for the report")
+            raise IraeError(f"{option} {p}: is a folder; give a file name")
         if p.exists() and not overwrite:
             raise IraeError(f"{option} {p}: already exists; refusing to overwrite (use --overwrite or another name)")
         problem = folder_problem(p.parent, f"{option} folder")

@@ -34,7 +34,9 @@ def finish_hint(skip_existing: bool, overwrite: bool) -> str:
     """How a restore or degrade stopped by Ctrl-C is finished (its written files are kept)."""
     if skip_existing:
         return "; to finish, run the same command again"
-    return "; to finish, run it again with --skip-existing" + (" in place of --overwrite" if overwrite else "")
+    if overwrite:  # --skip-existing would keep outputs of the earlier run it was replacing
+        return "; to finish, run the same command again (it replaces every output again)"
+    return "; to finish, run it again with --skip-existing"
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:

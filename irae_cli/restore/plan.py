@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IraeError
-from ..files import Source, discover, folder_problem, is_within, no_images_message
-from ..imagewrite import PIL_FORMAT, output_suffix
+from ..files import Source, discover, folder_problem, folders_reaching, is_within, no_images_message
+from ..imagewrite import PIL_FORMAT, UNWRITABLE_IMAGE_SUFFIXES, output_suffix
 from ..report_parts import leftover_parts
 from .options import RestoreOptions, check_options
 
@@ -101,8 +101,6 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
     return plan
 
 
-# Image types irae reads or users meet but does not write: an OUTPUT named so is a mistake, not a folder name.
-UNWRITABLE_IMAGE_SUFFIXES = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".npy"}
 
 
 def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
@@ -113,8 +111,8 @@ def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
                             f"file {output.with_suffix(output_suffix(suffix, opts.format))}")
         return output
     if suffix in UNWRITABLE_IMAGE_SUFFIXES and not output.is_dir():
-        raise IraeError(f"OUTPUT {output}: irae does not write {suffix.lstrip('.').upper()} files; name a .png, "
-                        f".jpg, .webp or .tif file, or a folder")
+        raise IraeError(f"OUTPUT {output}: irae does not write {suffix.lstrip('.').upper()} files; name a "
+                        f"{', '.join(sorted(PIL_FORMAT))} file, or a folder")
     if (output.exists() or output.is_symlink()) and not output.is_dir():
         raise IraeError(f"OUTPUT {output} exists and is neither a folder nor an image file; give a folder, "
                         f"or an image file name such as {output.with_suffix('.png')}")
@@ -173,28 +171,29 @@ def _sort_jobs(input: Path, output: Path, sources: list[Source], targets: list[P
 
 def _folder_problems(jobs: list[Job]) -> list[str]:
     folders = sorted({j.output.parent for j in jobs})
-    problems = sorted({p for p in (folder_problem(f) for f in folders) if p})
+    probed: dict = {}
+    problems = sorted({p for p in (folder_problem(f, probed=probed) for f in folders) if p})
     if len(problems) > 1:
         problems = [f"{len(problems)} output folders cannot be written: " + _listing(problems)]
     return problems
 
 
 def _guarded_folder_problems(input: Path, output: Path, opts: RestoreOptions, entries: list[Job]) -> list[str]:
-    """Outputs that a symlinked folder would carry into the masks folder, or into the INPUT folder
-    from outside OUTPUT (an OUTPUT inside INPUT is allowed and skipped when reading)."""
-    into_masks, into_input = [], []
-    for parent in sorted({j.output.parent for j in entries}):
-        if opts.masks is not None and is_within(parent, opts.masks):
-            into_masks.append(str(parent))
-        elif input.is_dir() and is_within(parent, input) and not is_within(parent, output):
-            into_input.append(str(parent))
+    """Outputs that would land in the masks folder or in the INPUT folder, a link on the way included.
+    An OUTPUT made inside either on purpose is allowed (reading skips it)."""
+    parents = [j.output.parent for j in entries]
     out = []
-    if into_masks:
-        out.append(f"outputs would be written into the --masks folder {opts.masks}; choose another OUTPUT: "
-                   + _listing(into_masks))
-    if into_input:
-        out.append(f"outputs would be written into the INPUT folder {input} (a link in OUTPUT leads there); "
-                   f"remove the link or choose another OUTPUT: " + _listing(into_input))
+    if opts.masks is not None:
+        inside = output if is_within(output, opts.masks) and not is_within(opts.masks, output) else None
+        into_masks = folders_reaching(parents, opts.masks, allowed=inside)
+        if into_masks:
+            out.append(f"outputs would be written into the --masks folder {opts.masks}; choose another OUTPUT: "
+                       + _listing([str(f) for f in into_masks]))
+    if input.is_dir():
+        into_input = folders_reaching(parents, input, allowed=output)
+        if into_input:
+            out.append(f"outputs would be written into the INPUT folder {input} (a link in OUTPUT leads there); "
+                       f"remove the link or choose another OUTPUT: " + _listing([str(f) for f in into_input]))
     return out
 
 

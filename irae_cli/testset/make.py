@@ -12,9 +12,9 @@ from typing import Callable
 from ..degradations import Level, build_levels
 from ..environment import codec_versions
 from ..errors import ImageError, IraeError
-from ..files import (Source, atomic_write_bytes, discover, folder_problem, is_within, link_into, no_images_message,
-                     remove_stale_temp_files)
-from .images import CLEAN_DIR, ImageOutcome, RunSetup, Writer, process_image
+from ..files import (Source, atomic_write_bytes, discover, folder_problem, folders_reaching, is_within,
+                     no_images_message, remove_stale_temp_files)
+from .images import CLEAN_DIR, MASK_DIR, ImageOutcome, RunSetup, Writer, process_image
 from .manifest import MANIFEST_NAME, files_match, read_manifest
 
 
@@ -52,10 +52,6 @@ def _check_paths(clean: Path, out: Path, policy: str) -> None:
                         f"folder (irae never writes into CLEAN)")
     if out.exists() and not out.is_dir():
         raise IraeError(f"{out}: exists and is not a folder")
-    link = link_into(out, clean) if out.is_dir() else None
-    if link is not None:
-        raise IraeError(f"{link} is a link into the clean input {clean}; remove the link or choose another output "
-                        f"folder (irae never writes into CLEAN)")
     problem = folder_problem(out)
     if problem:
         raise IraeError(problem)
@@ -73,6 +69,16 @@ def _find_sources(clean: Path, out: Path, recursive: bool, include: list[str] | 
         raise IraeError(no_images_message(clean, hint))
     _check_collisions(sources)
     return sources
+
+
+def _check_links(clean: Path, out: Path, sources: list[Source], levels: list[Level]) -> None:
+    """No output may reach CLEAN through a link inside OUT (``OUT/clean -> CLEAN``)."""
+    subfolders = {s.rel.parent for s in sources}
+    tops = [CLEAN_DIR, *(lv.name for lv in levels), *(f"{MASK_DIR}/{lv.name}" for lv in levels)]
+    reaching = folders_reaching([out / top / sub for top in tops for sub in subfolders], clean)
+    if reaching:
+        raise IraeError(f"{reaching[0]} leads into the clean input {clean} (a link in the output folder); remove "
+                        f"the link or choose another output folder (irae never writes into CLEAN)")
 
 
 def _check_collisions(sources: list[Source]) -> None:
@@ -105,22 +111,28 @@ def _run_all(sources: list[Source], run: RunSetup, workers: int,
             done(src, process_image(src, run))
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irae-degrade")
+    reported: set = set()
+    futures: dict = {}
     try:
         futures = {pool.submit(process_image, src, run): src for src in sources}
         for fut in as_completed(futures):
             done(futures[fut], fut.result())
+            reported.add(fut)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # running images finish; their writes are atomic
+        for fut, src in futures.items():  # ... and count as finished
+            if fut not in reported and fut.done() and not fut.cancelled() and fut.exception() is None:
+                done(src, fut.result())
         raise
     pool.shutdown()
 
 
-def _carry_over(result: TestSetResult, previous: list[dict]) -> None:
+def _carry_over(result: TestSetResult, previous: list[dict], check_files: bool = True) -> None:
     # Lines of an earlier manifest stay when this run did not remake that output and its files are
     # unchanged: adding a level to a set (or a run that refused to replace a file) keeps the set described.
     made = {r["id"] for r in result.records}
     for entry in previous:
-        if entry["id"] not in made and files_match(entry, result.out):
+        if entry["id"] not in made and (not check_files or files_match(entry, result.out)):
             result.records.append(entry)
             result.carried += 1
 
@@ -161,6 +173,7 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
     clean, out = Path(clean), Path(out)
     _check_paths(clean, out, policy)
     sources = _find_sources(clean, out, recursive, include, exclude)
+    _check_links(clean, out, sources, levels)
     previous = _earlier_manifest(out, policy)
     result = TestSetResult(out=out, levels=levels, sources=sources)
     if dry_run:
@@ -183,8 +196,9 @@ def make_test_set(clean: str | Path, out: str | Path, *, task: str, seed: int = 
     try:
         _run_all(sources, run, workers, done)
     except KeyboardInterrupt:
-        # The images finished so far are a set of their own: described, a resume adds to it.
-        _carry_over(result, previous)
+        # The images finished so far are a set of their own: described, a resume adds to it (and checks
+        # the earlier lines' files then, so Ctrl-C does not wait for them to be hashed).
+        _carry_over(result, previous, check_files=False)
         _write_manifest(result)
         raise
     _carry_over(result, previous)
