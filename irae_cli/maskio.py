@@ -7,6 +7,7 @@ once per file.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -28,15 +29,26 @@ def find_mask(mask_root: str | Path, rel: Path) -> Path | None:
     if exact.is_file():
         return exact
     try:
-        names = sorted(os.listdir(folder))
+        index = _masks_by_stem(str(folder), os.stat(folder).st_mtime_ns)
     except OSError:
         return None
-    found = [folder / n for n in names
-             if Path(n).stem == rel.stem and Path(n).suffix.lower() in IMAGE_EXTENSIONS and (folder / n).is_file()]
+    found = [folder / n for n in index.get(rel.stem, ()) if (folder / n).is_file()]
     if len(found) > 1:
         warn(f"{found[0]}: one of {len(found)} masks for {rel} ({', '.join(p.name for p in found)}); the first "
              f"is used — keep one, or name it exactly as the image")
     return found[0] if found else None
+
+
+@functools.lru_cache(maxsize=256)
+def _masks_by_stem(folder: str, _mtime_ns: int) -> dict[str, tuple[str, ...]]:
+    """Image names in ``folder`` by stem, sorted: listed once per folder (and again when it changes),
+    not once per image — a folder of 100,000 masks named unlike their images would be quadratic."""
+    index: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        p = Path(name)
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            index.setdefault(p.stem, []).append(name)
+    return {k: tuple(v) for k, v in index.items()}
 
 
 def read_mask(path: str | Path, size: tuple[int, int], image: str | Path = "") -> torch.Tensor:
