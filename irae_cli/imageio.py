@@ -258,7 +258,7 @@ def refuse_frames(img: Image.Image, path: Path) -> None:
         return
     if frames > 1 and img.format != "MPO":  # MPO: a JPEG whose extra frames are previews / depth maps
         kind = "pages" if img.format == "TIFF" else "frames"
-        raise ImageError(f"{path}: has {frames} {kind} ({img.format}); irae restores single images only and "
+        raise ImageError(f"{path}: has {frames} {kind} ({img.format}); irae reads single images only and "
                          f"will not drop {kind} silently -- split it into one file per {kind[:-1]} first")
 
 
