@@ -101,8 +101,6 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
     return plan
 
 
-
-
 def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
     suffix = output.suffix.lower()
     if suffix in PIL_FORMAT and not output.is_dir():
