@@ -146,3 +146,11 @@ def test_a_full_disk_under_the_sheet_keeps_the_json_and_exits_1(work, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["settings"]["sheet"]["path"] == str(sheet) and "No space" in result["settings"]["sheet"]["error"]
     assert result["settings"]["n_images"] == 2 and result["failures"] == []
+
+
+def test_json_and_sheet_naming_one_file_exit_2_before_any_work(work, tmp_path):
+    r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "25", work / "photos", "--weights",
+             work / "w.safetensors", "--classical", "none", "--json", tmp_path / "r.png", "--sheet", tmp_path / "r.png")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    one_error_line(r, "--json and --sheet", "same file")
+    assert not (tmp_path / "r.png").exists()

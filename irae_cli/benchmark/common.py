@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from ..errors import IraeError
@@ -45,7 +46,11 @@ def write_json(result: dict, path: str | Path, *, overwrite: bool = False) -> No
 
 def check_outputs(outputs: dict[str, str | Path | None], overwrite: bool) -> None:
     """Refuse before any work is done a report file (by option name) that would replace one the user has or
-    that cannot be written where it is asked for."""
+    that cannot be written where it is asked for, or that another of them would replace."""
+    given = {option: Path(p) for option, p in outputs.items() if p is not None}
+    reals = [os.path.realpath(p) for p in given.values()]
+    if len(set(reals)) < len(reals):
+        raise IraeError(f"{' and '.join(given)} name the same file ({next(iter(given.values()))}); give each its own")
     for option, p in outputs.items():
         if p is None:
             continue
