@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +204,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 # --- output folders: checked before any work, cleaned of what an interrupted run left -------------
 
 # atomic_write_bytes' temp files; the host tag came later, so names without one are read as this machine's.
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<pid>\d+)-[0-9a-f]+(?:\.(?P<host>[0-9a-f]{8}))?", re.S)
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.irae-tmp-(?P<tag>(?P<pid>\d+)-[0-9a-f]+)(?:\.(?P<host>[0-9a-f]{8}))?", re.S)
+# ``irae train`` wrote ``.NAME.tmp-PID`` before it had the one atomic writer: only cleaned for named files.
+OLD_TRAIN_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)", re.S)
 # Machines that share an output folder (torchrun across nodes, job arrays) cannot see each other's
 # processes: a temp file made elsewhere is only taken for stale once nothing has touched it for this long.
 FOREIGN_TEMP_SECONDS = 3600
@@ -299,14 +302,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pattern = TEMP_NAME) -> list[Path]:
+def remove_stale_temp_files(folders, *, recursive: bool = False, of: Iterable[str] | None = None) -> list[Path]:
     """Delete ``.NAME.irae-tmp-PID-*`` files whose writer is gone (killed mid-write) in ``folders``.
 
     Only irae's own temp-file pattern is touched, and only when the process that
     made it no longer runs, so a concurrent irae writing into the same folder
     keeps its files; one made on another machine only once it is an hour old.
-    Returns what was removed.
+    ``of``: only the temp copies of these file names (a long name's temp copy
+    carries it shortened).  Returns what was removed.
     """
+    targets = None if of is None else set(of)
     removed: list[Path] = []
     for folder in {os.path.abspath(f) for f in folders}:
         walker = os.walk(folder) if recursive else [(folder, [], None)]
@@ -317,16 +322,15 @@ def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pat
                 except OSError:
                     continue
             for name in names:
-                m = pattern.fullmatch(name)
-                pid = next((v for k, v in m.groupdict().items() if k.startswith("pid") and v), None) if m else None
-                if pid is None:
+                m = _temp_copy(name, targets)
+                if m is None:
                     continue
                 path = Path(top) / name
                 host = m.groupdict().get("host")
                 if host and host != HOST_TAG:
                     if not _untouched_for(path, FOREIGN_TEMP_SECONDS):
                         continue
-                elif _pid_alive(int(pid)):
+                elif _pid_alive(int(m["pid"])):
                     continue
                 try:
                     if path.is_file() and not path.is_symlink():
@@ -335,6 +339,19 @@ def remove_stale_temp_files(folders, *, recursive: bool = False, pattern: re.Pat
                 except OSError:
                     pass
     return sorted(removed)
+
+
+def _temp_copy(name: str, targets: set[str] | None) -> re.Match | None:
+    """The match when ``name`` is irae's temp copy (of one of ``targets``, when given), else None."""
+    m = TEMP_NAME.fullmatch(name)
+    if targets is None:
+        return m
+    if m is not None:
+        if m["host"]:
+            return m if any(temp_name(t, m["tag"]) == name for t in targets) else None
+        return m if m["name"] in targets else None
+    old = OLD_TRAIN_TEMP_NAME.fullmatch(name)
+    return old if old and old["name"] in targets else None
 
 
 def _untouched_for(path: Path, seconds: float) -> bool:

@@ -133,6 +133,30 @@ def test_a_long_file_name_is_restored(weights, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
 
 
+def test_a_killed_training_run_leaves_no_temp_copy_of_a_long_output_name(tmp_path):
+    from irae_cli.files import temp_name
+    from irae_cli.train import TrainConfig, check_output_space
+
+    dead = _dead_pid()
+    out = tmp_path / ("w" * 240 + ".safetensors")  # its temp copy carries the name shortened
+    ckpt, log = tmp_path / "run.ckpt", tmp_path / "run.log.json"
+    mine = [tmp_path / temp_name(out.name, f"{dead}-9a"), tmp_path / f".run.ckpt.tmp-{dead}"]
+    theirs = [tmp_path / temp_name("other.safetensors", f"{dead}-9a"), tmp_path / f".other.tmp-{dead}"]
+    for f in mine + theirs:
+        f.write_bytes(b"partial")
+    assert len(mine[0].name.encode()) <= 255 and out.name not in mine[0].name
+    check_output_space(out, ckpt, log, TrainConfig(arch="tiny"), None)
+    assert not any(f.exists() for f in mine) and all(f.exists() for f in theirs)
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 @pytest.mark.skipif(not LINUX, reason="names that are not UTF-8 need a byte-named file system")
 def test_names_that_are_not_utf8_are_degraded_and_benchmarked(weights, tmp_path):
     src = folder_of(tmp_path, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,10 +61,8 @@ def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, mo
         problem = folder_problem(path.parent, f"{what} folder")
         if problem:
             raise IraeError(problem)
-    names = "|".join(re.escape(p.name) for p in (out, ckpt, log))
-    pattern = re.compile(rf"\.(?P<name>{names})\.(?:irae-tmp-(?P<pid>\d+)-[0-9a-f]+(?:\.(?P<host>[0-9a-f]{{8}}))?"
-                         rf"|tmp-(?P<pid_old>\d+))", re.S)
-    remove_stale_temp_files({p.parent for p in (out, ckpt, log) if p.parent.is_dir()}, pattern=pattern)
+    for folder in {p.parent for p in (out, ckpt, log) if p.parent.is_dir()}:
+        remove_stale_temp_files([folder], of=[p.name for p in (out, ckpt, log) if p.parent == folder])
     _check_free_space(_bytes_needed(out, ckpt, log, config, model_config))
 
 
