@@ -1,4 +1,4 @@
-"""Errors that reach the user as one line.
+"""Errors and warnings that reach the user as one line.
 
 Exit codes follow the convention users of batch tools expect: 0 = all done,
 1 = some files failed (the batch went on), 2 = usage or configuration error
@@ -6,6 +6,9 @@ Exit codes follow the convention users of batch tools expect: 0 = all done,
 """
 
 from __future__ import annotations
+
+import sys
+import threading
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -80,3 +83,31 @@ def io_reason(e: BaseException) -> str:
     if m:
         return m.group(1) or m.group(2)
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- warnings ------------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+_warning_handler = None  # callable(line) set by a command that prints around a progress bar
+
+
+def set_warning_handler(handler) -> object:
+    """Route ``warn`` lines through ``handler(line)`` (None = stderr); returns the previous handler."""
+    global _warning_handler
+    previous, _warning_handler = _warning_handler, handler
+    return previous
+
+
+def warn(message: str) -> None:
+    """One line ``irae: warning: MESSAGE`` on stderr, once per message per process (thread-safe)."""
+    line = one_line(f"irae: warning: {message}")
+    with _warn_lock:
+        if line in _warned:
+            return
+        _warned.add(line)
+    handler = _warning_handler
+    if handler is not None:
+        handler(line)
+    else:
+        print(line, file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageError, IraeError
+from .errors import ImageError, IraeError, warn
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
@@ -77,8 +77,6 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
                     walk(path)
             elif path.suffix.lower() in IMAGE_EXTENSIONS:
                 if not _regular(entry):  # opening a FIFO would wait for a writer forever
-                    from .imageio import warn
-
                     warn(f"{path}: {_NOT_REGULAR}; left out")
                     continue
                 rel = path.relative_to(root)

@@ -1,4 +1,4 @@
-"""Image files in: decoding with metadata, EXIF orientation, header-only sizes, warnings.
+"""Image files in: decoding with metadata, EXIF orientation, header-only sizes.
 
 ``read_image`` returns the colour planes as a float tensor in [0, 1] plus an
 ``ImageMeta`` that remembers what the file was (mode, bit depth, alpha, ICC
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .degradations.jpeg import estimate_quality
-from .errors import ImageError, one_line
+from .errors import ImageError, warn
 
 # Pillow refuses headers above twice its own limit; anything above that is treated as a decompression bomb.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
@@ -40,34 +38,6 @@ LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 
                          334, 338, 339, 340, 341, 347, *range(512, 522), 529, 530, 531, 532, 34675, 37724})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GRAY_MODES = ("L", "LA", "I;16", "I;16B", "I;16L", "I", "1")
-
-
-# --- warnings ------------------------------------------------------------------------------------
-
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-_warning_handler = None  # callable(line) set by a command that prints around a progress bar
-
-
-def set_warning_handler(handler) -> object:
-    """Route ``warn`` lines through ``handler(line)`` (None = stderr); returns the previous handler."""
-    global _warning_handler
-    previous, _warning_handler = _warning_handler, handler
-    return previous
-
-
-def warn(message: str) -> None:
-    """One line ``irae: warning: MESSAGE`` on stderr, once per message per process (thread-safe)."""
-    line = one_line(f"irae: warning: {message}")
-    with _warn_lock:
-        if line in _warned:
-            return
-        _warned.add(line)
-    handler = _warning_handler
-    if handler is not None:
-        handler(line)
-    else:
-        print(line, file=sys.stderr, flush=True)
 
 
 @dataclass

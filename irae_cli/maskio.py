@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ImageError
+from .errors import ImageError, warn
 from .files import IMAGE_EXTENSIONS
-from .imageio import ImageMeta, open_image, refuse_frames, upright, warn
+from .imageio import ImageMeta, open_image, refuse_frames, upright
 
 # Mask files and alpha-as-mask: a value at or above half scale means "missing" (255 = missing in 8-bit files).
 MASK_THRESHOLD = 0.5

@@ -18,8 +18,7 @@ from typing import TextIO
 
 import torch
 
-from ..errors import one_line
-from ..imageio import set_warning_handler
+from ..errors import one_line, set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
 from .items import Item, _decode_gpu_jpegs, _read, _write
