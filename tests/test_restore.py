@@ -500,3 +500,18 @@ def test_jpeg_above_the_weights_quality_limit_is_kept_as_it_is(weights, tmp_path
     # The same weights without the limit restore both.
     r = irae("--task", "jpeg", src, tmp_path / "all", "--weights", weights["jpeg"])
     assert r.returncode == 0 and not torch.equal(high_in, read_image(tmp_path / "all" / "high.png")[0])
+
+
+def test_the_plan_sees_links_onto_inputs_and_outputs_that_must_be_folders(tmp_path):
+    # One stat per output and one realpath per folder decide each output's fate; links still count.
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "x.png").mkdir(parents=True)  # x.png/b.png needs out/x.png as a folder; x.jpg writes out/x.png
+    for rel in ("a.png", "x.jpg", "x.png/b.png"):
+        small("astronaut_128.png").save(src / rel)
+    (out / "d.png").mkdir(parents=True)
+    small("astronaut_128.png").save(src / "d.jpg")
+    (out / "a.png").symlink_to(src / "a.png")  # writing out/a.png would replace the input through the link
+    plan = plan_restore(src, out, RestoreOptions(task="denoise", format="png", recursive=True, overwrite=True))
+    assert [j.output for j in plan.onto_inputs] == [out / "a.png"]
+    assert plan.folder_clashes == [f"{out / 'd.png'} (an existing folder)",
+                                   f"{out / 'x.png'} (also the folder of {out / 'x.png' / 'b.png'})"]

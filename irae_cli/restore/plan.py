@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ LIST_LIMIT = 10  # how many paths an error message lists before "and N more"
 class Job:
     source: Source
     output: Path
-    exists: bool = False
+    exists: bool = False  # a file (or a link to one) is there: the output would replace it
+    is_folder: bool = False  # a folder is there: _folder_clashes
     redo_empty: bool = False  # --skip-existing found a 0-byte file here (a killed write elsewhere): made again
 
 
@@ -144,14 +146,16 @@ def _output_ext(src: Path, opts: RestoreOptions) -> str:
 def _sort_jobs(input: Path, output: Path, sources: list[Source], targets: list[Path],
                opts: RestoreOptions) -> Plan:
     """Give every input its fate: restore, skip, refuse (its output exists, or is an input), collide."""
-    inputs_real = {os.path.realpath(s.path) for s in sources}
+    real_folders: dict[Path, str] = {}
+    inputs_real = {_real_path(s.path, os.path.islink(s.path), real_folders) for s in sources}
     by_output: dict[Path, list[Source]] = defaultdict(list)
     plan = Plan(input, output, [], [], [], {}, [], options=opts)
     for s, t in zip(sources, targets):
         by_output[t].append(s)
-        job = Job(s, t, exists=(t.exists() or t.is_symlink()) and not t.is_dir())  # a folder: _folder_clashes
+        there, link = _what_is_at(t)
+        job = Job(s, t, exists=there == "file", is_folder=there == "folder")
         plan.entries.append(job)
-        if os.path.realpath(t) in inputs_real:
+        if _real_path(t, link, real_folders) in inputs_real:
             plan.onto_inputs.append(job)
         elif job.exists and opts.skip_existing and empty_file(t):
             job.redo_empty = True  # an empty file is no finished output: make it again
@@ -195,21 +199,44 @@ def _guarded_folder_problems(input: Path, output: Path, opts: RestoreOptions, en
     return out
 
 
+def _what_is_at(path: Path) -> tuple[str | None, bool]:
+    """("file" / "folder" / None, is a link) from one lstat where nothing is there (the common case)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, False
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "file", True  # a broken link: writing would go through it
+        return ("folder" if stat.S_ISDIR(st.st_mode) else "file"), True
+    return ("folder" if stat.S_ISDIR(st.st_mode) else "file"), False
+
+
+def _real_path(path: Path, link: bool, real_folders: dict[Path, str]) -> str:
+    """``os.path.realpath(path)``, resolving each output folder once (thousands of outputs share a few)."""
+    if link:
+        return os.path.realpath(path)
+    folder = real_folders.get(path.parent)
+    if folder is None:
+        folder = real_folders[path.parent] = os.path.realpath(path.parent)
+    return os.path.join(folder, path.name)
+
+
 def _folder_clashes(entries: list[Job], output: Path) -> list[str]:
     """Outputs whose path is a folder: an existing one, or one another output needs for itself."""
+    clashes = {f"{j.output} (an existing folder)" for j in entries if j.is_folder}
     targets = {j.output for j in entries}
-    clashes = []
+    needed: dict[Path, Path] = {}  # folder below OUTPUT an output needs -> the first such output
     for j in entries:
-        if j.output.is_dir():
-            clashes.append(f"{j.output} (an existing folder)")
-            continue
-        for up in j.output.parents:
-            if up == output or up == up.parent:
-                break
-            if up in targets:
-                clashes.append(f"{up} (also the folder of {j.output})")
-                break
-    return sorted(set(clashes))
+        folder = j.output.parent
+        while folder not in needed and folder != output and folder != folder.parent:
+            needed[folder] = j.output
+            folder = folder.parent
+    clashes.update(f"{up} (also the folder of {needed[up]})" for up in targets & needed.keys()
+                   if not any(j.output == up and j.is_folder for j in entries))
+    return sorted(clashes)
 
 
 def empty_file(path: Path) -> bool:
