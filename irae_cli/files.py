@@ -23,6 +23,11 @@ from pathlib import Path
 from .errors import ImageError, IraeError, warn
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+# Photos a folder may hold that irae does not take from folders (phones' HEIC, camera raw, GIF, JPEG under
+# its other names): left out with one warning, not silently, so "37 of 40 restored" has a reason.
+OTHER_IMAGE_EXTENSIONS = {".gif", ".jfif", ".jpe", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico",
+                          ".psd", ".tga", ".ppm", ".pgm", ".pnm", ".qoi", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                          ".orf", ".rw2", ".raf"}
 
 
 # --- finding images ------------------------------------------------------------------------------
@@ -56,6 +61,7 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
     skip_real = {os.path.realpath(p) for p in (skip or [])}
     seen_dirs: set[str] = set()
     found: list[Source] = []
+    left_out: dict[str, int] = {}
 
     def walk(folder: Path) -> None:
         real = os.path.realpath(folder)
@@ -75,18 +81,25 @@ def discover(root: str | Path, *, recursive: bool = False, include: list[str] | 
             if is_dir:
                 if recursive:
                     walk(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
-                if not _regular(entry):  # opening a FIFO would wait for a writer forever
-                    warn(f"{path}: {_NOT_REGULAR}; left out")
-                    continue
+            elif (kind := path.suffix.lower()) in IMAGE_EXTENSIONS or kind in OTHER_IMAGE_EXTENSIONS:
                 rel = path.relative_to(root)
                 if include and not _matches(rel, include):
                     continue
                 if exclude and _matches(rel, exclude):
                     continue
-                found.append(Source(path, rel))
+                if kind in OTHER_IMAGE_EXTENSIONS:
+                    left_out[kind] = left_out.get(kind, 0) + 1
+                elif not _regular(entry):  # opening a FIFO would wait for a writer forever
+                    warn(f"{path}: {_NOT_REGULAR}; left out")
+                else:
+                    found.append(Source(path, rel))
 
     walk(root)
+    if left_out:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0])))
+        warn(f"{root}: {sum(left_out.values())} file(s) left out ({kinds}): irae takes "
+             f"{'/'.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))} files from folders; convert the others "
+             f"(to PNG, say) to include them")
     return found
 
 

@@ -269,3 +269,21 @@ def test_an_output_folder_made_inside_the_masks_folder_is_allowed(weights, tmp_p
              "--masks", masks)
     assert r.returncode == 0, r.stderr
     assert (masks / "restored" / "a.png").is_file()
+
+
+def test_photos_of_types_irae_does_not_take_from_folders_are_counted_in_one_warning(weights, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    photo().save(src / "a.png")
+    photo().save(src / "b.gif")
+    photo().save(src / "sub" / "c.jfif", format="JPEG")
+    (src / "sub" / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (src / "sub" / "e.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (src / "notes.txt").write_text("not a photo, not counted")
+    r = irae("restore", "--task", "denoise", "--weights", weights["denoise"], src, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "left out" in line]
+    assert warnings == [f"irae: warning: {src}: 4 file(s) left out (2 .heic, 1 .gif, 1 .jfif): irae takes "
+                        "bmp/jpeg/jpg/png/tif/tiff/webp files from folders; convert the others (to PNG, say) "
+                        "to include them"], r.stderr
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["a.png"]
