@@ -395,9 +395,10 @@ def test_sigterm_stops_training_and_saves_like_ctrl_c(tmp_path, photos):
                          stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
                                                                                             signal.SIG_IGN))
     ckpt = tmp_path / "w.ckpt.safetensors"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ckpt.exists():
+    deadline = time.monotonic() + 600  # a loaded 2-core machine took over 120 s to reach step 5
+    while time.monotonic() < deadline and not ckpt.exists() and p.poll() is None:
         time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint at step 5"
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err
