@@ -226,7 +226,8 @@ def _real_path(path: Path, link: bool, real_folders: dict[Path, str]) -> str:
 
 def _folder_clashes(entries: list[Job], output: Path) -> list[str]:
     """Outputs whose path is a folder: an existing one, or one another output needs for itself."""
-    clashes = {f"{j.output} (an existing folder)" for j in entries if j.is_folder}
+    folders = {j.output for j in entries if j.is_folder}
+    clashes = {f"{f} (an existing folder)" for f in folders}
     targets = {j.output for j in entries}
     needed: dict[Path, Path] = {}  # folder below OUTPUT an output needs -> the first such output
     for j in entries:
@@ -234,8 +235,7 @@ def _folder_clashes(entries: list[Job], output: Path) -> list[str]:
         while folder not in needed and folder != output and folder != folder.parent:
             needed[folder] = j.output
             folder = folder.parent
-    clashes.update(f"{up} (also the folder of {needed[up]})" for up in targets & needed.keys()
-                   if not any(j.output == up and j.is_folder for j in entries))
+    clashes.update(f"{up} (also the folder of {needed[up]})" for up in (targets & needed.keys()) - folders)
     return sorted(clashes)
 
 
