@@ -67,6 +67,9 @@ class TrainConfig:
     # size) instead of a fresh initialisation; the path as given, its sha256 goes to the summary.
     init_from: str | None = None
     loss: str = "l1"  # l1 (the paper's) or l2; checkpoints made before the option trained with l1
+    # denoise: weight each patch's loss by 1/max(sigma, this) (0 = off, every patch alike).  A blind
+    # model's L1 grows with sigma, so heavy noise dominates the gradient; this evens out the levels.
+    low_sigma_floor: float = 0.0
 
     def __post_init__(self) -> None:
         # One vocabulary: checkpoints written before it say "paper" for what is now "float".
@@ -170,6 +173,8 @@ def _optimisation_problem(c: TrainConfig) -> str | None:
         return f"--inverse-gain must be 0 (off) or at least 1, not {c.inverse_gain}"
     if c.init_start not in ("data", "identity"):
         return f"--init-start must be data or identity, not {c.init_start!r}"
+    if c.low_sigma_floor < 0 or (c.low_sigma_floor > 0 and c.task != "denoise"):
+        return f"--low-sigma-weight must be > 0 and is for --task denoise, not {c.low_sigma_floor:g} for {c.task}"
     if c.loss not in LOSSES:
         return f"--loss must be one of {', '.join(LOSSES)}, not {c.loss!r}"
     if not 1e-7 <= c.inverse_probe <= 1e-2:

@@ -44,6 +44,7 @@ class Degrader:
         self.nvjpeg_problem = None  # why 4:4:4 on CUDA fell back to Pillow
         self.masks = None
         self.last_mask: torch.Tensor | None = None  # the holes of the last inpainting batch (for the loss)
+        self.last_sigma: torch.Tensor | None = None  # the sigma of each patch of the last denoise batch
         self._gen_on_device: torch.Generator | None = None
         self._noise_state: torch.Tensor | None = None  # from a checkpoint, for when that generator is made
         if task.name == "jpeg":
@@ -98,7 +99,8 @@ class Degrader:
         lo, hi = self.c.sigma
         n = clean.shape[0]
         sigma = lo + (hi - lo) * torch.rand(n, generator=self.g, device=self.g.device)
-        noisy = add_gaussian_noise(clean, sigma.to(self.device), self._noise_gen(clean))
+        self.last_sigma = sigma.to(self.device)
+        noisy = add_gaussian_noise(clean, self.last_sigma, self._noise_gen(clean))
         return quantize_u8(noisy) if self.c.noise_protocol == "clip" else noisy
 
     def _compressed(self, clean_u8: torch.Tensor) -> torch.Tensor:

@@ -22,15 +22,24 @@ LOSSES = ("l1", "l2")
 
 
 def training_loss(restored: torch.Tensor, clean: torch.Tensor, holes: torch.Tensor | None,
-                  kind: str = "l1") -> torch.Tensor:
+                  kind: str = "l1", sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean L1 (or squared error, ``kind`` l2) over every pixel, or over the holes' pixels (all channels)
-    when ``holes`` is given."""
+    when ``holes`` is given; ``sample_weight`` (one per patch) makes it a weighted mean over the patches
+    whose scale stays that of the plain mean (the learning rate and the divergence guard keep their sense)."""
     err = restored.float() - clean
     err = err.abs() if kind == "l1" else err.square()
+    if sample_weight is not None:
+        per_patch = err.flatten(1).mean(dim=1)
+        return (per_patch * sample_weight).sum() / sample_weight.sum()
     if holes is None:
         return err.mean()
     weight = holes.to(clean.dtype)
     return (err * weight).sum() / (weight.sum() * clean.shape[1]).clamp_min(1.0)
+
+
+def low_sigma_weight(sigma: torch.Tensor, floor: float) -> torch.Tensor:
+    """1 / max(sigma, floor) per patch (sigma on the 0-255 scale)."""
+    return 1.0 / sigma.clamp_min(floor)
 
 
 def inverse_gain_penalty(inverse, restored: torch.Tensor, inp: torch.Tensor, max_gain: float,

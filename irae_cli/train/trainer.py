@@ -35,7 +35,7 @@ from .data import PatchSampler, load_training_data, replay_warning
 from .degrader import Degrader
 from .divergence import DivergenceGuard
 from .finish import finish
-from .loss import SMALL_PROBE, inverse_gain_penalty, training_loss
+from .loss import SMALL_PROBE, inverse_gain_penalty, low_sigma_weight, training_loss
 from .outputs import RunFiles, check_output_space, derived_paths, refuse_foreign_outputs
 from .precision import EMA, StepPrecision, compute_dtype
 from .runlog import TrainResult, open_log, session_record
@@ -353,7 +353,8 @@ class Trainer:
             with self.precision.forward():
                 restored = self.compiled.forward(inp)
             holes = self.degrader.last_mask if self.task.needs_mask else None
-            loss = training_loss(self.task.model_output(restored, self.task_params), clean, holes, c.loss)
+            weight = low_sigma_weight(self.degrader.last_sigma, c.low_sigma_floor) if c.low_sigma_floor else None
+            loss = training_loss(self.task.model_output(restored, self.task_params), clean, holes, c.loss, weight)
             objective = loss
             if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
                 # A fine probe's two inverse passes run in fp32 whatever --dtype: bf16 coupling nets cannot
