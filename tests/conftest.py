@@ -25,6 +25,8 @@ def pytest_configure(config):
                                        "(the test pins its own --device)")
     config.addinivalue_line("markers", "torchrun: starts a torchrun job of several processes on this machine "
                                        "(gloo over local TCP ports, --device cpu); about 10 s each")
+    config.addinivalue_line("markers", "slow: trains, starts torchrun, builds a package or sends signals; "
+                                       "left out by everyday `pytest -m \"not slow\"`, run by the full suite")
 
 
 @pytest.fixture(scope="session", autouse=True)
