@@ -29,7 +29,9 @@ def load_model(weights: str, *, name: str | None = None, task: str | None = None
     from ..weights import load_weights
 
     lw = load_weights(weights, device="cpu", expect_task=task)
-    return LoadedModel(name=name or lw.name, model=lw.model, weights=str(lw.path), sha256=lw.sha256,
+    # Recorded as given (a shipped name, or the path the user typed): a report must not carry the
+    # absolute paths of the machine that made it, and the sha256 beside it identifies the file.
+    return LoadedModel(name=name or lw.name, model=lw.model, weights=str(weights), sha256=lw.sha256,
                        arch=lw.model.config.arch, task=lw.task, task_params=lw.task_params)
 
 
