@@ -5,10 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +26,14 @@ from irae_cli.errors import IraeError
 from irae_cli.fill import harmonic_fill
 from irae_cli.model import create_model
 from irae_cli.weights import save_weights
+from util import irae as run_irae
 
 DATA = Path(__file__).parent / "data"
 RGB = ["astronaut_128.png", "chelsea_128.png", "coffee_128.png"]
 
 
 def irae(*args, cwd=None):
-    # One thread per run: on a shared 2-core machine, oversubscribed torch threads are many times slower.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "irae_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=240)
+    return run_irae(*args, cwd=cwd)
 
 
 @pytest.fixture(autouse=True)

@@ -22,14 +22,13 @@ from irae_cli.weights import save_weights
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reliability import fill_disk, one_error_line, small_disk, unprivileged  # noqa: E402
+from util import irae as run_irae
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a shared machine: oversubscribed torch threads are many times slower
 
 
 def irae(*args, prefix=()):
-    from test_reliability import irae as run
-
-    return run(*args, prefix=prefix, env=ONE_THREAD, timeout=240)
+    return run_irae(*args, prefix=prefix)
 
 
 @pytest.fixture(scope="module")

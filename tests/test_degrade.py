@@ -7,7 +7,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from PIL import Image, JpegImagePlugin
 from irae_cli import degradations as D
 from irae_cli.testset import MANIFEST_NAME, make_test_set, read_manifest
 from irae_cli.errors import IraeError
+from util import irae as run_irae
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -24,8 +24,7 @@ DATA = Path(__file__).resolve().parent / "data"
 # --------------------------------------------------------------------------- helpers
 
 def irae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "irae_cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return run_irae(*args, cwd=cwd, timeout=120)
 
 
 def tree(root: Path) -> dict[str, str]:

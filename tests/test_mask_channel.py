@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,13 @@ from PIL import Image
 from irae_cli.errors import IraeError
 from irae_cli.fill import harmonic_fill
 from irae_cli.tasks import get_task
+from util import irae as run_irae
 
 DATA = Path(__file__).parent / "data"
 
 
 def irae(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "irae_cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return run_irae(*args, timeout=300)
 
 
 def test_the_mask_rides_beside_the_fill_and_is_dropped_from_the_result():

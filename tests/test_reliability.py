@@ -29,6 +29,7 @@ from PIL import Image
 from irae_cli.imageio import read_image
 from irae_cli.model import create_model
 from irae_cli.weights import save_weights
+from util import irae as run_irae
 
 DATA = Path(__file__).parent / "data"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -37,9 +38,7 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # --------------------------------------------------------------------------- helpers
 
 def irae(*args, cwd=None, timeout=180, prefix=(), env=None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*prefix, sys.executable, "-m", "irae_cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=full_env, timeout=timeout)
+    return run_irae(*args, cwd=cwd, timeout=timeout, prefix=prefix, env=env)
 
 
 def assert_clean_stderr(r: subprocess.CompletedProcess) -> None:

@@ -26,6 +26,7 @@ DATA = Path(__file__).parent / "data"
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 sys.path.insert(0, str(Path(__file__).parent))
 from test_imageio import BAD_KINDS, make_bad, rgb  # noqa: E402
+from util import irae as run_irae
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,7 @@ def weights(tmp_path_factory) -> dict[str, Path]:
 
 
 def irae(*args, env=None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "irae_cli", "restore", *map(str, args)],
-                          capture_output=True, text=True, env=full_env, timeout=120)
+    return run_irae("restore", *args, env=env, timeout=120)
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -29,6 +29,7 @@ from irae_cli.restore.scale_out import _split
 from irae_cli.report_parts import join_parts, leftover_parts, part_path
 from irae_cli.shard import FILE_PIXELS, Shard, header_pixels, parse_shard, split_by_pixels
 from irae_cli.weights import save_weights
+from util import irae as run_irae
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(Path(__file__).parent))
@@ -78,9 +79,7 @@ def photos_in(tmp_path_factory) -> Path:
 
 
 def irae(*args, prefix=(), env=None, timeout=180) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, *prefix, "-m", "irae_cli", "restore", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return run_irae("restore", *args, python_args=prefix, env=env, timeout=timeout)
 
 
 def torchrun(*args) -> list[str]:

@@ -20,6 +20,7 @@ from irae_cli import degradations as degrade, train as tr
 from irae_cli.train import loss as tr_loss, trainer as tr_trainer
 from irae_cli.files import atomic_save_safetensors
 from irae_cli.tasks import get_task
+from util import irae as run_irae
 
 DATA = Path(__file__).parent / "data"
 # Small and fast: 16 px patches of the 128 px test images, 4 patches per step.
@@ -50,9 +51,7 @@ def run_train(tmp_path: Path, name: str, data: Path, given: dict, **session) -> 
 
 
 def irae(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "irae_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return run_irae(*args, cwd=cwd, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -291,22 +290,13 @@ def test_trains_from_a_pack(tmp_path):
     assert result.summary["data"]["kind"] == "pack" and result.summary["data"]["images"] > 4
 
 
-def test_minutes_alone_sets_the_schedule_from_measured_speed(tmp_path, photos):
-    result = run_train(tmp_path, "budget", photos, {}, minutes=2, stop_at=tr.CALIBRATION_STEPS[1] + 1)
-    assert result.stopped == "stop-at"
-    # 2 minutes at well under a second per step: far more steps than were run
-    assert result.steps_planned is not None and result.steps_planned > 100
-    assert result.summary["config"]["steps"] == result.steps_planned
-    assert load_file(str(result.checkpoint))  # checkpoint written at the end
-
-
-def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tmp_path, photos, monkeypatch):
-    # The first steps crawl (as beside four other runs starting on one GPU), then the run is fast:
-    # the schedule must follow the later speed and use the budget, not end at a fraction of it.
-    # A fake clock that each training step advances keeps the test independent of the machine.
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The trainer's clock made fake: each training step advances it by ``per_step(n)`` seconds (n counts
+    from 1), so budget tests do not depend on how fast this machine is or what else runs on it."""
     import time as real_time
 
-    clock = {"t": 1000.0, "steps": 0}
+    clock = {"t": 1000.0, "steps": 0, "per_step": lambda n: 0.5}
 
     class FakeTime:
         def __getattr__(self, name):
@@ -320,18 +310,34 @@ def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tm
 
     def timed_loss(*a, **k):
         clock["steps"] += 1
-        clock["t"] += 0.25 if clock["steps"] <= tr.CALIBRATION_STEPS[1] + 2 else 0.05
+        clock["t"] += clock["per_step"](clock["steps"])
         return original(*a, **k)
 
     monkeypatch.setattr(tr_trainer, "time", FakeTime())
     monkeypatch.setattr(tr_trainer, "training_loss", timed_loss)
+    return clock
+
+
+def test_minutes_alone_sets_the_schedule_from_measured_speed(tmp_path, photos, fake_clock):
+    result = run_train(tmp_path, "budget", photos, {}, minutes=2, stop_at=tr.CALIBRATION_STEPS[1] + 1)
+    assert result.stopped == "stop-at"
+    # 2 minutes at half a second per step: far more steps than were run
+    assert result.steps_planned is not None and 150 < result.steps_planned <= 240
+    assert result.summary["config"]["steps"] == result.steps_planned
+    assert load_file(str(result.checkpoint))  # checkpoint written at the end
+
+
+def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tmp_path, photos, fake_clock):
+    # The first steps crawl (as beside four other runs starting on one GPU), then the run is fast:
+    # the schedule must follow the later speed and use the budget, not end at a fraction of it.
+    fake_clock["per_step"] = lambda n: 0.25 if n <= tr.CALIBRATION_STEPS[1] + 2 else 0.05
     notes = []
     result = run_train(tmp_path, "slow", photos, {}, minutes=0.25, echo=notes.append, log_every=5)
     # the first steps' speed alone plans ~50 steps for the 15 s; the rest run at 20 steps/s
     assert result.stopped == "completed", notes
     assert result.steps > 150, (result.steps, notes)
     assert any("set again" in n for n in notes), notes
-    assert 12 <= clock["t"] - 1000.0 <= 15.5
+    assert 12 <= fake_clock["t"] - 1000.0 <= 15.5
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, photos):

@@ -21,14 +21,13 @@ from irae_cli.weights import load_weights, register, save_weights
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reliability import one_error_line, rewrite_safetensors  # noqa: E402
+from util import irae as run_irae
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a shared machine: oversubscribed torch threads are many times slower
 
 
 def irae(*args, env=None):
-    from test_reliability import irae as run
-
-    return run(*args, env={**ONE_THREAD, **(env or {})}, timeout=240)
+    return run_irae(*args, env=env)
 
 
 @pytest.fixture(scope="module")
