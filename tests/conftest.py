@@ -29,6 +29,12 @@ def pytest_configure(config):
                                        "left out by everyday `pytest -m \"not slow\"`, run by the full suite")
 
 
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # a torchrun job is slow by nature: two processes, each importing torch
+        if item.get_closest_marker("torchrun"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cpu_machine():
     with pytest.MonkeyPatch.context() as mp:

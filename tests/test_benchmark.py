@@ -78,6 +78,7 @@ def numpy_y(a: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the issue's "Done when"
 
+@pytest.mark.slow
 def test_done_when_command(work, tmp_path):
     """One row per model, both files written, noisy-input figures equal an independent computation."""
     photos = tmp_path / "photos"
@@ -170,6 +171,7 @@ def test_quality_means_and_inf(denoise_result):
     assert "inf" in console.export_text()
 
 
+@pytest.mark.slow
 def test_manifest_gives_the_same_figures_as_the_folder(work, tmp_path):
     """A folder benchmark degrades exactly as 'irae degrade' does for the same seed: equal per-image figures."""
     make_test_set(work / "photos", tmp_path / "set", task="inpaint", seed=7, masks=["box"])
@@ -219,6 +221,7 @@ def test_quality_usage_errors(work, tmp_path):
         parse_compare(["B.safetensors"])
 
 
+@pytest.mark.slow
 def test_bad_image_is_reported_and_the_rest_scored(work, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -272,6 +275,7 @@ def test_harmonic_fill():
 
 # --------------------------------------------------------------------------- speed
 
+@pytest.mark.slow
 def test_speed_cpu_tiny(work, tmp_path):
     r = irae("benchmark", "speed", "--weights", work / "B.safetensors", "--size", "64", "--batch-size", "2",
              "--repeats", "3", "--warmup", "1", "--device", "cpu", "--json", tmp_path / "sp.json")
@@ -305,6 +309,7 @@ def test_speed_folder_end_to_end_and_naive(work):
     assert s["model"]["mac_per_pixel"] > 0 and s["model"]["params"] > 0
 
 
+@pytest.mark.slow
 def test_speed_folder_runs_restore_with_the_given_io_threads(work, tmp_path, monkeypatch):
     import irae_cli.restore as pl
 
@@ -379,6 +384,7 @@ def test_speed_cuda_bf16_compile():
 
 # --------------------------------------------------------------------------- invertibility
 
+@pytest.mark.slow
 def test_invertibility_tiny(work, tmp_path):
     r = invertibility(weights=str(work / "A.safetensors"), images=work / "photos", device="cpu")
     assert set(r) == {"schema", "settings", "versions", "model", "condition_numbers", "results", "summary",
@@ -408,6 +414,7 @@ def test_fit_to_multiple_crops_to_real_pixels():
 
 # --------------------------------------------------------------------------- classical rows
 
+@pytest.mark.slow
 def test_classical_denoise_rows_beat_the_input(work, tmp_path):
     pytest.importorskip("skimage")
     wanted = "nlm,cbm3d" if importlib.util.find_spec("bm3d") else "nlm"
@@ -437,6 +444,7 @@ def test_classical_inpaint_rows_keep_known_pixels(work):
     assert torch.equal(out[:, ~mask[0]], x[:, ~mask[0]])
 
 
+@pytest.mark.slow
 def test_missing_classical_package_is_one_note_and_bad_name_is_usage_error(work, monkeypatch, tmp_path):
     import irae_cli.classical as classical
 
@@ -451,6 +459,7 @@ def test_missing_classical_package_is_one_note_and_bad_name_is_usage_error(work,
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cbm3d, nlm" in bad.stderr
 
 
+@pytest.mark.slow
 def test_classical_rows_in_worker_processes_give_the_same_report(work, tmp_path):
     pytest.importorskip("cv2")
     runs = {}

@@ -67,6 +67,7 @@ def command(kind: str, work: Path) -> list:
 
 # --------------------------------------------------------------------------- B7: speed --folder and a bomb
 
+@pytest.mark.slow
 def test_speed_folder_holding_a_decompression_bomb_is_one_line_naming_it(work, tmp_path):
     folder = tmp_path / "timing"
     shutil.copytree(work / "photos", folder)
@@ -80,6 +81,7 @@ def test_speed_folder_holding_a_decompression_bomb_is_one_line_naming_it(work, t
 
 # --------------------------------------------------------------------------- B9: report destinations
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["quality", "speed", "invertibility"])
 @pytest.mark.parametrize("where", ["below-a-file", "in-proc"])
 def test_report_that_cannot_be_written_exits_2_before_any_work(work, tmp_path, kind, where):
@@ -96,6 +98,7 @@ def test_report_that_cannot_be_written_exits_2_before_any_work(work, tmp_path, k
     assert notes.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_sheet_below_a_file_exits_2_before_any_work_and_writes_no_json(work, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
@@ -105,6 +108,7 @@ def test_sheet_below_a_file_exits_2_before_any_work_and_writes_no_json(work, tmp
     assert r.stdout == "" and not (tmp_path / "r.json").exists() and notes.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_report_in_a_read_only_folder_exits_2_before_any_work(work, tmp_path):
     prefix = unprivileged()
     locked = tmp_path / "locked"
@@ -133,6 +137,7 @@ def test_a_sheet_that_cannot_be_saved_leaves_the_scores_in_the_result(work, tmp_
     assert notes.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_sheet_keeps_the_json_and_exits_1(work, tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         fill_disk(disk)
@@ -147,6 +152,7 @@ def test_a_full_disk_under_the_sheet_keeps_the_json_and_exits_1(work, tmp_path):
     assert result["settings"]["n_images"] == 2 and result["failures"] == []
 
 
+@pytest.mark.slow
 def test_json_and_sheet_naming_one_file_exit_2_before_any_work(work, tmp_path):
     r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "25", work / "photos", "--weights",
              work / "w.safetensors", "--classical", "none", "--json", tmp_path / "r.png", "--sheet", tmp_path / "r.png")

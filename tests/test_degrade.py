@@ -54,6 +54,7 @@ def photos(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- the "Done when" command
 
+@pytest.mark.slow
 def test_done_when_nested_tree_identical_bytes_any_worker_count(photos: Path, tmp_path: Path):
     before = tree(photos)
     args = ["degrade", "--task", "denoise", "--sigma", "15,25,50", "--seed", "0"]
@@ -288,6 +289,7 @@ def test_manifest_round_trip_and_validation(photos: Path, tmp_path: Path):
 
 # --------------------------------------------------------------------------- bad inputs and refusals
 
+@pytest.mark.slow
 def test_bad_inputs_reported_rest_processed_exit_1(photos: Path, tmp_path: Path):
     (photos / "empty.png").write_bytes(b"")
     (photos / "sub" / "notes.png").write_text("not an image\n")
@@ -303,6 +305,7 @@ def test_bad_inputs_reported_rest_processed_exit_1(photos: Path, tmp_path: Path)
     assert tree(photos) == before
 
 
+@pytest.mark.slow
 def test_refuses_non_empty_out_and_out_inside_clean(photos: Path, tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()

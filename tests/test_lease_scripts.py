@@ -32,6 +32,7 @@ def fill(path: Path, mib: float, seed: int) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_a_lease_worth_of_files_comes_back_within_the_limits(tmp_path):
     lo = lease_out()
     work, out = tmp_path / "work", tmp_path / "OUT"

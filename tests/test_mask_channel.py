@@ -42,6 +42,7 @@ def test_the_mask_rides_beside_the_fill_and_is_dropped_from_the_result():
         get_task("denoise").default_task_params(4)
 
 
+@pytest.mark.slow
 def test_train_restore_and_round_trip_from_the_command_line(tmp_path):
     w = tmp_path / "m.safetensors"
     r = irae("train", "--task", "inpaint", DATA, "--arch", "small-inpaint-mask", "--steps", "3", "--patch", "32",
@@ -78,6 +79,7 @@ def test_train_restore_and_round_trip_from_the_command_line(tmp_path):
     assert result["summary"]["passed"] and all(row["shape"][0] == 4 for row in result["results"])
 
 
+@pytest.mark.slow
 def test_a_mask_model_is_refused_for_other_tasks_before_any_work(tmp_path):
     r = irae("train", "--task", "denoise", DATA, "--arch", "small-inpaint-mask", "--steps", "1",
              "--out", tmp_path / "d.safetensors", "-q")

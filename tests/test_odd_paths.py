@@ -99,6 +99,7 @@ def test_outputs_that_would_have_to_be_folders_exit_2_before_work(weights, tmp_p
     assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (LINUX and Path("/proc/self").is_dir()), reason="needs Linux /proc")
 def test_an_output_folder_the_file_system_refuses_exits_2_before_work(weights, tmp_path):
     src = folder_of(tmp_path, 2)
@@ -110,6 +111,7 @@ def test_an_output_folder_the_file_system_refuses_exits_2_before_work(weights, t
         assert "restored" not in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_pipe_among_the_photos_is_left_out_and_never_opened(weights, tmp_path):
     src = folder_of(tmp_path, 1)
@@ -157,6 +159,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not LINUX, reason="names that are not UTF-8 need a byte-named file system")
 def test_names_that_are_not_utf8_are_degraded_and_benchmarked(weights, tmp_path):
     src = folder_of(tmp_path, 1)
@@ -221,6 +224,7 @@ def test_an_empty_report_left_by_an_early_stop_does_not_block_a_plain_rerun(weig
     assert len(report.read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_two_masks_for_one_image_say_which_is_used(weights, tmp_path):
     images, masks = _inpaint_setup(tmp_path)
     (masks / "a.png").rename(masks / "a.bmp")
@@ -232,6 +236,7 @@ def test_two_masks_for_one_image_say_which_is_used(weights, tmp_path):
     assert "a.tif" in line
 
 
+@pytest.mark.slow
 def test_degrade_finds_a_link_into_clean_behind_another_link_and_allows_links_elsewhere(tmp_path):
     clean = tmp_path / "photos"
     (clean / "sub").mkdir(parents=True)
@@ -263,6 +268,7 @@ def test_a_broken_link_among_the_photos_fails_as_one_naming_it(weights, tmp_path
     assert "regular file" not in line
 
 
+@pytest.mark.slow
 def test_an_output_folder_made_inside_the_masks_folder_is_allowed(weights, tmp_path):
     images, masks = _inpaint_setup(tmp_path)
     r = irae("restore", "--task", "inpaint", "--weights", weights["inpaint"], images, masks / "restored",

@@ -165,6 +165,7 @@ EXIF_COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(EXIF_COMMANDS))
 def test_malformed_exif_orientation_is_ignored_with_one_warning(command, weights, tmp_path):
     """Text "abc" or 0xFFFFFFFF as the orientation: the pixels are used as stored, one warning per file."""
@@ -203,6 +204,7 @@ def test_one_code_path_reads_the_orientation():
 
 # --------------------------------------------------------------------------- 18: control characters in file names
 
+@pytest.mark.slow
 def test_control_characters_in_file_names_are_escaped_in_every_message(weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -256,6 +258,7 @@ def rewrite_safetensors(src: Path, dest: Path, meta_changes: dict | None = None,
 
 @pytest.mark.parametrize("field,value", [("task_params", "not json {"), ("config", "[1, 2, 3]"),
                                          ("training", "{'single': 'quotes'}"), ("task_params", "[]")])
+@pytest.mark.slow
 def test_weights_with_malformed_metadata_one_line_exit_2(weights, tmp_path, field, value):
     bad = rewrite_safetensors(weights["denoise"], tmp_path / "bad.safetensors", {field: value})
     src = folder_of(tmp_path, 1)
@@ -266,6 +269,7 @@ def test_weights_with_malformed_metadata_one_line_exit_2(weights, tmp_path, fiel
     assert "irae: error:" in line and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["zip", "legacy", "plain-pickle"])
 def test_pickle_weights_are_named_as_pickle_never_loaded(weights, tmp_path, kind):
     import pickle
@@ -312,6 +316,7 @@ def _bigger(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("case", ["config-not-json", "step-not-a-number", "model-tensor-shape", "ema-tensor-shape",
                                   "optimizer-tensor-shape", "rng-state"])
+@pytest.mark.slow
 def test_resume_of_a_malformed_checkpoint_one_line_exit_2(checkpoint, tmp_path, case):
     from safetensors.torch import load_file
 
@@ -336,6 +341,7 @@ def test_resume_of_a_malformed_checkpoint_one_line_exit_2(checkpoint, tmp_path, 
 
 # --------------------------------------------------------------------------- 16: --tile 64, the documented minimum
 
+@pytest.mark.slow
 def test_minimum_tile_works_with_the_default_overlap(weights, tmp_path):
     src = folder_of(tmp_path, 1, size=128)
     report = tmp_path / "r.jsonl"
@@ -363,6 +369,7 @@ def test_minimum_tile_works_with_the_default_overlap(weights, tmp_path):
     ["benchmark", "quality", "--task", "denoise", "--sigma", ",", "IN"],
     ["train", "IN", "--task", "inpaint", "--mask", ",", "--steps", "1", "--out", "OUT/w.safetensors"],
 ], ids=lambda a: " ".join(repr(x) if x in ("", ",") else x for x in a))
+@pytest.mark.slow
 def test_empty_option_values_are_usage_errors(tmp_path, args):
     src = folder_of(tmp_path, 1)
     cwd = tmp_path / "cwd"  # an empty INPUT or --masks must not quietly mean the current folder
@@ -379,6 +386,7 @@ def test_empty_option_values_are_usage_errors(tmp_path, args):
 
 # --------------------------------------------------------------------------- 2, 19: the --report file
 
+@pytest.mark.slow
 def test_skip_existing_appends_to_an_existing_report(weights, tmp_path):
     src = folder_of(tmp_path, 2)
     report = tmp_path / "notes.jsonl"
@@ -414,6 +422,7 @@ def test_report_that_is_a_folder_is_called_a_folder(weights, tmp_path, flag):
 
 # --------------------------------------------------------------------------- 10, 11: OUTPUT checked up front
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["existing-file", "below-a-file", "folder-input-onto-file"])
 def test_output_that_is_or_lies_below_a_file_exits_2_before_work(weights, tmp_path, where):
     src = folder_of(tmp_path, 2)
@@ -428,6 +437,7 @@ def test_output_that_is_or_lies_below_a_file_exits_2_before_work(weights, tmp_pa
     assert len(r.stderr.splitlines()) == 1 and tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_exits_2_before_work(weights, tmp_path):
     prefix = unprivileged()
     src = folder_of(tmp_path, 2)
@@ -457,6 +467,7 @@ def test_unwritable_output_folder_exits_2_before_work(weights, tmp_path):
 
 # --------------------------------------------------------------------------- 12: animated and multi-page files
 
+@pytest.mark.slow
 def test_multi_frame_files_are_refused_per_file_never_cut_silently(weights, tmp_path):
     src = folder_of(tmp_path, 1)
     frames = [photo(n) for n in ("astronaut_128.png", "coffee_128.png", "chelsea_128.png")]
@@ -484,6 +495,7 @@ def test_multi_frame_files_are_refused_per_file_never_cut_silently(weights, tmp_
 
 # --------------------------------------------------------------------------- 13: Ctrl-C and the report
 
+@pytest.mark.slow
 def test_every_file_written_before_ctrl_c_has_its_report_line(weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -515,6 +527,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.slow
 def test_skip_existing_removes_stale_temp_files_and_redoes_empty_outputs(weights, tmp_path):
     src = folder_of(tmp_path, 3)
     (src / "sub").mkdir()
@@ -547,6 +560,7 @@ def test_skip_existing_removes_stale_temp_files_and_redoes_empty_outputs(weights
 
 # --------------------------------------------------------------------------- 3: the report's disk fills up
 
+@pytest.mark.slow
 def test_report_disk_full_keeps_restoring_and_exits_1(weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -621,6 +635,7 @@ def test_train_disk_full_at_save_keeps_what_fits_and_says_so(train_photos, tmp_p
     ["benchmark", "quality", "--task", "denoise", "--sigma", "25,300", "IN"],
     ["train", "IN", "--sigma", "0-300", "--steps", "1", "--out", "OUT/w.safetensors"],
 ])
+@pytest.mark.slow
 def test_sigma_above_255_is_a_usage_error(tmp_path, args, weights):
     src = folder_of(tmp_path, 1)
     r = irae(*[str(src) if a == "IN" else str(tmp_path / "out") if a == "OUT" else
@@ -633,6 +648,7 @@ def test_sigma_above_255_is_a_usage_error(tmp_path, args, weights):
 
 # --------------------------------------------------------------------------- also: masks between 0 and 255
 
+@pytest.mark.slow
 def test_mask_values_between_0_and_255_warn_once_per_file(weights, tmp_path):
     src = folder_of(tmp_path, 2)
     masks = tmp_path / "masks"
@@ -669,6 +685,7 @@ def test_mask_values_between_0_and_255_warn_once_per_file(weights, tmp_path):
 
 # --------------------------------------------------------------------------- also: symlinks out of the input folder
 
+@pytest.mark.slow
 def test_symlinks_out_of_the_input_folder_are_followed_and_never_written(weights, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -686,6 +703,7 @@ def test_symlinks_out_of_the_input_folder_are_followed_and_never_written(weights
     assert not (tmp_path / "out" / "link.png").is_symlink() and tree(outside) == before
 
 
+@pytest.mark.slow
 def test_degrade_stopped_by_ctrl_c_describes_what_it_finished_and_resumes(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -78,6 +78,7 @@ def run(input, output, **kw) -> tuple:
     return summary, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_done_when_acceptance(weights, tmp_path):
     """The issue's acceptance test, as a user would run it."""
     src = tmp_path / "IN"
@@ -157,6 +158,7 @@ def test_bad_inputs_each_one_line_others_processed(weights, tmp_path):
     assert not list(out.glob(".*"))  # no temp files left behind
 
 
+@pytest.mark.slow
 def test_name_collision_refused_up_front(weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -172,6 +174,7 @@ def test_name_collision_refused_up_front(weights, tmp_path):
     assert summary.restored == 2 and summary.exit_code == 0
 
 
+@pytest.mark.slow
 def test_no_shipped_weights_is_a_clear_usage_error(tmp_path):
     src = tmp_path / "a.png"
     small("astronaut_128.png").save(src)
@@ -184,6 +187,7 @@ def test_no_shipped_weights_is_a_clear_usage_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_prints_plan_and_writes_nothing(weights, tmp_path):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
@@ -224,6 +228,7 @@ def test_writing_onto_input_is_refused(weights, tmp_path):
     assert (summary.restored, summary.skipped) == (0, 1)
 
 
+@pytest.mark.slow
 def test_report_file_is_never_clobbered(weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -333,6 +338,7 @@ def test_irae_model_tiles_and_odd_sizes(weights, tmp_path):
     assert Image.open(tmp_path / "out" / "odd.png").size == (67, 45)
 
 
+@pytest.mark.slow
 def test_self_ensemble_from_the_command_line(weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -480,6 +486,7 @@ def test_batched_jpeg_decode_path_off_the_main_thread_in_uint8(weights, tmp_path
         assert a.shape == b.shape and (a - b).abs().mean() < 1 / 255, p.name
 
 
+@pytest.mark.slow
 def test_jpeg_above_the_weights_quality_limit_is_kept_as_it_is(weights, tmp_path):
     """Weights measured to help only up to quality 50 leave a quality-90 file's pixels exactly as decoded."""
     src = tmp_path / "in"

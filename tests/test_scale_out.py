@@ -110,6 +110,7 @@ def good_inputs() -> set[str]:
 
 # --------------------------------------------------------------------------- the split itself
 
+@pytest.mark.slow
 def test_shard_option_is_checked_before_any_work(photos_in, weights, tmp_path):
     assert parse_shard("3/4") == Shard(3, 4) and parse_shard(" 0 / 1 ") == Shard(0, 1)
     for bad, says in (("4/4", "below N"), ("0/0", "at least 1"), ("1", "give K/N"), ("-1/2", "give K/N"),
@@ -175,6 +176,7 @@ def test_report_parts_are_joined_in_rank_order_with_whole_lines(tmp_path):
 
 # --------------------------------------------------------------------------- job arrays: --shard K/N
 
+@pytest.mark.slow
 def test_shards_add_up_to_the_full_run_and_a_lost_shard_is_rerun(photos_in, weights, reference, tmp_path):
     """The README's job array: each task runs `--shard K/N --skip-existing --report run.K.jsonl`."""
     out = tmp_path / "OUT"
@@ -208,6 +210,7 @@ def test_shards_add_up_to_the_full_run_and_a_lost_shard_is_rerun(photos_in, weig
 
 # --------------------------------------------------------------------------- torchrun
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 @pytest.mark.sees_gpu
 def test_torchrun_two_processes_write_what_one_process_writes(photos_in, weights, reference, tmp_path):
@@ -243,6 +246,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_killed_process_then_skip_existing_finishes_exactly_the_rest(photos_in, weights, reference, tmp_path):
     """Process 1 is killed mid-run; the same job again with --skip-existing, on two "nodes", does the rest."""

@@ -41,6 +41,7 @@ def test_one_default_per_task():
 
 @pytest.mark.skipif(not any(e["task"] == "denoise" and e.get("default") for e in INDEX.values()),
                     reason="no shipped denoising weights")
+@pytest.mark.slow
 def test_quick_start_denoises_the_examples(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "irae_cli", "restore", "--task", "denoise",

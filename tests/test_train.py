@@ -327,6 +327,7 @@ def test_minutes_alone_sets_the_schedule_from_measured_speed(tmp_path, photos, f
     assert load_file(str(result.checkpoint))  # checkpoint written at the end
 
 
+@pytest.mark.slow
 def test_minutes_alone_sets_the_schedule_again_when_the_first_steps_were_slow(tmp_path, photos, fake_clock):
     # The first steps crawl (as beside four other runs starting on one GPU), then the run is fast:
     # the schedule must follow the later speed and use the budget, not end at a fraction of it.
@@ -352,6 +353,7 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, photos):
 
 # --------------------------------------------------------------------------- the command
 
+@pytest.mark.slow
 def test_cli_trains_then_restore_uses_the_weights(tmp_path, photos):
     out = tmp_path / "w.safetensors"
     r = irae("train", "--task", "denoise", photos, "--arch", "tiny", "--steps", 6, "--patch", 16,
@@ -378,6 +380,7 @@ def test_cli_trains_then_restore_uses_the_weights(tmp_path, photos):
     assert r.returncode == 2 and "lr" in r.stderr and out.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_cli_minutes_stops_and_saves(tmp_path, photos):
     out = tmp_path / "m.safetensors"
     r = irae("train", photos, "--arch", "tiny", "--steps", 100000, "--minutes", 0.02, "--patch", 16,
@@ -389,6 +392,7 @@ def test_cli_minutes_stops_and_saves(tmp_path, photos):
     assert t["stopped"] == "time budget" and 1 <= t["steps"] < 100000
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_and_saves_like_ctrl_c(tmp_path, photos):
     # what a scheduler's time limit, `timeout` or `kill` sends; started the way a script starts a
     # background job (SIGINT ignored), where Ctrl-C's signal would not reach it
@@ -447,6 +451,7 @@ def _launcher_failure(stderr: str) -> str:
     return "\n".join(said[:20] + ["..."] + lines[-25:])
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 @pytest.mark.sees_gpu
 def test_torchrun_two_cpu_processes(tmp_path, photos):
@@ -509,6 +514,7 @@ def test_inverse_gain_penalty_is_a_hinge():
     assert tight.item() > 0 and tight.requires_grad
 
 
+@pytest.mark.slow
 def test_inverse_gain_penalty_bounds_the_trained_inverse(tmp_path, photos):
     from irae_cli.weights import load_weights
 
@@ -686,6 +692,7 @@ def test_inpaint_loss_counts_hole_pixels_only():
 
 
 
+@pytest.mark.slow
 def test_l2_loss_is_the_mean_squared_error_over_the_holes(tmp_path, photos):
     clean = torch.rand(2, 3, 16, 16)
     holes = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
@@ -702,6 +709,7 @@ def test_l2_loss_is_the_mean_squared_error_over_the_holes(tmp_path, photos):
 
 # --------------------------------------------------------------------------- --compile
 
+@pytest.mark.slow
 def test_compiled_training_makes_the_same_updates_as_eager(tmp_path, photos):
     """--compile on: eager for the timed first steps, then compiled forward, backward and inverse-gain
     probe; the losses and the saved weights match an eager run of the same seed to fp32 rounding."""

@@ -143,6 +143,7 @@ def test_cnn_round_trip(tmp_path, photos):
         assert torch.equal(loaded.model(photos), model(photos))
 
 
+@pytest.mark.slow
 def test_cli_truncated_weights_one_line_nonzero_exit(tiny_file, tmp_path):
     import shutil
     import subprocess
@@ -186,6 +187,7 @@ def test_shipped_weights_found_in_a_checkout_then_in_an_installed_copy(tmp_path,
     assert W.shipped_weights_dir() == tmp_path / "mine"
 
 
+@pytest.mark.slow
 def test_a_wheel_carries_every_registered_weights_file(tmp_path):
     """`pip install .` (not editable) must bring the shipped weights along: they are in the wheel's data."""
     import subprocess

@@ -50,6 +50,7 @@ def restore_into(tmp_path: Path, *extra, env=None):
 
 # --------------------------------------------------------------------------- B8: a shipped file is missing
 
+@pytest.mark.slow
 def test_shipped_weights_missing_from_their_folder_say_how_to_get_them_back(tiny, tmp_path):
     shipped = tmp_path / "weights"
     shipped.mkdir()
@@ -86,6 +87,7 @@ def test_weights_holding_nan_or_infinity_are_refused_naming_the_tensor(tiny, tmp
 
 # --------------------------------------------------------------------------- B14: a checkpoint as weights
 
+@pytest.mark.slow
 def test_a_training_checkpoint_given_as_weights_names_the_weights_of_its_run(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
