@@ -15,7 +15,7 @@ from ..errors import EXIT_USAGE, IraeError, QuietError, one_line
 TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.")
 # `irae restore` and `irae benchmark quality` take the same --backend (speed takes a list of them).
 BACKEND = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (CPU, fp32; needs pip install "
-                       "'irae[onnx]'). auto: onnxruntime on a CPU without native bf16 when installed, else torch.")
+                       "'irae\\[onnx]'). auto: onnxruntime on a CPU without native bf16 when installed, else torch.")
 
 
 @contextmanager

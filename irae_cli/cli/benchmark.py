@@ -178,7 +178,7 @@ def speed_cmd(
     batch_size: int = typer.Option(4, "--batch-size", help="Images per call (halved on out-of-memory)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16, fp16; a comma list times each."),
     device: str = _DEVICE,
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (needs irae[onnx]); a comma "
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (needs irae\\[onnx]); a comma "
                                 "list, e.g. torch,onnxruntime, times each backend (and --dtype) in this run."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (falls back to eager, noted)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Use channels_last memory format."),

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write.", show_default=False),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     ) -> None:
-        """Export weights to ONNX (opset 18, fp32, dynamic batch, height and width); needs irae[onnx]."""
+        """Export weights to ONNX (opset 18, fp32, dynamic batch, height and width); needs irae\\[onnx]."""
         with user_errors():
             from ..onnx_export import export_weights
 
