@@ -158,7 +158,11 @@ class RunStats:
 
 
 class Restorer:
-    """A model plus how to run it: ``restorer(images, masks) -> restored images``."""
+    """A model plus how to run it: ``restorer(images, masks) -> restored images``.
+
+    ``backend`` (``irae_cli.backends``) picks torch or ONNX Runtime for the model call alone; ``source`` is what
+    an exported ONNX file records of the weights (sha256, preset), and its sha256 keys the export cache.
+    """
 
     def __init__(self, model: torch.nn.Module, task: Task, *, task_params: dict | None = None,
                  device: str | torch.device = "auto", dtype: str = "auto", tile: int | str = "auto",
@@ -177,11 +181,9 @@ class Restorer:
         # The folded form restores what the model does to fp32 rounding, in fewer kernels.
         self.runner = self.eager = fold(self.model).to(self.device) if folded else self.model
         self.compile = check_compile_mode(compile)
-        # ``source``: what an exported ONNX file records of the weights (sha256, preset); the sha256 keys its cache.
         self.backend = resolve_backend(backend, self.device, dtype, self.compile) if folded else "torch"
         if self.backend == ORT:
-            dtype, self.compile = "fp32", "off"
-            self.runner = self.eager = self._onnx_runner(source)
+            dtype, self.compile = "fp32", "off"  # its runner is made last, once the options are known to be good
         # A folded flow runs only its coupling nets in bf16/fp16 (the flow arithmetic stays fp32:
         # whole-model bf16 cost 0.04-0.10 dB on the validation photos, coupling-only < 0.01 dB).
         self.coupling_only = isinstance(self.runner, FoldedIRAE)
@@ -220,6 +222,8 @@ class Restorer:
                                 f"lower it or leave it out (default: {AUTO_OVERLAP}, or a quarter of a smaller tile)")
         self.batch_size = max(1, int(batch_size))
         self.stats = RunStats()
+        if self.backend == ORT:
+            self.runner = self.eager = self._onnx_runner(source)
 
     def _onnx_runner(self, source: dict | None):
         """The ONNX Runtime runner, or (after one warning) the folded torch model when the export fails."""

@@ -50,9 +50,9 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
         raise IraeError("--folder times one setting: give one --dtype and one --backend")
     if channels_last and "onnxruntime" in backends:
         raise IraeError("--channels-last is for the torch backend; leave it out with --backend onnxruntime")
-    for b in backends:
-        for d in dtypes:
-            check_backend(b, device if b == "onnxruntime" else "auto", d if b == "onnxruntime" else "auto", compile)
+    for b in backends:  # onnxruntime times the fp32 (or auto) entries of a --dtype list, and needs one
+        fp32 = next((d for d in dtypes if d in ("auto", "fp32")), dtypes[0])
+        check_backend(b, device if b == "onnxruntime" else "auto", fp32 if b == "onnxruntime" else "auto", compile)
     lm = load_model(weights) if weights is not None else preset_model(arch or "paper-denoise")
     task = lm.task or "denoise"
     dev, dt = device_and_dtype("cpu" if backends == ["onnxruntime"] and device == "auto" else device, dtypes[0])
@@ -116,7 +116,8 @@ def _model_runs(lm: LoadedModel, task: str, dev: torch.device, notes: list[str],
                 warmup: int, repeats: int) -> list[dict]:
     """A model row per backend and dtype (one per setting they resolve to), after an eager fp32 unfolded
     baseline row when asked: same images, same process, so their ratios are the speed-ups."""
-    runs = [("model", d, compile, True, b) for b in backends for d in dtypes]
+    runs = [("model", d, compile, True, b) for b in backends for d in dtypes
+            if b != "onnxruntime" or d in ("auto", "fp32")]
     if baseline:
         runs.insert(0, ("baseline: eager fp32, unfolded", "fp32", False, False, "torch"))
     results, seen = [], set()

@@ -16,6 +16,8 @@ def load_restorer(opts: RestoreOptions, jobs: list[Job] | None = None, device=No
     from ..tasks import get_task
     from ..weights import load_weights, require_default_weights
 
+    if opts.backend == "onnxruntime" and opts.device == "auto":
+        device = "cpu"  # ONNX Runtime's CPU provider, whatever GPU this machine has
     name = opts.weights or require_default_weights(opts.task)
     loaded = load_weights(name, device="cpu", expect_task=opts.task)
     task = get_task(opts.task)
