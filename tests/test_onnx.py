@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import warnings
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from PIL import Image
 from util import irae
 
 from irae_cli.imagewrite import encode_png16
-from irae_cli.weights import WEIGHTS_DIR, read_index
+from irae_cli.weights import read_index
 
 DATA = Path(__file__).parent / "data"
 SHIPPED_IRAE = sorted(name for name in read_index() if name.startswith("irae-"))
@@ -166,7 +166,7 @@ def test_without_the_extra_onnxruntime_is_a_one_line_usage_error(tmp_path):
     fake = tmp_path / "no_extra"
     fake.mkdir()
     (fake / "onnxruntime.py").write_text("raise ImportError('simulated: onnxruntime is not installed')\n")
-    env = {"PYTHONPATH": f"{fake}:{Path(__file__).resolve().parent.parent}"}
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), str(Path(__file__).resolve().parent.parent)])}
     out = tmp_path / "out"
     r = irae("restore", "--task", "denoise", DATA / "astronaut_128.png", out, "--backend", "onnxruntime", env=env)
     assert r.returncode == 2 and not out.exists()
@@ -212,3 +212,16 @@ def test_speed_times_both_backends_in_one_run(ort, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert [(x["backend"], x["dtype"]) for x in s["results"]] == [("torch", "float32"), ("onnxruntime", "float32")]
     assert s["settings"]["backend"] == "torch, onnxruntime" and "x first row" in r.stdout
+
+
+def test_auto_takes_onnxruntime_only_for_fp32_on_a_cpu_without_native_bf16(ort, monkeypatch):
+    import irae_cli.inference as inference
+    from irae_cli.backends import resolve_backend
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert resolve_backend("auto", cpu) == "onnxruntime" == resolve_backend("auto", cpu, "fp32")
+    assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("auto", cpu, "auto", "on")
+    assert resolve_backend("auto", gpu) == "torch" == resolve_backend("torch", cpu)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
