@@ -158,12 +158,21 @@ class RunStats:
 
 
 class Restorer:
-    """A model plus how to run it: ``restorer(images, masks) -> restored images``."""
+    """A model plus how to run it: ``restorer(images, masks) -> restored images``.
+
+    ``backend`` (``irae_cli.backends``) picks torch or ONNX Runtime for the model call alone; ``source`` is what
+    an exported ONNX file records of the weights (sha256, preset), and its sha256 keys the export cache.
+    """
 
     def __init__(self, model: torch.nn.Module, task: Task, *, task_params: dict | None = None,
                  device: str | torch.device = "auto", dtype: str = "auto", tile: int | str = "auto",
                  tile_overlap: int | None = None, batch_size: int = 4, compile: str = "off",
-                 workload_megapixels: float | None = None, folded: bool = True, self_ensemble: bool = False) -> None:
+                 workload_megapixels: float | None = None, folded: bool = True, self_ensemble: bool = False,
+                 backend: str = "torch", source: dict | None = None) -> None:
+        from .backends import ORT, resolve_backend
+
+        if backend == ORT and device == "auto":
+            device = "cpu"  # ONNX Runtime runs here on the CPU whatever GPU there is
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.task = task
         self.task_params = (task_params if task_params is not None
@@ -171,6 +180,10 @@ class Restorer:
         self.model = model.eval().to(self.device)
         # The folded form restores what the model does to fp32 rounding, in fewer kernels.
         self.runner = self.eager = fold(self.model).to(self.device) if folded else self.model
+        self.compile = check_compile_mode(compile)
+        self.backend = resolve_backend(backend, self.device, dtype, self.compile) if folded else "torch"
+        if self.backend == ORT:
+            dtype, self.compile = "fp32", "off"  # its runner is made last, once the options are known to be good
         # A folded flow runs only its coupling nets in bf16/fp16 (the flow arithmetic stays fp32:
         # whole-model bf16 cost 0.04-0.10 dB on the validation photos, coupling-only < 0.01 dB).
         self.coupling_only = isinstance(self.runner, FoldedIRAE)
@@ -178,7 +191,6 @@ class Restorer:
         self._autocast_whole = self.dtype != torch.float32 and not self.coupling_only
         if self.dtype != torch.float32 and self.coupling_only:
             self.runner.set_coupling_dtype(self.dtype)
-        self.compile = check_compile_mode(compile)
         # Self-ensemble: the mean of the restorations of the 8 flips and turns of each image (DIHEDRAL).  The
         # result is no longer the flow's image of its input, so it has no exact inverse.
         self.views = DIHEDRAL if self_ensemble else DIHEDRAL[:1]  # (0, False): the image as it is
@@ -210,6 +222,18 @@ class Restorer:
                                 f"lower it or leave it out (default: {AUTO_OVERLAP}, or a quarter of a smaller tile)")
         self.batch_size = max(1, int(batch_size))
         self.stats = RunStats()
+        if self.backend == ORT:
+            self.runner = self.eager = self._onnx_runner(source)
+
+    def _onnx_runner(self, source: dict | None):
+        """The ONNX Runtime runner, or (after one warning) the folded torch model when the export fails."""
+        from .backends import onnx_runner_or_none
+
+        runner = onnx_runner_or_none(self.model, self.task.name, self.task_params, source)
+        if runner is None:
+            self.backend = "torch"
+            return self.runner
+        return runner
 
     def autocast(self):
         """The autocast context a call of ``runner`` needs: whole-model low precision for a network that is

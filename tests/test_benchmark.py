@@ -130,7 +130,7 @@ def test_quality_json_schema_is_stable(denoise_result):
     assert set(r) == {"schema", "settings", "versions", "models", "results", "failures"}
     assert r["schema"] == "irae.benchmark.quality/1"
     assert set(r["settings"]) == {"task", "source", "source_kind", "seed", "levels", "metric_conventions", "device",
-                                  "dtype", "tile", "batch_size", "n_images", "sheet", "classical"}
+                                  "dtype", "tile", "batch_size", "n_images", "sheet", "classical", "backend"}
     assert r["settings"]["classical"] == {"rows": [], "missing": [], "install": None}
     assert set(r["versions"]) == {"irae", "python", "torch", "numpy", "pillow", "cuda", "cudnn", "platform", "device"}
     for m in r["models"].values():
@@ -285,14 +285,14 @@ def test_speed_cpu_tiny(work, tmp_path):
     assert set(s) == {"schema", "settings", "versions", "model", "results", "notes"}
     assert s["schema"] == "irae.benchmark.speed/1"
     assert set(s["settings"]) == {"arch", "weights", "task", "size", "batch_size", "dtype", "device", "compile",
-                                  "channels_last", "warmup", "folder", "naive", "cpu_threads", "repeats"}
+                                  "channels_last", "warmup", "folder", "naive", "cpu_threads", "repeats", "backend"}
     assert set(s["model"]) == {"weights", "sha256", "arch", "params", "mac_per_pixel", "size_multiple"}
     # cnn-tiny: 3->16, 3 x 16->16, 16->3 convolutions of 3x3, counted by hand.
     assert s["model"]["mac_per_pixel"] == 3 * 16 * 9 + 3 * 16 * 16 * 9 + 16 * 3 * 9
     (m,) = s["results"]
     assert set(m) == {"mode", "images", "megapixels", "repeats", "median_s", "p90_s", "mp_per_s", "images_per_s",
                       "peak_memory_bytes", "peak_memory_source", "times_s", "batch_size", "dtype", "compile",
-                      "folded"}
+                      "folded", "backend"}
     assert m["mode"] == "model" and m["repeats"] == len(m["times_s"]) == 3 and m["images"] == 2
     assert m["dtype"] == "float32" and m["compile"] is False  # a CNN runs fp32 on the CPU's auto path
     assert m["p90_s"] >= m["median_s"] > 0

@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 
 from .. import degradations as dg
+from ..backends import check_backend
 from ..classical import EXTRA, NAMES as CLASSICAL_NAMES, for_task
 from ..errors import ImageError, IraeError
 from ..inference import Restorer, pick_device
 from ..pixels import levels_u8
 from ..metrics import compute_all, mean_ignoring_inf, metric_keys, psnr, ssim
+from ..onnx_export import export_source
 from ..tasks import Task, get_task
 from .classical_rows import ClassicalRows
 from .common import QUALITY_SCHEMA
@@ -39,7 +41,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             tile: int | str = "auto", batch_size: int = 4, sheet: str | Path | None = None,
             sheet_crop: int = 128, sheet_images: int = 8, sheet_crop_mode: str = "worst",
             overwrite: bool = False, progress=None, classical: str = "all", workers: int = 1,
-            self_ensemble: bool = False) -> dict:
+            self_ensemble: bool = False, backend: str = "auto") -> dict:
     """Score the degraded input, the task's classical methods, and each model on one image set.
 
     ``source`` is a clean image folder or file, degraded here exactly as
@@ -59,6 +61,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     flips and turns of each image.
     """
     t = get_task(task)
+    check_backend(backend, device, dtype)
     images = resolve_source(Path(source), task, seed=seed, sigmas=sigmas, qualities=qualities, masks=masks,
                             hole_range=hole_range, noise_protocol=noise_protocol)
     settings = images.settings()
@@ -67,11 +70,12 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     restorers = [(lm.name + suffix, Restorer(lm.model, t,
                                              task_params=t.params_for_weights(lm.task_params, lm.model.config.channels),
                                              device=device, dtype=dtype, tile=tile, batch_size=batch_size,
-                                             self_ensemble=bool(suffix)))
+                                             self_ensemble=bool(suffix), backend=backend,
+                                             source=export_source(lm.sha256)))
                  for lm in loaded for suffix in ("", ENSEMBLE_SUFFIX)[:1 + self_ensemble]]
     dev = restorers[0][1].device if restorers else pick_device(device)
     settings.update({"device": str(dev), "dtype": str(restorers[0][1].dtype).removeprefix("torch.") if restorers
-                     else "float32", "tile": tile, "batch_size": batch_size, "n_images": 0, "sheet": None})
+                     else "float32", "backend": ", ".join(dict.fromkeys(r.backend for _, r in restorers)) or None, "tile": tile, "batch_size": batch_size, "n_images": 0, "sheet": None})
     models, methods = model_rows(task, classical, loaded, settings, self_ensemble)
     names = list(models)
     picker = None if sheet is None else SheetPicker(

@@ -20,8 +20,10 @@ import torch
 
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
+from ..backends import check_backend, resolve_backend
 from ..inference import Restorer, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
+from ..onnx_export import export_source
 from ..pixels import to_u8
 from ..tasks import get_task
 from .common import SPEED_SCHEMA
@@ -32,19 +34,30 @@ from .models import LoadedModel, load_model, preset_model
 def speed(*, arch: str | None = None, weights: str | None = None, size: int = 1024, batch_size: int = 4,
           dtype: str = "auto", device: str = "auto", compile: bool = False, repeats: int | None = None,
           warmup: int = 2, folder: str | Path | None = None, naive: bool = False,
-          channels_last: bool = False, baseline: bool = False, workers: int = 0) -> dict:
+          channels_last: bool = False, baseline: bool = False, workers: int = 0, backend: str = "auto") -> dict:
     """Time one restore model; returns the ``irae.benchmark.speed/1`` dict.
 
     Without ``folder``: ``batch_size`` random images of ``size`` x ``size``
     through the model alone (``repeats`` default 10). With ``folder``: the
     whole restore path, files in to files out in a temporary folder (default 1
     repeat), and with ``naive`` also a plain per-image loop on the same files;
-    ``workers`` is restore's ``--workers`` (I/O threads per pool, 0 = auto).
+    ``workers`` is restore's ``--workers`` (I/O threads per pool, 0 = auto).  ``dtype`` and ``backend`` may be
+    comma lists (model timing only): one row per backend and dtype, in that order, in the same process.
     """
     _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder, workers)
+    dtypes, backends = _listed(dtype, "--dtype"), _listed(backend, "--backend")
+    if folder is not None and (len(dtypes) > 1 or len(backends) > 1):
+        raise IraeError("--folder times one setting: give one --dtype and one --backend")
+    if channels_last and "onnxruntime" in backends:
+        raise IraeError("--channels-last is for the torch backend; leave it out with --backend onnxruntime")
+    for b in backends:  # onnxruntime times the fp32 (or auto) entries of a --dtype list, and needs one
+        fp32 = next((d for d in dtypes if d in ("auto", "fp32")), dtypes[0])
+        check_backend(b, device if b == "onnxruntime" else "auto", fp32 if b == "onnxruntime" else "auto", compile)
     lm = load_model(weights) if weights is not None else preset_model(arch or "paper-denoise")
     task = lm.task or "denoise"
-    dev, dt = device_and_dtype(device, dtype)  # fp32 means the IEEE fp32 convolutions that restore runs
+    dev, dt = device_and_dtype("cpu" if backends == ["onnxruntime"] and device == "auto" else device, dtypes[0])
+    for d in dtypes[1:]:
+        pick_dtype(d, dev)  # an unknown name is a usage error before any timing
     model = lm.model
     params = parameter_count(model)
     multiple = int(model.size_multiple)
@@ -52,7 +65,7 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     settings = {"arch": lm.arch, "weights": lm.weights, "task": task, "size": size, "batch_size": batch_size,
                 "dtype": str(dt).replace("torch.", ""), "device": str(dev), "compile": compile,
                 "channels_last": channels_last, "warmup": warmup, "folder": None if folder is None else str(folder),
-                "naive": naive, "cpu_threads": torch.get_num_threads()}
+                "naive": naive, "cpu_threads": torch.get_num_threads(), "backend": ",".join(backends)}
     notes: list[str] = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -62,17 +75,19 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
         if side != size:
             notes.append(f"size {size} rounded up to {side}, a multiple of the model's size multiple {multiple}")
         settings["size"] = side
-        results = _model_runs(lm, task, dev, notes, dtype=dtype, compile=compile, channels_last=channels_last,
-                              baseline=baseline, side=side, batch_size=batch_size, warmup=warmup, repeats=repeats)
+        results = _model_runs(lm, task, dev, notes, dtypes=dtypes, backends=backends, compile=compile,
+                              channels_last=channels_last, baseline=baseline, side=side, batch_size=batch_size,
+                              warmup=warmup, repeats=repeats)
         settings["compile"] = results[-1]["compile"]
-        settings["dtype"] = results[-1]["dtype"]
+        settings["dtype"] = ", ".join(dict.fromkeys(r["dtype"] for r in results if r["mode"] == "model"))
+        settings["backend"] = ", ".join(dict.fromkeys(r["backend"] for r in results if r["mode"] == "model"))
     else:
         from ..restore.options import io_threads
 
         settings["repeats"] = repeats = repeats or 1
         settings["io_threads"] = io_threads(workers)
-        results = FolderTimer(lm, Path(folder), task, dev, dtype, batch_size, notes, workers).run(warmup, repeats,
-                                                                                                   naive)
+        results = FolderTimer(lm, Path(folder), task, dev, dtype, batch_size, notes, workers,
+                              backend).run(warmup, repeats, naive)
     out_model = {**lm.entry(), "params": params, "mac_per_pixel": mac, "size_multiple": multiple}
     return {"schema": SPEED_SCHEMA, "settings": settings, "versions": versions(dev), "model": out_model,
             "results": results, "notes": notes}
@@ -89,18 +104,30 @@ def _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, f
         raise IraeError("--workers sets the I/O threads of a --folder run: 0 (auto) or more, with --folder DIR")
 
 
-def _model_runs(lm: LoadedModel, task: str, dev: torch.device, notes: list[str], *, dtype: str, compile: bool,
-                channels_last: bool, baseline: bool, side: int, batch_size: int, warmup: int,
-                repeats: int) -> list[dict]:
-    """The model row, after an eager fp32 unfolded baseline row when asked (same images, same process)."""
-    runs = [("model", dtype, compile, True)]
+def _listed(text: str, option: str) -> list[str]:
+    names = list(dict.fromkeys(part.strip() for part in str(text).split(",") if part.strip()))
+    if not names:
+        raise IraeError(f"{option} {text!r} gives no value; give a name or a comma list")
+    return names
+
+
+def _model_runs(lm: LoadedModel, task: str, dev: torch.device, notes: list[str], *, dtypes: list[str],
+                backends: list[str], compile: bool, channels_last: bool, baseline: bool, side: int, batch_size: int,
+                warmup: int, repeats: int) -> list[dict]:
+    """A model row per backend and dtype (one per setting they resolve to), after an eager fp32 unfolded
+    baseline row when asked: same images, same process, so their ratios are the speed-ups."""
+    runs = [("model", d, compile, True, b) for b in backends for d in dtypes
+            if b != "onnxruntime" or d in ("auto", "fp32")]
     if baseline:
-        runs.insert(0, ("baseline: eager fp32, unfolded", "fp32", False, False))
-    results = []
-    for mode, run_dtype, run_compile, folded in runs:
-        timer = ModelTimer(lm, task, dev, run_dtype, run_compile, folded, channels_last, notes)
+        runs.insert(0, ("baseline: eager fp32, unfolded", "fp32", False, False, "torch"))
+    results, seen = [], set()
+    for mode, run_dtype, run_compile, folded, backend in runs:
+        timer = ModelTimer(lm, task, dev, run_dtype, run_compile, folded, channels_last, notes, backend)
+        if (mode, timer.backend, timer.resolved, timer.compiled) in seen:
+            continue  # e.g. onnxruntime at auto and at fp32: one setting, timed once
+        seen.add((mode, timer.backend, timer.resolved, timer.compiled))
         times, n = timer.run(side, batch_size, warmup, repeats)
-        results.append(_summary(mode, times, n, n * side * side / 1e6, dev, batch_size=n,
+        results.append(_summary(mode, times, n, n * side * side / 1e6, dev, batch_size=n, backend=timer.backend,
                                 dtype=timer.resolved, compile=timer.compiled, folded=folded))
     return results
 
@@ -198,8 +225,12 @@ class ModelTimer:
     """
 
     def __init__(self, lm: LoadedModel, task: str, dev: torch.device, dtype: str, compile: bool, folded: bool,
-                 channels_last: bool, notes: list[str]):
-        self.restorer = Restorer(lm.model, get_task(task), device=dev, dtype=dtype, tile=0, folded=folded)
+                 channels_last: bool, notes: list[str], backend: str = "torch"):
+        self.restorer = Restorer(lm.model, get_task(task), device=dev, dtype=dtype, tile=0, folded=folded,
+                                 backend=backend, source=export_source(lm.sha256),
+                                 task_params=get_task(task).params_for_weights(lm.task_params,
+                                                                               lm.model.config.channels))
+        self.backend = self.restorer.backend
         self.dev, self.channels, self.channels_last, self.notes = dev, lm.model.config.channels, channels_last, notes
         self.resolved = str(self.restorer.dtype).removeprefix("torch.")
         if self.restorer.coupling_only and self.restorer.dtype != torch.float32:
@@ -207,8 +238,8 @@ class ModelTimer:
         self.run_model = self.restorer.runner
         if channels_last:
             self.run_model = self.run_model.to(memory_format=torch.channels_last)
-        self.compiled = compile
-        if compile:
+        self.compiled = compile and self.backend == "torch"
+        if self.compiled:
             self.run_model, note = _compile(self.run_model)
             if note:
                 notes.append(note)
@@ -291,8 +322,9 @@ class FolderTimer:
     """
 
     def __init__(self, lm: LoadedModel, folder: Path, task: str, dev: torch.device, dtype: str, batch_size: int,
-                 notes: list[str], workers: int = 0):
+                 notes: list[str], workers: int = 0, backend: str = "auto"):
         self.sources, self.megapixels = _folder_sources(folder, task)
+        self.backend = backend
         self.lm, self.folder, self.task, self.dev, self.dtype, self.batch_size, self.notes, self.workers = \
             lm, folder, task, dev, dtype, batch_size, notes, workers
 
@@ -308,12 +340,15 @@ class FolderTimer:
                 weights = str(tmp / f"{self.lm.arch}.safetensors")
                 save_weights(self.lm.model, weights, task=self.task)
             opts = RestoreOptions(task=self.task, weights=weights, device=str(self.dev), dtype=self.dtype,
-                                  batch_size=self.batch_size, workers=self.workers, format="png")
-            # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16.
+                                  batch_size=self.batch_size, workers=self.workers, format="png",
+                                  backend=self.backend)
+            # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16; ONNX Runtime fp32.
             coupling_only = folds(self.lm.model)
-            dt = pick_dtype(self.dtype, self.dev, coupling_only=coupling_only)
+            backend = resolve_backend(self.backend, self.dev, self.dtype)
+            dt = torch.float32 if backend == "onnxruntime" else pick_dtype(self.dtype, self.dev,
+                                                                          coupling_only=coupling_only)
             scope = None if dt == torch.float32 else ("coupling nets" if coupling_only else "whole model")
-            precision = {"dtype": str(dt).replace("torch.", ""), "low_precision_scope": scope,
+            precision = {"backend": backend, "dtype": str(dt).replace("torch.", ""), "low_precision_scope": scope,
                          "conv_tf32": _conv_tf32(self.dev), "output": f"PNG level {opts.png_level}"}
             out = [self._end_to_end(tmp, opts, warmup, repeats, precision)]
             if naive:
@@ -350,7 +385,8 @@ class FolderTimer:
             _naive_loop(self.sources, dest, model, self.dev, dt, png_level, coupling_only)
             _sync(self.dev)
             times.append(time.perf_counter() - t0)
-        return _summary("naive", times, len(self.sources), self.megapixels, self.dev, **precision,
+        return _summary("naive", times, len(self.sources), self.megapixels, self.dev,
+                        **{**precision, "backend": "torch"},
                         pipeline=f"Pillow read, one image at a time, eager, {precision['dtype']}, "
                                  f"Pillow PNG write (level {png_level})")
 

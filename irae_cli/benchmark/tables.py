@@ -64,17 +64,24 @@ def speed_table(result: dict):
                         f"{m['mac_per_pixel'] / 1e3:.1f} k MAC/pixel), {s['dtype']} on {result['versions']['device']}",
                   caption=f"torch {result['versions']['torch']}; median and p90 of {s['repeats']} run(s) "
                           f"after {s['warmup']} warm-up")
-    for col in ("mode", "images", "MP", "median s", "p90 s", "MP/s", "images/s", "peak memory"):
+    rows = result["results"]
+    # Rows timed in one run (a baseline, several backends or dtypes): each one's speed against the first.
+    versus = len(rows) > 1 and all(r.get("mp_per_s") for r in rows)
+    for col in ("mode", "images", "MP", "median s", "p90 s", "MP/s", "images/s", "peak memory",
+                *(["x first row"] if versus else [])):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    for r in result["results"]:
+    for r in rows:
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
         if r["peak_memory_bytes"] is not None and r["peak_memory_source"] != "cuda max_memory_allocated":
             mem += " (process)"
         mode = r["mode"]
         if "dtype" in r:
-            mode += f" ({r['dtype']}{', compiled' if r.get('compile') else ''}{', folded' if r.get('folded') else ''})"
+            engine = f"{r['backend']}, " if r.get("backend") else ""
+            mode += (f" ({engine}{r['dtype']}{', compiled' if r.get('compile') else ''}"
+                     f"{', folded' if r.get('folded') else ''})")
+        extra = [f"{r['mp_per_s'] / rows[0]['mp_per_s']:.2f}x"] if versus else []
         table.add_row(mode, str(r["images"]), f"{r['megapixels']:.3g}", f"{r['median_s']:.4f}",
-                      f"{r['p90_s']:.4f}", _fmt(r["mp_per_s"], 3), _fmt(r["images_per_s"], 2), mem)
+                      f"{r['p90_s']:.4f}", _fmt(r["mp_per_s"], 3), _fmt(r["images_per_s"], 2), mem, *extra)
     return table
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
-from . import benchmark, degrade, restore, train
+from . import benchmark, degrade, export, restore, train
 
 app = typer.Typer(
     name="irae",
@@ -34,7 +34,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Batch image restoration with the Invertible Restoring Autoencoder."""
 
 
-for module in (train, restore, degrade, benchmark):
+for module in (train, restore, degrade, benchmark, export):
     module.register(app)
 
 

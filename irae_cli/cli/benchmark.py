@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import one_line
-from ._common import (HOLE_RATIO, MASKS, QUALITIES, SIGMAS, SUBSAMPLING, TASK, parse_list, parse_names, parse_range,
+from ._common import (BACKEND, HOLE_RATIO, MASKS, QUALITIES, SIGMAS, SUBSAMPLING, TASK, parse_list, parse_names, parse_range,
                       user_errors)
 
 sub = typer.Typer(
@@ -115,6 +115,7 @@ def quality_cmd(
     workers: int = _WORKERS,
     self_ensemble: bool = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
                                        "of its restorations of the 8 flips and quarter turns of each image."),
+    backend: str = BACKEND,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
@@ -141,7 +142,7 @@ def quality_cmd(
                 device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet,
                 sheet_crop=sheet_crop, sheet_images=sheet_images, sheet_crop_mode=sheet_region,
                 overwrite=overwrite, progress=_scored_counter(bar), classical=classical, workers=workers,
-                self_ensemble=self_ensemble)
+                self_ensemble=self_ensemble, backend=backend)
         _note_skipped_classical(result["settings"]["classical"])
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)
@@ -175,8 +176,10 @@ def speed_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or path to time instead."),
     size: int = typer.Option(1024, "--size", help="Image side in px (rounded up to the model's size multiple)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per call (halved on out-of-memory)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16, fp16."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16, fp16; a comma list times each."),
     device: str = _DEVICE,
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (needs irae\\[onnx]); a comma "
+                                "list, e.g. torch,onnxruntime, times each backend (and --dtype) in this run."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (falls back to eager, noted)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Use channels_last memory format."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed runs (default 10; 1 with --folder)."),
@@ -200,7 +203,7 @@ def speed_cmd(
         check_outputs({"--json": json_path}, overwrite)
         result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
                        compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
-                       channels_last=channels_last, baseline=baseline, workers=workers)
+                       channels_last=channels_last, baseline=baseline, workers=workers, backend=backend)
         for note in result["notes"]:
             print(f"irae: note: {one_line(note)}", file=sys.stderr)
         code = _finish(result, speed_table(result), json_path, overwrite)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import IraeError
-from ._common import TASK, finish_hint, user_errors
+from ._common import BACKEND, TASK, finish_hint, user_errors
 
 EPILOG = """Examples:
 
@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         shard: Optional[str] = _SHARD,
         dtype: str = _DTYPE,
         compile_mode: str = _COMPILE,
+        backend: str = BACKEND,
         self_ensemble: bool = _SELF_ENSEMBLE,
         tile: str = _TILE,
         tile_overlap: Optional[int] = _TILE_OVERLAP,
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
                 quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
                 include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
                 report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard,
-                self_ensemble=self_ensemble)
+                self_ensemble=self_ensemble, backend=backend)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
 

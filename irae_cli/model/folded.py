@@ -168,10 +168,14 @@ class FoldedIRAE(nn.Module):
                     getattr(m, name).data = getattr(m, name).data.to(dtype)
         return self
 
+    def restore_padded(self, y: torch.Tensor) -> torch.Tensor:
+        """``forward`` for sizes already a multiple of ``size_multiple``: no padding, no crop (the ONNX graph)."""
+        return self._decode(self._encode(y - 0.5)) + 0.5
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         h, w = y.shape[-2:]
         y, _ = pad_to_multiple(y, self.size_multiple)
-        return (self._decode(self._encode(y - 0.5)) + 0.5)[..., :h, :w]
+        return self.restore_padded(y)[..., :h, :w]
 
 
 def folds(model: nn.Module) -> bool:

@@ -41,6 +41,7 @@ def run_plan(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | 
     """Restore ``plan.jobs`` and report ``plan.skipped``; the model is loaded and the plan checked."""
     _remove_stale_temp_files(plan, quiet, err)
     common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
+              "backend": restorer.backend,
               "weights_sha256": loaded.sha256, "views": len(restorer.views)}
     reporter = Reporter(len(plan.jobs), report, append, progress, quiet, err, common, label)
     previous_handler = set_warning_handler(reporter.say)  # warnings (EXIF, masks) print above the progress bar

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..backends import check_backend
 from ..errors import IraeError
 from ..imagewrite import FORMATS
 from ..shard import parse_shard
@@ -39,6 +40,7 @@ class RestoreOptions:
     masks: Path | None = None
     mask_from: str | None = None  # "alpha"
     compile: str = "auto"  # auto | on | off (defaults.COMPILE_MODES)
+    backend: str = "auto"  # auto | torch | onnxruntime (irae_cli.backends)
     self_ensemble: bool = False  # the mean over the 8 flips and turns of each image (8x the model time)
     shard: str | None = None  # "K/N": restore part K of N (see shard.py); under torchrun, shared by its processes
 
@@ -60,6 +62,7 @@ def check_options(opts: RestoreOptions) -> RestoreOptions:
     if os.sep in opts.suffix or "/" in opts.suffix:
         raise IraeError(f"--suffix {opts.suffix!r} must not contain a path separator")
     _check_masks(opts, task)
+    check_backend(opts.backend, opts.device, opts.dtype, opts.compile)
     if opts.shard is not None:
         parse_shard(opts.shard)
     return opts
