@@ -9,12 +9,16 @@ faster) and it is installed; torch everywhere else.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import IraeError, io_reason, warn
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 TORCH, ORT = "torch", "onnxruntime"
+# What ``auto`` means on this machine, set once for every command (a site configuration, a cluster's
+# job template, a test suite that compares against torch): torch or onnxruntime.
+AUTO_ENV = "IRAE_BACKEND"
 
 
 def onnx_installed() -> bool:
@@ -51,11 +55,17 @@ def resolve_backend(name: str, device, dtype: str = "auto", compile: str | bool 
     """``torch`` or ``onnxruntime`` for ``--backend NAME`` on ``device`` (a torch.device)."""
     from .inference import cpu_has_native_bf16
 
+    prefer = os.environ.get(AUTO_ENV) if name == "auto" else None
+    if prefer not in (None, "", TORCH, ORT):
+        raise IraeError(f"{AUTO_ENV}={prefer!r}: use torch or onnxruntime (or leave it unset)")
     check_backend(name, str(device) if name == ORT else "auto", dtype, compile)
     if name != "auto":
         return name
-    if device.type != "cpu" or dtype not in ("auto", "fp32") or compile is True or compile == "on":
+    if prefer == TORCH or device.type != "cpu" or dtype not in ("auto", "fp32") or compile is True or compile == "on":
         return TORCH
+    if prefer == ORT:  # wherever ONNX Runtime can run the model, bf16 CPUs included
+        check_backend(ORT)
+        return ORT
     return ORT if not cpu_has_native_bf16() and onnx_installed() else TORCH
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from util import irae
 
+from irae_cli.errors import IraeError
 from irae_cli.imagewrite import encode_png16
 from irae_cli.weights import read_index
 
@@ -219,9 +220,20 @@ def test_auto_takes_onnxruntime_only_for_fp32_on_a_cpu_without_native_bf16(ort, 
     from irae_cli.backends import resolve_backend
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("IRAE_BACKEND", raising=False)
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
     assert resolve_backend("auto", cpu) == "onnxruntime" == resolve_backend("auto", cpu, "fp32")
     assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("auto", cpu, "auto", "on")
     assert resolve_backend("auto", gpu) == "torch" == resolve_backend("torch", cpu)
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
     assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
+    # IRAE_BACKEND sets what auto picks: ONNX Runtime on a bf16 CPU too, torch where ONNX Runtime cannot run
+    monkeypatch.setenv("IRAE_BACKEND", "onnxruntime")
+    assert resolve_backend("auto", cpu) == "onnxruntime" and resolve_backend("auto", gpu) == "torch"
+    assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("torch", cpu)
+    monkeypatch.setenv("IRAE_BACKEND", "torch")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
+    monkeypatch.setenv("IRAE_BACKEND", "tensorrt")
+    with pytest.raises(IraeError, match="IRAE_BACKEND"):
+        resolve_backend("auto", cpu)
