@@ -8,6 +8,7 @@ weights are its default, and its training defaults.  ``train``, ``restore``,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,18 @@ class Task:
         if self.needs_mask and "prefill" not in (stored or {}):
             params["prefill"] = "none"  # made before the pre-fill existed: trained on grey holes
         return params
+
+    def params_problem(self, params: dict) -> str | None:
+        """What is wrong with a weights file's stored ``task_params`` for this task (None: nothing).
+
+        Checked when weights load, so a damaged value is refused once, naming the file, instead of
+        failing (or silently changing what is done) on every image later."""
+        if self.name == "jpeg" and "max_quality" in params:
+            limit = params["max_quality"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+                return (f"field 'max_quality' in 'task_params' is {json.dumps(limit)[:40]}; it must be an integer 1-100 "
+                        f"(the JPEG quality above which files are kept as they are) or absent")
+        return None
 
     def model_input(self, degraded: torch.Tensor, mask: torch.Tensor | None, task_params: dict) -> torch.Tensor:
         if not self.needs_mask:
