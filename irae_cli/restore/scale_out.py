@@ -92,7 +92,6 @@ def summarise(summary: RestoreSummary, opts: RestoreOptions, shard: Shard | None
         if not quiet:  # before the last collective: once one process exits non-zero, torchrun stops the others
             print(f"{total.line()} by {ctx.world} processes{of}", file=err, flush=True)
     total.exit_code = ctx.worst(code)
-    ctx.close()
     return total
 
 
