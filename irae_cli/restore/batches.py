@@ -120,7 +120,7 @@ class _BatchRunner:
 
     def add(self, item: Item) -> None:
         """Put a decoded image in the bucket of its shape; run the bucket when full, or when memory is short."""
-        if item.error:
+        if item.error or item.skipped:
             self.reporter.done(item)
             return
         item.hw = tuple(item.x.shape[-2:])
