@@ -102,9 +102,11 @@ class Task:
         limit = task_params.get("max_quality")
         return self.name == "jpeg" and limit is not None and source_quality is not None and source_quality > limit
 
-    def finish(self, restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Clamp to [0, 1]; for inpainting keep every known pixel exactly as it was."""
-        out = restored.clamp(0, 1)
+    def finish(self, restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor | None, *,
+               owned: bool = False) -> torch.Tensor:
+        """Clamp to [0, 1]; for inpainting keep every known pixel exactly as it was.  ``owned``: nothing else
+        uses ``restored``, so it is clamped in place (a whole copy less of a large image)."""
+        out = restored.clamp_(0, 1) if owned else restored.clamp(0, 1)
         if self.needs_mask and mask is not None:
             out = torch.where(mask.to(out.device), out, degraded.to(out.dtype))
         return out

@@ -13,9 +13,10 @@ from pathlib import Path
 from ..errors import ImageError
 from ..files import OutputExists, atomic_write_bytes
 from ..gpu_jpeg import jpeg_for_gpu
-from ..imageio import ImageMeta, read_image
+from ..imageio import ImageMeta, image_pixels, read_image
 from ..imagewrite import encode_image
 from ..maskio import find_mask, mask_from_alpha, read_mask
+from ..memory import available_bytes, gigabytes, restore_bytes
 from .options import RestoreOptions
 from .plan import Job, empty_file
 
@@ -45,6 +46,7 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool)
         item.skipped = APPEARED
         return item
     try:
+        _refuse_too_large(path)
         if gpu_jpeg and path.suffix.lower() in (".jpg", ".jpeg"):
             item.blob = jpeg_for_gpu(path)
             if item.blob is not None:
@@ -60,6 +62,18 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool)
         item.error = f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     item.seconds = time.perf_counter() - t0
     return item
+
+
+def _refuse_too_large(path: Path) -> None:
+    """An image whose restore would not fit in the memory free now fails here, before it is decoded."""
+    pixels = image_pixels(path)  # from the header; None: reading it names the problem
+    if not pixels:
+        return
+    need, free = restore_bytes(pixels), available_bytes()
+    if free is not None and need > free:
+        raise ImageError(f"{path}: {pixels / 1e6:.1f} MP needs about {gigabytes(need)} of memory to restore, "
+                         f"more than the {gigabytes(free)} free; free memory, or split the image and restore "
+                         f"the parts")
 
 
 APPEARED = "output appeared while this run was working (another run wrote it; --skip-existing)"
