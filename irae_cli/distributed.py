@@ -90,11 +90,15 @@ class Dist:
         return max(self.all_gather(code))
 
     def close(self) -> None:
+        """End the process group; safe to call more than once, and after the others were lost."""
         if self.active:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                dist.destroy_process_group()
+                try:
+                    dist.destroy_process_group()
+                except Exception:  # noqa: BLE001 - a group whose peers are gone has nothing left to end
+                    pass
 
     def _lost(self, e: Exception) -> GroupError:
         return GroupError(f"process {self.rank} of the torchrun job lost the others ({_reason(e)}); "

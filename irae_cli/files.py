@@ -10,6 +10,7 @@ by the next such run into that folder once its writer is gone.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -172,6 +173,26 @@ def replace_atomically(path: str | Path, data: bytes, *, overwrite: bool) -> Non
             pass
 
 
+@contextlib.contextmanager
+def locked(f):
+    """Hold an exclusive lock on the open file ``f`` (where the system has them): the lines that runs
+    sharing one report append go in whole, one after another."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): appends are not interleaved mid-line there either
+        yield
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: append unlocked, as before
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 NAME_MAX = 255  # bytes in one file name on the file systems irae writes to
 
 
@@ -185,12 +206,16 @@ def temp_name(name: str, tag: str) -> str:
     return f".{name}{tail}"
 
 
+class OutputExists(ImageError):
+    """The output appeared while the work was done (another run wrote it); it was kept, not replaced."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
     """``replace_atomically`` with one-line ImageErrors that name the file and what to do."""
     try:
         replace_atomically(path, data, overwrite=overwrite)
     except FileExistsError:
-        raise ImageError(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
+        raise OutputExists(f"{path}: already exists; refusing to overwrite (use --overwrite)") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied; choose a writable output folder") from None
     except OSError as e:

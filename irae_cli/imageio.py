@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .degradations.jpeg import estimate_quality
 from .errors import ImageError, warn
+from .jpegcheck import scan_shortfall
 
 # Pillow refuses headers above twice its own limit; anything above that is treated as a decompression bomb.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
@@ -68,19 +69,23 @@ def _decode_failure(path: Path, e: Exception) -> ImageError:
     return ImageError(f"{path}: cannot decode image ({reason}); the file may be truncated or not an image")
 
 
-def open_image(path: Path, load: bool = True) -> Image.Image:
+def open_image(path: Path, load: bool = True, warn_pillow: bool = True) -> Image.Image:
     """Open an image file the one way irae does: a size limit against decompression bombs, and every
-    failure an ``ImageError`` with one line naming the file (``load=False``: the header only)."""
+    failure an ``ImageError`` with one line naming the file (``load=False``: the header only).
+
+    Pillow's own warnings (damaged EXIF read with the header, ...) become one ``irae: warning:`` line
+    naming the file (``warn_pillow=False``: dropped, for header peeks that a full read repeats)."""
     try:
-        with warnings.catch_warnings():
-            # Our own size check below is the limit; Pillow's warning threshold is lower.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             img = Image.open(path)
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(f"{path}: {img.width}x{img.height} is larger than {MAX_PIXELS // 10**6} MP; "
                                  f"refusing to decode (possible decompression bomb)")
             if load:
-                img.load()
+                load_pixels(img, path)
+        if warn_pillow:
+            _say_pillow_warnings(caught, path)
         return img
     except ImageError:
         raise
@@ -94,6 +99,29 @@ def open_image(path: Path, load: bool = True) -> Image.Image:
         raise ImageError(f"{path}: is a folder, not an image file") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise _decode_failure(path, e) from None
+
+
+def load_pixels(img: Image.Image, path: Path) -> None:
+    """Decode an opened image; a JPEG whose scans are too short for its claimed size is refused first, as
+    damaged, instead of being decoded into filler (jpegcheck.py)."""
+    if img.format in ("JPEG", "MPO"):
+        short = scan_shortfall(path)
+        if short is not None:
+            raise ImageError(f"{path}: damaged JPEG: its header claims {short.width}x{short.height} "
+                             f"({short.width * short.height / 1e6:.1f} MP) but its scan data ends after "
+                             f"{short.have_bytes} bytes, far short of the {short.need_bytes} it needs; the file is "
+                             f"truncated or its header is wrong")
+    img.load()
+
+
+def _say_pillow_warnings(caught: list, path: Path) -> None:
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            continue  # our own size check is the limit; Pillow's warning threshold is lower
+        text = str(w.message).splitlines()[0].strip().rstrip(".") if str(w.message).strip() else "a warning"
+        exif = "TiffImagePlugin" in (w.filename or "")
+        warn(f"{path}: {'damaged EXIF data' if exif else 'Pillow'} ({text}); "
+             f"{'ignored, the pixels are read as stored' if exif else 'the image is read as Pillow decodes it'}")
 
 
 def _png_ihdr(path: Path) -> tuple[int, int] | None:
@@ -260,7 +288,7 @@ def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     img = open_image(path, load=False)
     refuse_frames(img, path)
     try:
-        img.load()
+        load_pixels(img, path)
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise _decode_failure(path, e) from None
     fmt = img.format
@@ -300,9 +328,17 @@ def _planes_8bit(img: Image.Image, icc: bytes | None,
     if img.mode in ("RGBA", "LA"):
         alpha = np.asarray(img.getchannel("A")).copy()
         img = img.convert("RGB" if img.mode == "RGBA" else "L")
-    arr = np.asarray(img).astype(np.float32) / 255.0
-    planes = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return planes, (img.mode if alpha is None else img.mode + "A"), alpha, icc
+    return _planes_of(np.asarray(img)), (img.mode if alpha is None else img.mode + "A"), alpha, icc
+
+
+def _planes_of(arr: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8 -> contiguous (C, H, W) float32 in [0, 1], written once: a large image
+    costs one float copy, not three (a float copy, its quotient, and its transposed copy)."""
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    planes = np.empty((arr.shape[2], *arr.shape[:2]), np.float32)
+    for c in range(arr.shape[2]):
+        np.divide(arr[:, :, c], np.float32(255.0), out=planes[c], dtype=np.float32)
+    return planes
 
 
 def image_size(path: str | Path) -> tuple[int, int, int] | None:
@@ -321,7 +357,7 @@ def image_size(path: str | Path) -> tuple[int, int, int] | None:
 def image_pixels(path: str | Path) -> int | None:
     """Width x height from the header alone, silently (no EXIF read, no warning); None if unreadable."""
     try:
-        with open_image(Path(path), load=False) as img:
+        with open_image(Path(path), load=False, warn_pillow=False) as img:
             return img.size[0] * img.size[1]
     except (ImageError, OSError, ValueError, SyntaxError, struct.error, EOFError):
         return None

@@ -61,10 +61,10 @@ def _alpha8(alpha: np.ndarray) -> np.ndarray:
 
 
 def _to_pil(x: torch.Tensor, meta: ImageMeta, out_format: str) -> Image.Image:
-    x = x.detach().float().clamp(0, 1).cpu()
+    x = x.detach().float().cpu()  # clamped below, by the conversion each path makes
     sixteen = meta.bits == 16 and out_format in ("PNG", "TIFF") and x.shape[0] == 1 and meta.alpha is None
     if sixteen:
-        arr = np.round(x[0].numpy() * 65535.0).astype(np.uint16)
+        arr = np.round(x[0].clamp(0, 1).numpy() * 65535.0).astype(np.uint16)
         return Image.fromarray(arr)
     img = Image.fromarray(np.ascontiguousarray(to_u8(x)))
     if meta.alpha is not None and out_format in ("PNG", "WEBP", "TIFF"):

@@ -353,24 +353,32 @@ class Restorer:
             self._free_device_memory()
 
     def _restore_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Tiles go through the model a batch at a time and are blended into the result at once: only the
+        image, the result and its blend weights are ever whole in memory, never every tile at once."""
         n, c, h, w = x.shape
         th, tw = min(tile, h), min(tile, w)
         overlap = self.overlap
-        ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
-        boxes = [(y, x0) for y in ys for x0 in xs]
+        boxes = [(y, x0) for y in tile_starts(h, th, overlap) for x0 in tile_starts(w, tw, overlap)]
         out = torch.zeros(n, c, h, w)
         weight = torch.zeros(1, 1, h, w)
-        # All tiles of all images in the batch share one shape, so they batch together.
-        crops = torch.cat([x[:, :, y:y + th, x0:x0 + tw] for y, x0 in boxes])
-        restored = self._run_model(crops)
-        self.stats.tiles += len(boxes) * n
-        for k, (y, x0) in enumerate(boxes):
-            wy = blend_ramp(th, overlap, y > 0, y + th < h)
-            wx = blend_ramp(tw, overlap, x0 > 0, x0 + tw < w)
-            wt = (wy[:, None] * wx[None, :])[None, None]
-            out[:, :, y:y + th, x0:x0 + tw] += restored[k * n:(k + 1) * n] * wt
-            weight[:, :, y:y + th, x0:x0 + tw] += wt
-        return out / weight
+        # Every (tile, image) pair has one shape, so pairs from different tiles batch together.
+        pairs = [(k, i) for k in range(len(boxes)) for i in range(n)]
+        start = 0
+        while start < len(pairs):
+            chunk = pairs[start:start + self.batch_size]  # _run_model may lower batch_size on OOM
+            crops = torch.stack([x[i, :, boxes[k][0]:boxes[k][0] + th, boxes[k][1]:boxes[k][1] + tw]
+                                 for k, i in chunk])
+            restored = self._run_model(crops)
+            for (k, i), yk in zip(chunk, restored):
+                y, x0 = boxes[k]
+                wt = blend_ramp(th, overlap, y > 0, y + th < h)[:, None] * blend_ramp(tw, overlap, x0 > 0,
+                                                                                    x0 + tw < w)[None, :]
+                out[i, :, y:y + th, x0:x0 + tw] += yk * wt
+                if i == 0:
+                    weight[0, 0, y:y + th, x0:x0 + tw] += wt
+            start += len(chunk)
+        self.stats.tiles += len(pairs)
+        return out.div_(weight)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """Restore a batch (N, C, H, W) of equal-sized images in [0, 1]; returns float32 on the CPU."""
@@ -384,4 +392,4 @@ class Restorer:
         y = self.task.model_output(y, self.task_params)
         if images.shape[1] == 1 and y.shape[1] == 3:
             y = y.mean(dim=1, keepdim=True)
-        return self.task.finish(y, images, masks)
+        return self.task.finish(y, images, masks, owned=True)  # y is this call's own: clamped in place

@@ -15,7 +15,8 @@ from PIL import Image
 
 def levels_u8(x: torch.Tensor) -> torch.Tensor:
     """Float [0, 1] -> uint8 levels, same shape and device."""
-    return torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8)
+    # one temporary, scaled and rounded in place: a large image's encode holds one float copy, not three
+    return x.detach().clamp(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def quantize_u8(x: torch.Tensor) -> torch.Tensor:

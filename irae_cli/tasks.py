@@ -8,6 +8,7 @@ weights are its default, and its training defaults.  ``train``, ``restore``,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,18 @@ class Task:
             params["prefill"] = "none"  # made before the pre-fill existed: trained on grey holes
         return params
 
+    def params_problem(self, params: dict) -> str | None:
+        """What is wrong with a weights file's stored ``task_params`` for this task (None: nothing).
+
+        Checked when weights load, so a damaged value is refused once, naming the file, instead of
+        failing (or silently changing what is done) on every image later."""
+        if self.name == "jpeg" and "max_quality" in params:
+            limit = params["max_quality"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+                return (f"field 'max_quality' in 'task_params' is {json.dumps(limit)[:40]}; it must be an integer 1-100 "
+                        f"(the JPEG quality above which files are kept as they are) or absent")
+        return None
+
     def model_input(self, degraded: torch.Tensor, mask: torch.Tensor | None, task_params: dict) -> torch.Tensor:
         if not self.needs_mask:
             return degraded
@@ -89,9 +102,11 @@ class Task:
         limit = task_params.get("max_quality")
         return self.name == "jpeg" and limit is not None and source_quality is not None and source_quality > limit
 
-    def finish(self, restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Clamp to [0, 1]; for inpainting keep every known pixel exactly as it was."""
-        out = restored.clamp(0, 1)
+    def finish(self, restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor | None, *,
+               owned: bool = False) -> torch.Tensor:
+        """Clamp to [0, 1]; for inpainting keep every known pixel exactly as it was.  ``owned``: nothing else
+        uses ``restored``, so it is clamped in place (a whole copy less of a large image)."""
+        out = restored.clamp_(0, 1) if owned else restored.clamp(0, 1)
         if self.needs_mask and mask is not None:
             out = torch.where(mask.to(out.device), out, degraded.to(out.dtype))
         return out

@@ -27,6 +27,7 @@ from . import __version__
 from .errors import WeightsError, io_reason
 from .files import atomic_save_safetensors, replace_atomically
 from .model import config_from_dict, config_to_json, create_model
+from .tasks import TASKS
 
 FORMAT = "irae-weights"
 FORMAT_VERSION = "1"
@@ -193,6 +194,11 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
     if expect_task is not None and task != expect_task:
         raise WeightsError(f"{path}: weights were trained for task {task!r}, not {expect_task!r}; "
                            f"pass weights for {expect_task!r} or change --task")
+    known = TASKS.get(task)
+    problem = known.params_problem(task_params) if known is not None else None
+    if problem is not None:
+        raise WeightsError(f"{path}: metadata {problem}; the file was damaged or edited -- download or train it "
+                           f"again, or correct the field")
     if not model.is_initialized:
         raise WeightsError(f"{path}: model's ActNorm layers were never initialised; the file is not a trained model")
     model.eval().to(device)

@@ -407,13 +407,14 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
     restore's scope (an IRAE flow's coupling nets only, else the whole model)."""
     from PIL import Image
 
+    from ..imageio import open_image
     from ..train import autocast_coupling_nets
 
     hooks = autocast_coupling_nets(model, dev.type, dt) if dt != torch.float32 and coupling_only else []
     whole = dt != torch.float32 and not coupling_only
     try:
         for s in sources:
-            with Image.open(s.path) as img:
+            with open_image(s.path, load=False) as img:
                 arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
             x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
             autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()

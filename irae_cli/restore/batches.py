@@ -121,7 +121,7 @@ class _BatchRunner:
 
     def add(self, item: Item) -> None:
         """Put a decoded image in the bucket of its shape; run the bucket when full, or when memory is short."""
-        if item.error:
+        if item.error or item.skipped:
             self.reporter.done(item)
             return
         item.hw = tuple(item.x.shape[-2:])
@@ -162,8 +162,8 @@ class _BatchRunner:
         tiles0, notes0 = stats.tiles, len(stats.notes)
         t0 = time.perf_counter()
         try:
-            x = torch.stack([it.x for it in items])
-            masks = torch.stack([it.mask for it in items]) if self.needs_mask else None
+            x = _batch([it.x for it in items])
+            masks = _batch([it.mask for it in items]) if self.needs_mask else None
             y = self.restorer(x, masks)
         except Exception as e:  # noqa: BLE001 - a batch that fails is reported per file; the run goes on
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -208,3 +208,8 @@ class _BatchRunner:
         for f in self.writes:
             if f.done() and not f.cancelled() and f.exception() is None:
                 self.reporter.done(f.result())
+
+
+def _batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The batch of equal-shaped tensors; one alone (every large image) is a view, not a copy of its pixels."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ImageError
-from ..files import atomic_write_bytes
+from ..files import OutputExists, atomic_write_bytes
 from ..gpu_jpeg import jpeg_for_gpu
-from ..imageio import ImageMeta, read_image
+from ..imageio import ImageMeta, image_pixels, read_image
 from ..imagewrite import encode_image
 from ..maskio import find_mask, mask_from_alpha, read_mask
+from ..memory import available_bytes, gigabytes, restore_bytes
 from .options import RestoreOptions
 from .plan import Job, empty_file
 
@@ -34,13 +35,18 @@ class Item:
     notes: list[str] = field(default_factory=list)
     hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
     reported: bool = False  # its report line and count are done (Ctrl-C must neither lose nor repeat them)
+    skipped: str | None = None  # why it counts as skipped after all: its output appeared (--skip-existing)
 
 
 def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool) -> Item:
     item = Item(job)
     t0 = time.perf_counter()
     path = job.source.path
+    if appeared(job, opts):
+        item.skipped = APPEARED
+        return item
     try:
+        _refuse_too_large(path)
         if gpu_jpeg and path.suffix.lower() in (".jpg", ".jpeg"):
             item.blob = jpeg_for_gpu(path)
             if item.blob is not None:
@@ -56,6 +62,30 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool)
         item.error = f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     item.seconds = time.perf_counter() - t0
     return item
+
+
+def _refuse_too_large(path: Path) -> None:
+    """An image whose restore would not fit in the memory free now fails here, before it is decoded."""
+    pixels = image_pixels(path)  # from the header; None: reading it names the problem
+    if not pixels:
+        return
+    need, free = restore_bytes(pixels), available_bytes()
+    if free is not None and need > free:
+        raise ImageError(f"{path}: {pixels / 1e6:.1f} MP needs about {gigabytes(need)} of memory to restore, "
+                         f"more than the {gigabytes(free)} free; free memory, or split the image and restore "
+                         f"the parts")
+
+
+APPEARED = "output appeared while this run was working (another run wrote it; --skip-existing)"
+
+
+def appeared(job: Job, opts: RestoreOptions) -> bool:
+    """Under --skip-existing: the planned output exists now (a run beside this one wrote it), so reading,
+    restoring and writing it again would be work thrown away."""
+    if not opts.skip_existing:
+        return False
+    output = job.output
+    return (output.exists() or output.is_symlink()) and not (job.redo_empty and empty_file(output))
 
 
 def _read_mask(item: Item, opts: RestoreOptions) -> None:
@@ -118,6 +148,11 @@ def _write(item: Item, y, opts: RestoreOptions) -> Item:
             replace = empty_file(output) or not (output.exists() or output.is_symlink())
             item.notes.append("replaced an empty (0-byte) output")
         atomic_write_bytes(output, data, overwrite=replace)
+    except OutputExists as e:
+        if opts.skip_existing:  # another run wrote it meanwhile: theirs is kept, and this is no failure
+            item.skipped = APPEARED
+        else:
+            item.error = str(e)
     except ImageError as e:
         msg = str(e)
         item.error = msg if str(output) in msg else f"{output}: {msg}"

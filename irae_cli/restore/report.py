@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, IraeError, io_reason
+from ..files import locked
 from ..progress import Progress
 from .items import Item
 from .plan import Job
@@ -49,15 +50,19 @@ class Reporter:
     def say(self, line: str) -> None:
         self.bar.say(line)
 
-    def skipped(self, job: Job) -> None:
+    def skipped(self, job: Job, reason: str = "output exists (--skip-existing)") -> None:
         self.summary.skipped += 1
         self._write({"input": str(job.source.path), "output": str(job.output), "status": "skipped",
-                     "error": None, "reason": "output exists (--skip-existing)"})
+                     "error": None, "reason": reason})
 
     def done(self, item: Item) -> None:
         if item.reported:
             return
         item.reported = True
+        if item.skipped:
+            self.skipped(item.job, item.skipped)
+            self.bar.update(advance=1)
+            return
         record = {"input": str(item.job.source.path), "output": str(item.job.output),
                   "status": "failed" if item.error else "ok", "error": item.error}
         if item.hw is not None:
@@ -83,12 +88,19 @@ class Reporter:
         data = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
         start = None
         try:
-            start = self.report.tell()
-            while data:
-                data = data[self.report.write(data):]
+            # Locked: another run appending to the same report (--skip-existing) waits, so lines never mix and
+            # a cut-back below removes only this line.
+            with locked(self.report):
+                try:
+                    start = self.report.seek(0, os.SEEK_END)
+                    while data:
+                        data = data[self.report.write(data):]
+                except OSError:
+                    _cut_back(self.report, start, close=False)
+                    raise
         except OSError as e:
             # Disk full (or gone): keep the report's complete lines, cut a partial one, and go on restoring.
-            _cut_back(self.report, start)
+            _cut_back(self.report, None)
             self.report = None
             self.report_error = (f"--report {self.report_path}: cannot write ({io_reason(e)}); the report stops "
                                  f"here, restoring goes on and the run will exit 1")
@@ -113,24 +125,27 @@ def _open_report(path: Path, append: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unbuffered: each line goes out whole or, on a full disk, is cut back off (see Reporter._write).
         report = open(path, "ab" if append else "wb", buffering=0)
-        if append and report.tell() > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # an earlier run killed mid-line: keep its lines whole
-                    report.write(b"\n")
-                    report.flush()
+        if append:
+            with locked(report):
+                if report.seek(0, os.SEEK_END) > 0:
+                    with open(path, "rb") as f:
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":  # an earlier run killed mid-line: keep its lines whole
+                            report.write(b"\n")
     except OSError as e:
         raise IraeError(f"--report {path}: cannot write ({e.strerror or e})") from None
     return report
 
 
-def _cut_back(report, start: int | None) -> None:
-    """Drop a partly written line and let go of the file; a second failure changes nothing."""
+def _cut_back(report, start: int | None, close: bool = True) -> None:
+    """Drop a partly written line and (``close``) let go of the file; a second failure changes nothing."""
     try:
         if start is not None:
             os.ftruncate(report.fileno(), start)
     except OSError:
         pass
+    if not close:
+        return
     try:
         report.close()
     except OSError:

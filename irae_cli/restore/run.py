@@ -32,10 +32,18 @@ def restore(input: str | Path, output: str | Path, opts: RestoreOptions, *, prog
     (by process 0) and every process exits with the worst code of all.  ``opts.shard``
     restricts the run to one part first (see shard.py).
     """
-    out = out or sys.stdout
-    err = err or sys.stderr
     # Only small Python objects travel between the processes: gloo, also when they restore on GPUs.
     ctx = init_distributed(None, GROUP_TIMEOUT)
+    try:
+        return _restore(input, output, opts, ctx, progress, quiet, out or sys.stdout, err or sys.stderr)
+    finally:
+        # Every way out (a dry run, a usage error said by all, the end of the work) ends the group: a
+        # process that exits with gloo's threads still running is aborted ("terminate called ...").
+        ctx.close()
+
+
+def _restore(input: str | Path, output: str | Path, opts: RestoreOptions, ctx: Dist, progress: bool, quiet: bool,
+             out: TextIO, err: TextIO) -> RestoreSummary:
     plan, device = _plan_everywhere(input, output, opts, ctx)
     opts = plan.options
     shard = parse_shard(opts.shard) if opts.shard is not None else None

@@ -69,8 +69,8 @@ def report_target(opts: RestoreOptions, ctx: Dist) -> tuple[Path | None, bool]:
     report = Path(opts.report)
     if ctx.active:
         return part_path(report, ctx.rank), False
-    # --skip-existing resumes a run: its lines go after the earlier run's, nothing is lost.
-    return report, opts.skip_existing and report.is_file()
+    # --skip-existing resumes a run: its lines go after the earlier run's (or a concurrent run's), nothing is lost.
+    return report, opts.skip_existing
 
 
 def summarise(summary: RestoreSummary, opts: RestoreOptions, shard: Shard | None, ctx: Dist, quiet: bool,
@@ -92,7 +92,6 @@ def summarise(summary: RestoreSummary, opts: RestoreOptions, shard: Shard | None
         if not quiet:  # before the last collective: once one process exits non-zero, torchrun stops the others
             print(f"{total.line()} by {ctx.world} processes{of}", file=err, flush=True)
     total.exit_code = ctx.worst(code)
-    ctx.close()
     return total
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def _is_same_png(data: bytes, x: torch.Tensor) -> bool:
     fails the test and is re-encoded instead.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read_image said what Pillow finds odd in this file, naming it
+            img = Image.open(io.BytesIO(data))
         if img.format != "PNG" or img.mode not in ("RGB", "L") or "transparency" in img.info:
             return False
         arr = np.asarray(img)
