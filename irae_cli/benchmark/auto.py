@@ -38,7 +38,7 @@ def auto_quality(source: str | Path, *, device: str = "auto", dtype: str = "auto
     """Score routing and restoration on the mixed set whose manifest is ``source`` (or in the folder)."""
     path = Path(source)
     root = path if path.is_dir() else path.parent
-    entries = read_manifest(path)
+    entries = read_manifest(path, verify=True)
     max_quality = jpeg_max_quality()
     restorers, models = _restorers(device, dtype, tile, batch_size)
     per_image, failures = [], []
