@@ -1,9 +1,9 @@
 """``--task auto``: which task, if any, a file goes to, and why.
 
 A JPEG at or below the quality the shipped JPEG weights were measured to improve
-(their ``max_quality``) goes to the JPEG model; otherwise a file whose estimated
-noise sigma is at or above ``DENOISE_FROM_SIGMA`` goes to the denoiser; anything
-else is copied as it is.  Inpainting is never chosen: it needs a mask.  The same
+(their ``max_quality``) goes to the JPEG model, and one above it is copied as it is;
+any other file whose estimated noise sigma is at or above ``DENOISE_FROM_SIGMA``
+goes to the denoiser; anything else is copied as it is.  Inpainting is never chosen: it needs a mask.  The same
 rule routes files in ``irae restore`` and states the right route of a test-set
 file in ``irae benchmark quality --task auto`` (docs/auto.md).
 """
@@ -57,11 +57,14 @@ def route(jpeg_quality: int | None, max_quality: int | None, sigma: float | None
     by_quality = jpeg_route(jpeg_quality, max_quality)
     if by_quality is not None:
         return by_quality
-    above = f"quality {jpeg_quality} above {max_quality}, " if jpeg_quality is not None else ""
+    if jpeg_quality is not None:
+        # Kept as it is, noisy or not: a JPEG's own in-block error reads as sigma 4-5 on fine texture
+        # (docs/auto.md), so the estimate cannot tell a clean high-quality JPEG from a mildly noisy one.
+        return Route(None, f"quality {jpeg_quality} above {max_quality}", jpeg_quality=jpeg_quality)
     if sigma is not None and sigma >= threshold:
-        return Route("denoise", f"{above}sigma ~ {sigma:.1f}", jpeg_quality=jpeg_quality, sigma=sigma)
+        return Route("denoise", f"sigma ~ {sigma:.1f}", sigma=sigma)
     noise = f"sigma ~ {sigma:.1f}" if sigma is not None else "no noise measured"
-    return Route(None, f"{above}clean ({noise})", jpeg_quality=jpeg_quality, sigma=sigma)
+    return Route(None, f"clean ({noise})", sigma=sigma)
 
 
 def right_route(task: str, params: dict, max_quality: int | None, threshold: float = DENOISE_FROM_SIGMA) -> str:

@@ -46,7 +46,7 @@ def test_each_file_goes_its_route_and_clean_ones_are_copied_byte_for_byte(mixed,
     assert {k: d["route"] for k, d in lines.items()} == ROUTES
     assert lines["q20.jpg"]["route_reason"] == "quality 20 -> jpeg" and lines["q20.jpg"]["output"].endswith(".png")
     assert lines["noisy.png"]["route_reason"].startswith("sigma ~ 2") and lines["noisy.png"]["weights_sha256"]
-    assert lines["sub/q95.jpg"]["route_reason"].startswith("quality 95 above 80, clean (sigma ~ ")
+    assert lines["sub/q95.jpg"]["route_reason"] == "quality 95 above 80 -> copied"
     assert lines["clean.png"]["weights_sha256"] is None and lines["clean.png"]["sigma_estimate"] < 4
     for rel in ("sub/q95.jpg", "clean.png", "sub/gray.png"):
         assert (out / rel).read_bytes() == (mixed / rel).read_bytes()
@@ -104,7 +104,7 @@ def test_usage_errors_before_any_work(mixed, tmp_path, args, words):
 
 def test_route_rule_and_its_truth():
     assert route(80, 80, 30.0).name == "jpeg"
-    assert route(81, 80, 30.0).name == "denoise"  # a noisy JPEG above max_quality: its noise survived
+    assert route(81, 80, 30.0).name == "copied"  # a JPEG above max_quality is kept as it is, noisy or not
     assert route(None, 80, 4.0).name == "denoise" and route(None, 80, 3.9).name == "copied"
     assert right_route("denoise", {"sigma": 3.0}, 80) == "copied"  # below the threshold the input is better
     assert right_route("jpeg", {"quality": 90}, 80) == "copied" and right_route("none", {}, 80) == "copied"

@@ -9,25 +9,23 @@ import torch
 from ..degradations.estimate import estimate_sigma
 from ..errors import ImageError, IraeError
 from ..imageio import read_image
-from ..routing import Route, jpeg_route, route
+from ..routing import Route, route
 from .options import RestoreOptions
 from .plan import Job
 
 
 def route_pixels(job: Job, x: torch.Tensor, max_quality: int | None) -> Route:
     """The route of one decoded file: its header's JPEG quality first, else the noise measured in ``x``."""
-    by_quality = jpeg_route(job.jpeg_quality, max_quality)
-    if by_quality is not None:
-        return by_quality
-    return route(job.jpeg_quality, max_quality, estimate_sigma(x))
+    if job.jpeg_quality is not None:  # its quality decides: to the JPEG model, or kept as it is
+        return route(job.jpeg_quality, max_quality, None)
+    return route(None, max_quality, estimate_sigma(x))
 
 
 def route_file(job: Job, max_quality: int | None) -> Route | str:
     """The route of one file for --dry-run (decoding it only when its JPEG quality does not decide), or why
     it cannot be read."""
-    by_quality = jpeg_route(job.jpeg_quality, max_quality)
-    if by_quality is not None:
-        return by_quality
+    if job.jpeg_quality is not None:
+        return route(job.jpeg_quality, max_quality, None)
     try:
         x, _ = read_image(job.source.path)
     except ImageError as e:
