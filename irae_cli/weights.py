@@ -206,6 +206,18 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
                          training=training, metadata=meta)
 
 
+def read_task_params(name_or_path: str | Path) -> dict:
+    """The ``task_params`` a weights file runs with, from its metadata alone (no tensors read, no checksum:
+    enough to plan with; ``load_weights`` checks the file when the model is needed)."""
+    path, _ = resolve(name_or_path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(unreadable_safetensors(path, e, "weights")) from None
+    return metadata_json(meta, "task_params", path)
+
+
 def checkpoint_not_weights(path: Path) -> str:
     """Why a training checkpoint is refused as weights, naming the weights file the same run wrote beside it."""
     suffix = CHECKPOINT_SUFFIX

@@ -105,3 +105,36 @@ def invertibility_table(result: dict):
         table.add_row(r["image"], f"{r['shape'][2]}x{r['shape'][1]}", f"{r['rel_error']:.3e}",
                       f"{r['max_error_levels']:.4f}", f"{r['exact_u8_fraction']:.4%}")
     return table
+
+
+def auto_tables(result: dict):
+    """--task auto: the routing table (per level) and the quality table (each row per level)."""
+    from rich.table import Table
+
+    s = result["settings"]
+    routing = Table(title=f"irae benchmark quality — auto routing, {s['n_images']} file(s), {s['source']}",
+                    caption=f"JPEG quality <= {s['max_quality']} -> jpeg; else estimated sigma >= "
+                            f"{s['denoise_from_sigma']:g} -> denoise; else copied")
+    for col in ("level", "files", "right route", "routed right", "routes", "sigma est. mean (min-max)",
+                "sigma error mean / |mean|"):
+        routing.add_column(col, justify="left" if col in ("level", "right route", "routes") else "right")
+    for r in result["routing"]:
+        est, err = r["sigma_estimate"], r["sigma_error"]
+        routing.add_row(r["level"], str(r["n_images"]), ",".join(r["right_route"]), f"{r['right']:.1%}",
+                        ", ".join(f"{k} {n}" for k, n in sorted(r["routes"].items())),
+                        f"{est['mean']:.2f} ({est['min']:.2f}-{est['max']:.2f})",
+                        f"{err['mean']:+.2f} / {err['mean_abs']:.2f}" if err else "-")
+    quality = Table(title="PSNR / SSIM of each row (input; --task denoise, jpeg, auto on every file)",
+                    caption="mean of per-image values; 'all degraded' leaves out the clean files (inf when copied)")
+    keys = list(result["results"][0]["metrics"])
+    for col in ("model", "level", *keys):
+        quality.add_column(col, justify="left" if col in ("model", "level") else "right")
+    for r in result["results"]:
+        cells = []
+        for k in keys:
+            text = _fmt(r["metrics"][k], 4 if k.startswith("ssim") else 2)
+            if r["n_inf"].get(k) and r["metrics"][k] != math.inf:
+                text += f" (+{r['n_inf'][k]} exact)"
+            cells.append(text)
+        quality.add_row(r["model"], r["level"], *cells)
+    return routing, quality

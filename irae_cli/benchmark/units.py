@@ -159,7 +159,8 @@ def manifest_units(path: Path, task: str, failures: list[dict], settings: dict):
     if tasks != [task]:
         raise IraeError(f"{path}: manifest is for task {', '.join(tasks)}, not {task!r}; "
                         f"pass --task {tasks[0]}" if len(tasks) == 1 else
-                        f"{path}: manifest mixes tasks {', '.join(tasks)}; benchmark one task at a time")
+                        f"{path}: manifest mixes tasks {', '.join(tasks)}; benchmark one task at a time, or a "
+                        f"mixed set (irae degrade --task auto) with --task auto")
     base = (path if path.is_dir() else path.parent)
     levels: dict[str, dict] = {}
     seeds = set()

@@ -12,7 +12,8 @@ from ..defaults import DEFAULTS
 from ..errors import EXIT_USAGE, IraeError, QuietError, one_line
 
 # `irae restore` and `irae benchmark quality` take the same required --task.
-TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.")
+TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg, inpaint, or auto: each file to the task "
+                    "its flaw needs (JPEG quality, measured noise) or copied as it is.")
 # `irae restore` and `irae benchmark quality` take the same --backend (speed takes a list of them).
 BACKEND = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (CPU, fp32; needs pip install "
                        "'irae\\[onnx]'). auto: onnxruntime on a CPU without native bf16 when installed, else torch.")

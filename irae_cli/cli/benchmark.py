@@ -131,6 +131,11 @@ def quality_cmd(
         from ..benchmark.tables import quality_table
         from ..progress import Progress
 
+        if task == "auto":
+            _check_auto_options(weights=weights, compare=compare, sigma=sigma, noise_protocol=noise_protocol,
+                                quality=quality, mask=mask, hole_ratio=hole_ratio, sheet=sheet,
+                                self_ensemble=self_ensemble)
+            raise typer.Exit(_auto(source, device, dtype, tile, batch_size, json_path, overwrite))
         _check_sheet_options(sheet_region, sheet_images, sheet_crop)
         workers = workers_for(workers)
         tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
@@ -146,6 +151,41 @@ def quality_cmd(
         _note_skipped_classical(result["settings"]["classical"])
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)
+
+
+def _check_auto_options(**given) -> None:
+    """--task auto scores a mixed set as it is, with the shipped weights of each task."""
+    from ..errors import IraeError
+
+    names = {"self_ensemble": "--self-ensemble", "noise_protocol": "--noise-protocol", "hole_ratio": "--hole-ratio"}
+    stray = [names.get(k, f"--{k}") for k, v in given.items() if v]
+    if stray:
+        raise IraeError(f"{', '.join(stray)} cannot be used with --task auto, which scores a mixed set made by "
+                        f"'irae degrade --task auto' with the shipped weights of each task; drop them")
+
+
+def _auto(source: Path, device: str, dtype: str, tile: str, batch_size: int, json_path: Optional[Path],
+          overwrite: bool) -> int:
+    from rich.console import Console
+
+    from ..benchmark.auto import auto_quality
+    from ..benchmark.common import check_outputs, write_json
+    from ..benchmark.tables import auto_tables
+    from ..progress import Progress
+
+    check_outputs({"--json": json_path}, overwrite)
+    tile_value = "auto" if tile.strip() == "auto" else parse_range(tile, int, "--tile")[0]
+    with Progress("scoring", columns=("last {image}",), fields={"image": ""}, unit="file(s)") as bar:
+        result = auto_quality(source, device=device, dtype=dtype, tile=tile_value, batch_size=batch_size,
+                              progress=_scored_counter(bar))
+    console = Console(width=200)
+    for table in auto_tables(result):
+        console.print(table)
+    for f in result["failures"]:
+        print(f"irae: error: {one_line(f['error'])}", file=sys.stderr)
+    if json_path is not None:
+        write_json(result, json_path, overwrite=overwrite)
+    return 1 if result["failures"] else 0
 
 
 def _check_sheet_options(region: str, images: int, crop: int) -> None:

@@ -15,7 +15,8 @@ from ._common import (HOLE_RATIO, MASKS, QUALITIES, SIGMAS, finish_hint, parse_l
 
 _CLEAN = typer.Argument(..., help="Clean image file or folder (never written to).", show_default=False)
 _OUT = typer.Argument(..., help="Output folder for the set; must be new or empty.", show_default=False)
-_TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg or inpaint.", show_default=False)
+_TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg, inpaint, or auto: a mixed set (noise at each "
+                     "--sigma, JPEG at each --quality, and the clean files) to try --task auto on.", show_default=False)
 _SIGMA = typer.Option(
     None, "--sigma", help="denoise: noise levels on the 0-255 scale, comma-separated; a range such as "
                           f"0-55 draws sigma per image (recorded). Default: {SIGMAS}.", show_default=False)

@@ -17,6 +17,8 @@ EPILOG = """Examples:
 
   irae restore --task jpeg scans/ out/ --skip-existing --report run.jsonl
 
+  irae restore --task auto phone/ out/ --dry-run   (each file: JPEG model, denoiser or copied as it is)
+
   irae restore --task inpaint damaged/ out/ --masks masks/ --weights inpaint.safetensors
 
   torchrun --standalone --nproc_per_node 4 -m irae_cli restore --task denoise photos/ out/ --report run.jsonl

@@ -28,6 +28,10 @@ from .noise import add_gaussian_noise
 from .seeds import uniform
 
 INPAINT_FILL = 0.5  # stored holed images are mid-grey inside the holes
+# A mixed set (``--task auto``) holds noisy files, JPEGs and clean files; these are its default levels.
+AUTO_SIGMAS = (5.0, 15.0, 25.0, 50.0)
+AUTO_QUALITIES = (10, 30, 60, 90, 95)
+CLEAN_LEVEL = "clean"  # a mixed set's clean members: the clean files themselves (task "none")
 
 
 def noise_protocol(name: str) -> str:
@@ -55,6 +59,8 @@ class Level:
         Raises ImageError when no mask in the level's hole range fits the image.
         """
         p = self.params
+        if self.task == "none":
+            return x, None, {}
         if self.task == "denoise":
             if "sigma" in p:
                 sigma = float(p["sigma"])
@@ -88,6 +94,8 @@ class Level:
         """
         pixels, mask, _ = self.draw(x, g)
         p = self.params
+        if self.task == "none":
+            return pixels, None
         if self.task == "denoise":
             return (pixels if p["protocol"] == "float" else quantize_u8(pixels)), None
         if self.task == "jpeg":
@@ -105,8 +113,8 @@ def _num(v: float) -> str:
 
 
 def _check_options(task: str, given: dict) -> None:
-    own = {"denoise": {"--sigma", "--noise-protocol"},
-           "jpeg": {"--quality", "--subsampling", "--double-quality"},
+    noise, jpeg = {"--sigma", "--noise-protocol"}, {"--quality", "--subsampling", "--double-quality"}
+    own = {"denoise": noise, "jpeg": jpeg, "auto": noise | jpeg,
            "inpaint": {"--mask", "--hole-ratio", "--hole-bins"}}[task]
     stray = [k for k, v in given.items() if v is not None and k not in own]
     if stray:
@@ -164,6 +172,16 @@ def _hole_levels(masks, hole_ratio, hole_bins) -> list[Level]:
             for kind in kinds for lo, hi in ranges]
 
 
+def _mixed_levels(sigma, protocol, quality, subsampling, double_quality) -> list[Level]:
+    """A mixed set for ``--task auto``: each noise level, each JPEG quality, and the clean files as they are."""
+    if protocol is not None and noise_protocol(protocol) != "clip":
+        raise IraeError("--noise-protocol float does not go with --task auto: a mixed set holds files as users "
+                        "have them (8-bit, clipped); drop the option")
+    noisy = _noise_levels(sigma or [(s, s) for s in AUTO_SIGMAS], "clip")
+    jpegs = _jpeg_levels(quality or list(AUTO_QUALITIES), subsampling, double_quality)
+    return [*noisy, *jpegs, Level(CLEAN_LEVEL, "none", {})]
+
+
 def build_levels(task: str, *, sigma: list[tuple[float, float]] | None = None, noise_protocol: str | None = None,
                  quality: list[int] | None = None, subsampling: str | None = None,
                  double_quality: int | None = None, masks: list[str] | None = None,
@@ -176,10 +194,12 @@ def build_levels(task: str, *, sigma: list[tuple[float, float]] | None = None, n
     given = {"--sigma": sigma, "--noise-protocol": noise_protocol, "--quality": quality,
              "--subsampling": subsampling, "--double-quality": double_quality, "--mask": masks,
              "--hole-ratio": hole_ratio, "--hole-bins": hole_bins}
-    if task not in ("denoise", "jpeg", "inpaint"):
-        raise IraeError(f"unknown task {task!r}; use one of: denoise, jpeg, inpaint")
+    if task not in ("denoise", "jpeg", "inpaint", "auto"):
+        raise IraeError(f"unknown task {task!r}; use one of: denoise, jpeg, inpaint, auto")
     _check_options(task, given)
-    if task == "denoise":
+    if task == "auto":
+        levels = _mixed_levels(sigma, noise_protocol, quality, subsampling, double_quality)
+    elif task == "denoise":
         levels = _noise_levels(sigma, noise_protocol)
     elif task == "jpeg":
         levels = _jpeg_levels(quality, subsampling, double_quality)

@@ -18,10 +18,11 @@ from typing import TextIO
 
 import torch
 
-from ..errors import one_line, set_warning_handler
+from ..errors import IraeError, one_line, set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
-from .items import Item, _decode_gpu_jpegs, _read, _write
+from .auto import AutoModels
+from .items import Item, _copy, _decode_gpu_jpegs, _read, _write
 from .options import RestoreOptions, io_threads
 from .plan import Job, Plan
 from .report import Reporter, RestoreSummary
@@ -38,12 +39,16 @@ def images_per_batch(batch_size: int, height: int, width: int) -> int:
 
 def run_plan(plan: Plan, restorer, loaded, opts: RestoreOptions, report: Path | None, append: bool, *,
              progress: bool, quiet: bool, err: TextIO, label: str) -> RestoreSummary:
-    """Restore ``plan.jobs`` and report ``plan.skipped``; the model is loaded and the plan checked."""
+    """Restore ``plan.jobs`` and report ``plan.skipped``; the model is loaded (``AutoModels`` for --task auto:
+    each task's model when a file first needs it) and the plan checked."""
     _remove_stale_temp_files(plan, quiet, err)
-    common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
-              "backend": restorer.backend,
-              "weights_sha256": loaded.sha256, "views": len(restorer.views)}
-    reporter = Reporter(len(plan.jobs), report, append, progress, quiet, err, common, label)
+    if isinstance(restorer, AutoModels):
+        common = {"device": str(restorer.device), **restorer.fields(None)}
+    else:
+        common = {"device": str(restorer.device), "dtype": str(restorer.dtype).removeprefix("torch."),
+                  "backend": restorer.backend, "weights_sha256": loaded.sha256, "views": len(restorer.views)}
+    reporter = Reporter(len(plan.jobs), report, append, progress, quiet, err, common, label,
+                        routes=isinstance(restorer, AutoModels))
     previous_handler = set_warning_handler(reporter.say)  # warnings (EXIF, masks) print above the progress bar
     for job in plan.skipped:
         reporter.skipped(job)
@@ -68,8 +73,9 @@ def _remove_stale_temp_files(plan: Plan, quiet: bool, err: TextIO) -> None:
 
 
 def _gpu_jpeg_decode(restorer, needs_mask: bool) -> bool:
-    """Whether plain JPEGs are decoded in batches with nvJPEG (CUDA, and a task without masks)."""
-    return restorer.device.type == "cuda" and not needs_mask
+    """Whether plain JPEGs are decoded in batches with nvJPEG (CUDA, a task without masks, not --task auto:
+    its models load on demand, so there is no device to decode onto before the first route)."""
+    return not isinstance(restorer, AutoModels) and restorer.device.type == "cuda" and not needs_mask
 
 
 class _BatchRunner:
@@ -81,14 +87,16 @@ class _BatchRunner:
     """
 
     def __init__(self, restorer, opts: RestoreOptions, reporter: Reporter) -> None:
-        self.restorer = restorer
+        self.router = restorer if isinstance(restorer, AutoModels) else None
+        self.restorer = None if self.router else restorer
         self.opts = opts
         self.reporter = reporter
         self.workers = io_threads(opts.workers)
-        self.needs_mask = restorer.task.needs_mask
+        self.needs_mask = False if self.router else restorer.task.needs_mask
         self.gpu_jpeg = _gpu_jpeg_decode(restorer, self.needs_mask)
         # JPEGs above the quality these weights improve are kept as they are (Task.passes_through)
-        self.max_quality = restorer.task_params.get("max_quality") if restorer.task.name == "jpeg" else None
+        self.max_quality = restorer.task_params.get("max_quality") \
+            if self.restorer is not None and restorer.task.name == "jpeg" else None
         self.readers = ThreadPoolExecutor(self.workers, thread_name_prefix="irae-read")
         # nvJPEG batches decode on one thread of their own, one batch ahead of the model
         self.decoder = ThreadPoolExecutor(1, thread_name_prefix="irae-nvjpeg") if self.gpu_jpeg else None
@@ -125,13 +133,12 @@ class _BatchRunner:
             self.reporter.done(item)
             return
         item.hw = tuple(item.x.shape[-2:])
-        quality = item.meta.jpeg_quality  # read with the pixels, on either decoder's path
-        if self.restorer.task.passes_through(self.restorer.task_params, quality):
-            item.notes.append(f"kept as it is: JPEG quality {quality} is above {self.max_quality}, "
-                              f"the highest these weights improve")
-            self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
+        if self.router is not None:
+            if not self._routed(item):
+                return
+        elif self._passed_through(item):
             return
-        key = tuple(item.x.shape)
+        key = (item.route.task if item.route else None, *item.x.shape)
         bucket = self.buckets[key]
         bucket.append(item)
         if len(bucket) >= images_per_batch(self.opts.batch_size, key[-2], key[-1]):
@@ -139,6 +146,35 @@ class _BatchRunner:
         elif self._buffered_pixels() > BUFFER_PIXELS:
             fullest = max(self.buckets, key=lambda k: len(self.buckets[k]))
             self.run_batch(self.buckets.pop(fullest))
+
+    def _passed_through(self, item: Item) -> bool:
+        """A JPEG above the quality these weights improve is written as it is (Task.passes_through)."""
+        quality = item.meta.jpeg_quality  # read with the pixels, on either decoder's path
+        if not self.restorer.task.passes_through(self.restorer.task_params, quality):
+            return False
+        item.notes.append(f"kept as it is: JPEG quality {quality} is above {self.max_quality}, "
+                          f"the highest these weights improve")
+        self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
+        return True
+
+    def _routed(self, item: Item) -> bool:
+        """--task auto: route the file; True when it goes on to a model, False when it is copied (or its
+        model cannot be loaded, which fails it)."""
+        item.route = self.router.route(item.job, item.x)
+        item.extra.update(item.route.fields())
+        if item.route.task is None:
+            item.x = None
+            item.extra.update(self.router.fields(None))
+            self.writes.append(self.writers.submit(_copy, item, self.opts))
+            return False
+        try:
+            self.router.restorer(item.route.task)
+        except IraeError as e:
+            item.error = f"{item.job.source.path}: {item.route.describe()}, but its model cannot be loaded: {e}"
+            self.reporter.done(item)
+            return False
+        item.extra.update(self.router.fields(item.route.task))
+        return True
 
     def _buffered_pixels(self) -> int:
         return sum(it.x.shape[-1] * it.x.shape[-2] for b in self.buckets.values() for it in b)
@@ -158,13 +194,14 @@ class _BatchRunner:
 
     def run_batch(self, items: list[Item]) -> None:
         """Restore images of one shape together and hand them to the writers; a failed batch fails its files."""
-        stats = self.restorer.stats
+        restorer = self.router.restorer(items[0].route.task) if self.router else self.restorer
+        stats = restorer.stats
         tiles0, notes0 = stats.tiles, len(stats.notes)
         t0 = time.perf_counter()
         try:
             x = _batch([it.x for it in items])
             masks = _batch([it.mask for it in items]) if self.needs_mask else None
-            y = self.restorer(x, masks)
+            y = restorer(x, masks)
         except Exception as e:  # noqa: BLE001 - a batch that fails is reported per file; the run goes on
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             for it in items:

@@ -36,6 +36,8 @@ class Item:
     hw: tuple[int, int] | None = None  # (H, W), kept after the pixels are released
     reported: bool = False  # its report line and count are done (Ctrl-C must neither lose nor repeat them)
     skipped: str | None = None  # why it counts as skipped after all: its output appeared (--skip-existing)
+    route: object = None  # --task auto: its routing.Route
+    extra: dict = field(default_factory=dict)  # report keys of its own (--task auto: route, model)
 
 
 def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool) -> Item:
@@ -143,16 +145,7 @@ def _write(item: Item, y, opts: RestoreOptions) -> Item:
     output = item.job.output
     try:
         data = encode_image(y, item.meta, output.suffix, quality=opts.quality, png_compress_level=opts.png_level)
-        replace = opts.overwrite
-        if item.job.redo_empty:  # replace the empty file found by the plan, nothing that has appeared since
-            replace = empty_file(output) or not (output.exists() or output.is_symlink())
-            item.notes.append("replaced an empty (0-byte) output")
-        atomic_write_bytes(output, data, overwrite=replace)
-    except OutputExists as e:
-        if opts.skip_existing:  # another run wrote it meanwhile: theirs is kept, and this is no failure
-            item.skipped = APPEARED
-        else:
-            item.error = str(e)
+        _put(item, data, opts)
     except ImageError as e:
         msg = str(e)
         item.error = msg if str(output) in msg else f"{output}: {msg}"
@@ -162,3 +155,40 @@ def _write(item: Item, y, opts: RestoreOptions) -> Item:
         item.error = f"{output}: cannot encode ({type(e).__name__}: {e}); try another --format"
     item.seconds += time.perf_counter() - t0
     return item
+
+
+def _copy(item: Item, opts: RestoreOptions) -> Item:
+    """--task auto left the file as it is: its bytes under its own extension, by the rules of any output."""
+    t0 = time.perf_counter()
+    source = item.job.source.path
+    if item.job.output.suffix != source.suffix:  # a format irae cannot write was planned as PNG
+        item.job.output = item.job.output.with_suffix(source.suffix)
+    try:
+        data = source.read_bytes()
+    except OSError as e:
+        item.error = f"{source}: cannot read it to copy ({e.strerror or e}); check it is readable"
+    else:
+        try:
+            _put(item, data, opts)
+        except ImageError as e:
+            msg = str(e)
+            item.error = msg if str(item.job.output) in msg else f"{item.job.output}: {msg}"
+    item.seconds += time.perf_counter() - t0
+    return item
+
+
+def _put(item: Item, data: bytes, opts: RestoreOptions) -> None:
+    """Write an output's bytes atomically; an existing file is replaced only by --overwrite, or when the plan
+    found it empty (a killed write)."""
+    output = item.job.output
+    replace = opts.overwrite
+    if item.job.redo_empty:  # replace the empty file found by the plan, nothing that has appeared since
+        replace = empty_file(output) or not (output.exists() or output.is_symlink())
+        item.notes.append("replaced an empty (0-byte) output")
+    try:
+        atomic_write_bytes(output, data, overwrite=replace)
+    except OutputExists as e:
+        if opts.skip_existing:  # another run wrote it meanwhile: theirs is kept, and this is no failure
+            item.skipped = APPEARED
+        else:
+            item.error = str(e)

@@ -50,12 +50,15 @@ def check_options(opts: RestoreOptions) -> RestoreOptions:
 
     The caller's object is left as it was: library callers may reuse it for another run.
     """
+    from ..routing import AUTO
     from ..tasks import get_task
 
-    task = get_task(opts.task)  # an unknown task is the first thing to say
+    task = None if opts.task == AUTO else get_task(opts.task)  # an unknown task is the first thing to say
     opts = dataclasses.replace(opts, format=FORMAT_ALIASES.get(opts.format, opts.format))
     if opts.format not in OUTPUT_FORMATS:
         raise IraeError(f"--format {opts.format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if task is None:
+        _check_auto(opts)
     if opts.skip_existing and opts.overwrite:
         raise IraeError("--skip-existing and --overwrite contradict each other; pass one")
     _check_numbers(opts)
@@ -87,7 +90,22 @@ def _check_numbers(opts: RestoreOptions) -> None:
         raise IraeError(f"--png-level must be 0-9, not {opts.png_level}")
 
 
+def _check_auto(opts: RestoreOptions) -> None:
+    """--task auto picks the shipped weights of each task and keeps each file's own format."""
+    if opts.weights is not None:
+        raise IraeError("--weights names the weights of one task; --task auto uses the shipped weights of each "
+                        "task it routes to: drop --weights, or pick the task with --task denoise or --task jpeg")
+    if opts.masks is not None or opts.mask_from is not None:
+        raise IraeError("--task auto never inpaints (holes need a mask per file): run --task inpaint with "
+                        "--masks or --mask-from on those files")
+    if opts.format not in ("auto", "same"):
+        raise IraeError(f"--format {opts.format} does not go with --task auto, which copies clean files byte for "
+                        f"byte under their own extension; use --format auto or same, or a fixed --task")
+
+
 def _check_masks(opts: RestoreOptions, task) -> None:
+    if task is None:
+        return
     if opts.mask_from not in (None, "alpha"):
         raise IraeError(f"--mask-from {opts.mask_from!r}: only 'alpha' is supported")
     if task.needs_mask:

@@ -19,6 +19,7 @@ from ..errors import IraeError
 from ..files import Source, discover, folder_problem, folders_reaching, is_within, no_images_message
 from ..imagewrite import PIL_FORMAT, UNWRITABLE_IMAGE_SUFFIXES, output_suffix
 from ..report_parts import leftover_parts
+from ..routing import AUTO, JPEG_SUFFIXES, check_weights, header_quality, jpeg_route
 from .options import RestoreOptions, check_options
 
 LIST_LIMIT = 10  # how many paths an error message lists before "and N more"
@@ -31,6 +32,7 @@ class Job:
     exists: bool = False  # a file (or a link to one) is there: the output would replace it
     is_folder: bool = False  # a folder is there: _folder_clashes
     redo_empty: bool = False  # --skip-existing found a 0-byte file here (a killed write elsewhere): made again
+    jpeg_quality: int | None = None  # --task auto: a JPEG's quality from its header, which may route it
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Plan:
     folder_problems: list[str] = field(default_factory=list)  # output folders that cannot be written
     entries: list[Job] = field(default_factory=list)  # every input in discovery order, whatever its fate
     options: RestoreOptions | None = None  # as checked and normalised by plan_restore
+    max_quality: int | None = None  # --task auto: the JPEG weights' max_quality (routes JPEGs at or below it)
 
     def part(self, indices: list[int]) -> Plan:
         """The same plan for ``entries[i]`` only; the mapping's problems (collisions, onto inputs) stay whole."""
@@ -90,20 +93,40 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
     input, output = Path(input), Path(output)
     if not input.exists():
         raise IraeError(f"{input}: no such file or folder")
+    max_quality = check_weights() if opts.task == AUTO else None
     if input.is_file():
-        sources, targets = [Source(input, Path(input.name))], [_file_target(input, output, opts)]
+        sources = [Source(input, Path(input.name))]
+        qualities = _qualities(sources, opts)
+        targets = [_file_target(input, output, opts, _to_png(qualities[0], max_quality, opts))]
     else:
         sources = _folder_sources(input, output, opts)
-        targets = [output / s.rel.parent / f"{s.rel.stem}{opts.suffix}{_output_ext(s.path, opts)}"
-                   for s in sources]
+        qualities = _qualities(sources, opts)
+        targets = [output / s.rel.parent / f"{s.rel.stem}{opts.suffix}"
+                            f"{_output_ext(s.path, opts, _to_png(q, max_quality, opts))}"
+                   for s, q in zip(sources, qualities)]
     plan = _sort_jobs(input, output, sources, targets, opts)
+    plan.max_quality = max_quality
+    for job, q in zip(plan.entries, qualities):
+        job.jpeg_quality = q
     plan.report_problem = _report_problem(input, opts, [j.output for j in plan.entries],
                                           {os.path.realpath(s.path) for s in sources})
     plan.folder_problems = _folder_problems(plan.jobs) + _guarded_folder_problems(input, output, opts, plan.entries)
     return plan
 
 
-def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
+def _qualities(sources: list[Source], opts: RestoreOptions) -> list[int | None]:
+    """--task auto: each JPEG's quality from its header (the route, and so the output name, may follow from it)."""
+    if opts.task != AUTO:
+        return [None] * len(sources)
+    return [header_quality(s.path) for s in sources]
+
+
+def _to_png(quality: int | None, max_quality: int | None, opts: RestoreOptions) -> bool:
+    """Whether a JPEG input's output is a PNG under --format auto: it goes to the JPEG model."""
+    return opts.task == "jpeg" or (opts.task == AUTO and jpeg_route(quality, max_quality) is not None)
+
+
+def _file_target(input: Path, output: Path, opts: RestoreOptions, to_png: bool) -> Path:
     suffix = output.suffix.lower()
     if suffix in PIL_FORMAT and not output.is_dir():
         if opts.format not in ("auto", "same") and PIL_FORMAT[output_suffix(suffix, opts.format)] != PIL_FORMAT[suffix]:
@@ -116,7 +139,7 @@ def _file_target(input: Path, output: Path, opts: RestoreOptions) -> Path:
     if (output.exists() or output.is_symlink()) and not output.is_dir():
         raise IraeError(f"OUTPUT {output} exists and is neither a folder nor an image file; give a folder, "
                         f"or an image file name such as {output.with_suffix('.png')}")
-    return output / f"{input.stem}{opts.suffix}{_output_ext(input, opts)}"
+    return output / f"{input.stem}{opts.suffix}{_output_ext(input, opts, to_png)}"
 
 
 def _folder_sources(input: Path, output: Path, opts: RestoreOptions) -> list[Source]:
@@ -134,10 +157,10 @@ def _folder_sources(input: Path, output: Path, opts: RestoreOptions) -> list[Sou
     return sources
 
 
-def _output_ext(src: Path, opts: RestoreOptions) -> str:
+def _output_ext(src: Path, opts: RestoreOptions, to_png: bool) -> str:
     if opts.format == "auto":
         # Re-encoding a de-blocked image as JPEG would put the artefacts back.
-        if opts.task == "jpeg" and src.suffix.lower() in (".jpg", ".jpeg"):
+        if to_png and src.suffix.lower() in JPEG_SUFFIXES:
             return ".png"
         return output_suffix(src.suffix, "same")
     return output_suffix(src.suffix, opts.format)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -24,10 +24,17 @@ class RestoreSummary:
     seconds: float = 0.0
     megapixels: float = 0.0
     exit_code: int = EXIT_OK
+    copied: int = 0  # --task auto: files left as they are (copied byte for byte)
+    routes: dict[str, int] = field(default_factory=dict)  # --task auto: files per route (jpeg, denoise, copied)
 
     def line(self) -> str:
         mps = self.megapixels / self.seconds if self.seconds > 0 else 0.0
-        return (f"restored {self.restored}, skipped {self.skipped}, failed {self.failed} "
+        routes = ""
+        if self.routes:
+            restored = ", ".join(f"{n} {k}" for k, n in sorted(self.routes.items()) if k != "copied")
+            routes = f" ({restored})" if restored else ""
+            routes += f", copied {self.copied}"
+        return (f"restored {self.restored}{routes}, skipped {self.skipped}, failed {self.failed} "
                 f"in {self.seconds:.1f} s ({mps:.2f} MP/s)")
 
 
@@ -35,7 +42,7 @@ class Reporter:
     """Counts, progress bar, one-line failures on stderr and the JSONL report; main thread only."""
 
     def __init__(self, total: int, report: Path | None, append: bool, progress: bool, quiet: bool, err: TextIO,
-                 common: dict, label: str = "restoring") -> None:
+                 common: dict, label: str = "restoring", routes: bool = False) -> None:
         self.summary = RestoreSummary()
         self.err = err
         self.quiet = quiet
@@ -44,7 +51,10 @@ class Reporter:
         self.report_path = report  # this process's part of the report under torchrun
         self.report_error: str | None = None
         self.report = _open_report(report, append) if report is not None else None
-        self.bar = Progress(label, total, fields={"mps": 0.0}, columns=("{mps:.2f} MP/s",), unit="images",
+        # --task auto: the bar says where the latest file went and why
+        columns = ("{mps:.2f} MP/s", "{route}") if routes else ("{mps:.2f} MP/s",)
+        fields = {"mps": 0.0, "route": ""} if routes else {"mps": 0.0}
+        self.bar = Progress(label, total, fields=fields, columns=columns, unit="images",
                             stream=err, live=progress and not quiet, quiet=quiet)
 
     def say(self, line: str) -> None:
@@ -71,6 +81,7 @@ class Reporter:
             if not item.error:
                 self.summary.megapixels += w * h / 1e6
         record.update(seconds=round(item.seconds, 4), tiles=item.tiles, **self.common)
+        record.update(item.extra)
         if item.notes:
             record["notes"] = item.notes
         self._write(record)
@@ -78,9 +89,21 @@ class Reporter:
             self.summary.failed += 1
             self.say(f"irae: failed: {item.error}")
         else:
-            self.summary.restored += 1
+            self._count(item)
         elapsed = time.perf_counter() - self.started
-        self.bar.update(advance=1, mps=self.summary.megapixels / max(elapsed, 1e-9))
+        route = f"{item.job.source.rel}: {item.route.describe()}" if item.route is not None else None
+        self.bar.update(advance=1, mps=self.summary.megapixels / max(elapsed, 1e-9), route=route)
+
+    def _count(self, item: Item) -> None:
+        if item.route is None:
+            self.summary.restored += 1
+            return
+        name = item.route.name
+        self.summary.routes[name] = self.summary.routes.get(name, 0) + 1
+        if item.route.task is None:
+            self.summary.copied += 1
+        else:
+            self.summary.restored += 1
 
     def _write(self, record: dict) -> None:
         if self.report is None:

@@ -10,6 +10,8 @@ from ..distributed import Dist, init_distributed, rank_device
 from ..errors import IraeError
 from ..report_parts import settle_leftovers
 from ..shard import parse_shard
+from ..routing import AUTO
+from .auto import AutoModels
 from .batches import run_plan
 from .dry_run import dry_run
 from .options import RestoreOptions
@@ -83,7 +85,10 @@ def _get_ready(plan: Plan, opts: RestoreOptions, device, ctx: Dist):
             import torch
 
             torch.cuda.set_device(device)
-        restorer, loaded = load_restorer(opts, plan.jobs, device)
+        if opts.task == AUTO:  # each task's model loads when a file first needs it
+            restorer, loaded = AutoModels(opts, plan.jobs, device, plan.max_quality), None
+        else:
+            restorer, loaded = load_restorer(opts, plan.jobs, device)
         if report is not None and ctx.main:
             settle_leftovers(report, keep=opts.skip_existing)
             if ctx.active:

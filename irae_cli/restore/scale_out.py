@@ -99,4 +99,6 @@ def _total(summaries: list[RestoreSummary]) -> RestoreSummary:
     return RestoreSummary(restored=sum(s.restored for s in summaries), skipped=sum(s.skipped for s in summaries),
                           failed=sum(s.failed for s in summaries), seconds=max(s.seconds for s in summaries),
                           megapixels=sum(s.megapixels for s in summaries),
-                          exit_code=max(s.exit_code for s in summaries))
+                          exit_code=max(s.exit_code for s in summaries), copied=sum(s.copied for s in summaries),
+                          routes={k: sum(s.routes.get(k, 0) for s in summaries)
+                                  for k in sorted({k for s in summaries for k in s.routes})})

@@ -169,16 +169,20 @@ def _write_level(src: Source, clean: _Clean, level: Level, run: RunSetup, outcom
     """Degrade one image at one level, write its file(s) and add its manifest line (or a failure line)."""
     image_seed = derive_seed(run.seed, clean.source, level.name)
     g = torch.Generator().manual_seed(image_seed)
-    try:
-        suffix, degraded, mask, params = _degrade(level, clean.x, g)
-        deg_rel = f"{level.name}/{clean.stem}{suffix}"
-        mask_rel = f"{MASK_DIR}/{level.name}/{clean.stem}.png" if mask is not None else None
-        outcome.put(run.writer, deg_rel, degraded)
-        if mask is not None:
-            outcome.put(run.writer, mask_rel, mask)
-    except ImageError as e:
-        outcome.failures.append(f"{src.path} [{level.name}]: {e}" if str(src.path) not in str(e) else str(e))
-        return
+    if level.task == "none":  # a mixed set's clean member is the clean file itself: nothing more to write
+        deg_rel, digest, mask, mask_rel, params = clean.rel, clean.sha256, None, None, {}
+    else:
+        try:
+            suffix, degraded, mask, params = _degrade(level, clean.x, g)
+            deg_rel = f"{level.name}/{clean.stem}{suffix}"
+            mask_rel = f"{MASK_DIR}/{level.name}/{clean.stem}.png" if mask is not None else None
+            outcome.put(run.writer, deg_rel, degraded)
+            if mask is not None:
+                outcome.put(run.writer, mask_rel, mask)
+        except ImageError as e:
+            outcome.failures.append(f"{src.path} [{level.name}]: {e}" if str(src.path) not in str(e) else str(e))
+            return
+        digest = sha256(degraded)
     outcome.records.append({
         "manifest_version": MANIFEST_VERSION,
         "id": f"{level.name}/{clean.stem}",
@@ -195,7 +199,7 @@ def _write_level(src: Source, clean: _Clean, level: Level, run: RunSetup, outcom
         "height": int(clean.x.shape[-2]),
         "channels": int(clean.x.shape[0]),
         "clean_sha256": clean.sha256,
-        "degraded_sha256": sha256(degraded),
+        "degraded_sha256": digest,
         "mask_sha256": sha256(mask) if mask is not None else None,
         "versions": run.versions,
     })

@@ -12,6 +12,7 @@ from ..tasks import TASKS
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_VERSION = 1
+NO_TASK = "none"  # a clean member of a mixed set (``irae degrade --task auto``): nothing to restore
 
 
 def sha256(data: bytes) -> str:
@@ -84,10 +85,11 @@ def _check_required(entry: dict, where: str) -> None:
 
 def _check_task_mask(entry: dict, where: str) -> None:
     """``task`` is a known one, and ``mask`` (a path) is there exactly when the task needs a mask (inpaint)."""
-    if entry["task"] not in TASKS:
+    needs_mask = {**{name: t.needs_mask for name, t in TASKS.items()}, NO_TASK: False}
+    if entry["task"] not in needs_mask:
         raise IraeError(f"{where}: unknown task {entry['task']!r}")
     mask = entry.get("mask")
-    if (mask is None) == TASKS[entry["task"]].needs_mask:
+    if (mask is None) == needs_mask[entry["task"]]:
         raise IraeError(f"{where}: task {entry['task']} {'needs' if mask is None else 'has no'} mask")
     if mask is not None and not isinstance(mask, str):
         raise IraeError(f"{where}: invalid 'mask'")
@@ -121,7 +123,8 @@ def read_manifest(path: str | Path, *, verify: bool = False) -> list[dict]:
     keys (manifest_version 1):
 
     - ``id`` (unique, ``<level>/<rel without extension>``), ``task``
-      (denoise|jpeg|inpaint), ``level``, ``source`` (input path relative to CLEAN)
+      (denoise|jpeg|inpaint, or none for the clean members of a mixed set, whose
+      ``degraded`` is their ``clean`` file), ``level``, ``source`` (input path relative to CLEAN)
     - ``clean``, ``degraded``, ``mask`` (None unless inpaint): paths relative to
       the folder holding the manifest, '/'-separated
     - ``params``: denoise ``sigma`` (used, 0-255 scale), ``sigma_range`` (blind
