@@ -140,6 +140,7 @@ def test_compiled_training_follows_the_eager_losses(tmp_path, photos):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_whole_step_is_captured_without_host_syncs(tmp_path, photos):
     s = tr.Session(data=photos, out=tmp_path / "w.safetensors", quiet=True, device="cuda", compile="on",
                    log_every=5)
