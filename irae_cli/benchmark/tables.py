@@ -73,6 +73,9 @@ def speed_table(result: dict):
         mode = r["mode"]
         if "dtype" in r:
             mode += f" ({r['dtype']}{', compiled' if r.get('compile') else ''}{', folded' if r.get('folded') else ''})"
+        if "graph_breaks" in r:
+            syncs = "" if r["host_syncs_per_step"] is None else f", {r['host_syncs_per_step']} host syncs/step"
+            mode += f" ({r['graph_breaks']} graph breaks{syncs}; compiled in {r['compile_s']} s)"
         table.add_row(mode, str(r["images"]), f"{r['megapixels']:.3g}", f"{r['median_s']:.4f}",
                       f"{r['p90_s']:.4f}", _fmt(r["mp_per_s"], 3), _fmt(r["images_per_s"], 2), mem)
     return table
