@@ -146,3 +146,29 @@ def test_cuda_whole_step_is_captured_without_host_syncs(tmp_path, photos):
                    log_every=5)
     result = tr.train(s, {**FAST, "steps": 12})
     assert result.summary["compiled"] == {"graph_breaks": 0, "host_syncs_per_step": 0}
+
+
+def test_benchmark_times_the_eager_training_step(tmp_path):
+    from irae_cli.benchmark.speed import speed
+
+    s = speed(arch="tiny", train=True, size=16, batch_size=2, repeats=2, warmup=1, device="cpu")
+    assert s["settings"]["train"] is True and [r["mode"] for r in s["results"]] == ["train eager"]
+    assert s["results"][0]["patches_per_s"] > 0
+
+
+def test_benchmark_train_is_for_presets_a_usage_error(tmp_path):
+    from util import irae
+
+    r = irae("benchmark", "speed", "--train", "--weights", "irae-denoise-small")
+    assert r.returncode == 2 and "--train times an untrained preset" in r.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_times_eager_and_compiled_training_in_one_run():
+    from irae_cli.benchmark.speed import speed
+
+    s = speed(arch="tiny", train=True, compile=True, size=16, batch_size=2, repeats=3, warmup=1, device="cpu")
+    eager, compiled = s["results"]
+    assert (eager["mode"], compiled["mode"]) == ("train eager", "train compiled")
+    assert compiled["graph_breaks"] == 0 and compiled["host_syncs_per_step"] is None
+    assert compiled["patches_per_s"] > 0 and compiled["compile_s"] > 0

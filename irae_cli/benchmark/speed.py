@@ -64,7 +64,8 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
 
         settings.update(train=True, repeats=repeats or 10)
         results = train_speed(arch=lm.arch, patch=size, batch_size=batch_size, dtype=dtype, dev=dev,
-                              steps=settings["repeats"], warmup=warmup, compile=compile)
+                              steps=settings["repeats"], warmup=warmup, compile=compile, time_calls=_time_calls,
+                              summary=_summary)
         settings["dtype"] = results[-1]["dtype"]
     elif folder is None:
         settings["repeats"] = repeats = repeats or 10

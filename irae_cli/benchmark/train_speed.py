@@ -46,21 +46,23 @@ def _setup(arch: str, patch: int, batch_size: int, dtype: str, dev: torch.device
     return step, (inp, clean, None, sigma, d), precision.label
 
 
-def _timed(call, dev: torch.device, steps: int, warmup: int) -> list[float]:
-    from .speed import _time_calls
-
-    return _time_calls(call, dev, warmup, steps)
-
-
 def train_speed(*, arch: str, patch: int, batch_size: int, dtype: str, dev: torch.device, steps: int,
-                warmup: int, compile: bool = True) -> list[dict]:
-    """Rows ``train eager`` and (with ``compile``) ``train compiled``: patches/s of one training step."""
+                warmup: int, time_calls, summary, compile: bool = True) -> list[dict]:
+    """Rows ``train eager`` and (with ``compile``) ``train compiled``: patches/s of one training step.
+    ``time_calls(fn, dev, warmup, repeats)`` and ``summary(mode, times, images, megapixels, dev, **extra)``
+    are the speed benchmark's own timing rule and row."""
+
+    def row(mode: str, times: list[float], **extra) -> dict:
+        out = summary(mode, times, batch_size, batch_size * patch * patch / 1e6, dev, dtype=label, **extra)
+        out["patches_per_s"] = batch_size / out["median_s"] if out["median_s"] > 0 else None
+        return out
+
     from ..train.compiled import compile_whole_step, count_host_syncs, graph_breaks, run_whole_step
 
     if patch < 16 or steps < 1:
         raise IraeError("--train: --size (the patch side) must be >= 16 and --repeats >= 1")
     step, args, label = _setup(arch, patch, batch_size, dtype, dev, probe=True)
-    rows = [_row("train eager", _timed(lambda: step(*args), dev, steps, warmup), batch_size, patch, label, dev)]
+    rows = [row("train eager", time_calls(lambda: step(*args), dev, warmup, steps))]
     if not compile:
         return rows
     torch._dynamo.reset()
@@ -71,17 +73,8 @@ def train_speed(*, arch: str, patch: int, batch_size: int, dtype: str, dev: torc
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     compile_s = time.perf_counter() - t0
-    times = _timed(lambda: run_whole_step(fn, dev, *args), dev, steps, warmup)
+    times = time_calls(lambda: run_whole_step(fn, dev, *args), dev, warmup, steps)
     _, syncs = count_host_syncs(lambda: run_whole_step(fn, dev, *args), dev)
-    rows.append(_row("train compiled", times, batch_size, patch, label, dev, compile_s=round(compile_s, 1),
+    rows.append(row("train compiled", times, compile_s=round(compile_s, 1),
                      graph_breaks=graph_breaks() - before, host_syncs_per_step=syncs))
     return rows
-
-
-def _row(mode: str, times: list[float], batch_size: int, patch: int, label: str, dev: torch.device,
-         **extra) -> dict:
-    from .speed import _summary
-
-    row = _summary(mode, times, batch_size, batch_size * patch * patch / 1e6, dev, dtype=label, **extra)
-    row["patches_per_s"] = batch_size / row["median_s"] if row["median_s"] > 0 else None
-    return row
