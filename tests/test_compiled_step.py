@@ -172,3 +172,29 @@ def test_benchmark_times_eager_and_compiled_training_in_one_run():
     assert (eager["mode"], compiled["mode"]) == ("train eager", "train compiled")
     assert compiled["graph_breaks"] == 0 and compiled["host_syncs_per_step"] is None
     assert compiled["patches_per_s"] > 0 and compiled["compile_s"] > 0
+
+
+def test_a_compiled_interval_that_diverged_is_rolled_back(tmp_path, photos, monkeypatch):
+    """The guard sees compiled steps at the log: a non-finite loss among them rolls the run back to its
+    last snapshot, the learning rate halves, and the run goes on (the step run uncompiled here)."""
+    import irae_cli.train.compiled as compiled_module
+
+    calls = []
+
+    def fake_compile(step, device):
+        def run(*args):
+            calls.append(1)
+            loss = step(*args)
+            return loss * float("nan") if len(calls) == 3 else loss
+        return run
+
+    monkeypatch.setattr(compiled_module, "compile_whole_step", fake_compile)
+    notes = []
+    s = tr.Session(data=photos, out=tmp_path / "w.safetensors", quiet=True, dtype="fp32", compile="on",
+                   log_every=2, echo=notes.append)
+    result = tr.train(s, {**FAST, "steps": 12})
+    log = json.loads((tmp_path / "w.log.json").read_text())
+    assert len(calls) == 9 and result.steps == 12
+    assert [r["lr_scale"] for r in log["rollbacks"]] == [0.5] and any("rolled back" in n for n in notes)
+    assert all(i["loss"] == i["loss"] for i in log["intervals"])  # the diverged interval is not logged
+    assert log["sessions"][-1]["compiled"]["graph_breaks"] == 0

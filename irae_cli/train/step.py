@@ -107,11 +107,12 @@ class TrainStep:
     @torch.no_grad()
     def readopt_adam_state(self) -> None:
         """After ``optimizer.load_state_dict`` (a rollback): its values into the tensors the compiled step
-        holds, and those tensors back into the optimiser."""
+        holds, and those tensors back into the optimiser (zeros where the snapshot predates Adam's first
+        step: what its state starts from)."""
         for i, p in enumerate(self.params):
             st = self.optimizer.state[p]
             for k, kept in self.state.items():
-                kept[i].copy_(st[k])
+                kept[i].copy_(st[k]) if k in st else kept[i].zero_()
                 st[k] = kept[i]
 
     def static_tensors(self) -> list[torch.Tensor]:
