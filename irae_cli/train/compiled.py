@@ -17,8 +17,8 @@ import torch
 
 from ..defaults import check_compile_mode
 
-# 'auto' compiles when the rest of the session would run longer than this eagerly: compiling costs
-# ~1.5 minutes on a CPU and buys ~20 %, so shorter sessions finish sooner without it.
+# 'auto' compiles when the rest of the session would run longer than this eagerly: compiling the whole
+# step costs minutes on a CPU (docs/performance.md), so shorter sessions finish sooner without it.
 COMPILE_PAYOFF_S = 600.0
 TIMED_STEPS = (1, 3)  # the session's eager steps timed for 'auto' (the first includes warm-up)
 SYNC_COUNT_CALL = 3  # the compiled call whose host syncs are counted (the first ones compile and warm up)
