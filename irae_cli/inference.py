@@ -41,10 +41,10 @@ class _NoToolkitGuess(logging.Filter):
 _NO_TOOLKIT_GUESS = _NoToolkitGuess()
 
 
-def compiled(fn, dynamic: bool | None = None):
+def compiled(fn, dynamic: bool | None = None, **options):
     """``torch.compile(fn)``, the one way restore, train and the speed benchmark compile."""
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_TOOLKIT_GUESS)
-    return torch.compile(fn, dynamic=dynamic)
+    return torch.compile(fn, dynamic=dynamic, **options)
 
 
 def strict_fp32() -> None:

@@ -5,7 +5,9 @@
 #   scripts/gpu_turn.sh          (device call: command `OUT="$OUT" bash scripts/gpu_turn.sh`,
 #                                 timeout_s 598, the carry below; it ends by ~580 s)
 #
-# 1. At once, in the background, five training runs share the card for TRAIN_MIN minutes each:
+# 1. At once, in the background, five training runs share the card for TRAIN_MIN minutes each, each
+#    with `--compile on` (the whole step compiled and captured in CUDA graphs after its 3 timed eager
+#    steps; ~1 minute of compiling, so the default 9 minutes give >= 8 at full speed):
 #    denoise   `medium` from DENOISE_INIT (the latest weights of the campaign), batch 128;
 #    jpeg      `medium` from JPEG_INIT, batch 128;
 #    inpaint   `medium-inpaint` from INPAINT_INIT, 96 px patches (positions within the 128 px crops
@@ -16,8 +18,8 @@
 #    Beside them, scripts/gpu_smoke.py (every CUDA-only path once, the CUDA tests included).
 # 2. When they end: the speed table with the card to itself, step by step until DEADLINE s after the
 #    start: the model alone (medium, paper-denoise; fp32, bf16, bf16 compiled), folder -> folder
-#    beside the naive loop on a >= 100 MP JPEG set, training patches/s at 64 px (eager, then
-#    `--compile on`: its log's intervals after `compiled_at_step`) and 128 px.
+#    beside the naive loop on a >= 100 MP JPEG set, training patches/s at 64 px eager and compiled in
+#    one run (`irae benchmark speed --train --compile`: graph breaks, host syncs per step) and 128 px.
 # Results are packed into $OUT after each phase (scripts/lease_out.py; <= 8 files); a run cut short
 # keeps the training results. Unpack here with
 #   python scripts/lease_out.py unpack FILES_AT out/turn
@@ -26,7 +28,7 @@
 #   carry: ["data/packs/train-128.safetensors", "data/photos/val"]
 #     python -m irae_cli.pack data/photos/train -o data/packs/train-128.safetensors --crop 128 --max-mib 36
 #
-# Knobs (environment): TRAIN_MIN (6), CMP_STEPS (4000), DEADLINE (575), DEVICE (cuda), PACK, VAL,
+# Knobs (environment): TRAIN_MIN (9), CMP_STEPS (4000), DEADLINE (575), DEVICE (cuda), PACK, VAL,
 # DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT (weights/irae-jpeg-medium
 # .safetensors), INPAINT_INIT (empty: a fresh identity start), SMOKE_S (150),
 # FOLDER_COPIES (25), OUT (out/turn), WORK (/tmp/irae-turn), PY. CPU rehearsal at tiny scale:
@@ -36,7 +38,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
-TRAIN_MIN=${TRAIN_MIN:-6}
+TRAIN_MIN=${TRAIN_MIN:-9}
 CMP_STEPS=${CMP_STEPS:-4000}
 DEADLINE=${DEADLINE:-575}
 PACK=${PACK:-data/packs/train-128.safetensors}
@@ -79,7 +81,7 @@ train_bg() {  # train_bg NAME ARGS...: one background run, console in $WORK/NAME
   shift
   # two threads each: the card does the work, and five runs share the host's cores with the smoke check
   OMP_NUM_THREADS=2 timeout -s TERM -k 30 $(( $("$PY" -c "print(int(float('$TRAIN_MIN') * 60))") + 90 )) \
-    "$PY" -m irae_cli train "$PACK" --device "$DEVICE" --minutes "$TRAIN_MIN" --val "$VAL" -q \
+    "$PY" -m irae_cli train "$PACK" --device "$DEVICE" --minutes "$TRAIN_MIN" --val "$VAL" -q --compile on \
     --log "$WORK/$name.log.json" --overwrite "$@" >"$WORK/$name.out" 2>&1 &
   PIDS+=($!)
   NAMES+=("$name")
@@ -140,12 +142,9 @@ rm -rf "$WORK" "$SCRATCH" && mkdir -p "$WORK" "$SCRATCH"
       # the default 4 I/O threads per pool held the H200 run to 25.6 MP/s: the same folder with more
       capped "folder, 12 I/O threads" 40 "$PY" -m irae_cli benchmark speed --arch "$arch" --folder "$SCRATCH/big" \
         --workers 12 --dtype bf16 --device "$DEVICE" --json "$WORK/folder-j12.json" --overwrite
-      capped "train 64 px" 45 "$PY" -m irae_cli train --task denoise "$PACK" --arch "$arch" --steps 120 --minutes 1 \
-        --patch "$P64" --batch-size $((B64 * 2)) --device "$DEVICE" --checkpoint-every 0 \
-        --out "$SCRATCH/t64.safetensors" --log "$WORK/train-64.log.json" --compile off --overwrite -q
-      capped "train 64 px compiled" 150 "$PY" -m irae_cli train --task denoise "$PACK" --arch "$arch" --steps 600 \
-        --minutes 2.2 --patch "$P64" --batch-size $((B64 * 2)) --device "$DEVICE" --checkpoint-every 0 --compile on \
-        --out "$SCRATCH/t64c.safetensors" --log "$WORK/train-64-compiled.log.json" --overwrite -q
+      capped "train 64 px, eager and compiled" 150 "$PY" -m irae_cli benchmark speed --arch "$arch" --train \
+        --compile --size "$P64" --batch-size $((B64 * 2)) --repeats 20 --device "$DEVICE" \
+        --json "$WORK/train-64.json" --overwrite
       publish
       capped "model $arch bf16 compile" 90 "$PY" -m irae_cli benchmark speed --arch "$arch" --size "$SPEED_SIZE" \
         --batch-size 4 --dtype bf16 --device "$DEVICE" --channels-last --compile \

@@ -34,7 +34,8 @@ from .models import LoadedModel, load_model, preset_model
 def speed(*, arch: str | None = None, weights: str | None = None, size: int = 1024, batch_size: int = 4,
           dtype: str = "auto", device: str = "auto", compile: bool = False, repeats: int | None = None,
           warmup: int = 2, folder: str | Path | None = None, naive: bool = False,
-          channels_last: bool = False, baseline: bool = False, workers: int = 0, backend: str = "auto") -> dict:
+          channels_last: bool = False, baseline: bool = False, workers: int = 0, backend: str = "auto",
+          train: bool = False) -> dict:
     """Time one restore model; returns the ``irae.benchmark.speed/1`` dict.
 
     Without ``folder``: ``batch_size`` random images of ``size`` x ``size``
@@ -43,6 +44,8 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     repeat), and with ``naive`` also a plain per-image loop on the same files;
     ``workers`` is restore's ``--workers`` (I/O threads per pool, 0 = auto).  ``dtype`` and ``backend`` may be
     comma lists (model timing only): one row per backend and dtype, in that order, in the same process.
+    With ``train``: training steps of ``batch_size`` patches of ``size``, eager and (with ``compile``)
+    compiled (train_speed.py).
     """
     _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder, workers)
     dtypes, backends = _listed(dtype, "--dtype"), _listed(backend, "--backend")
@@ -53,6 +56,8 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     for b in backends:  # onnxruntime times the fp32 (or auto) entries of a --dtype list, and needs one
         fp32 = next((d for d in dtypes if d in ("auto", "fp32")), dtypes[0])
         check_backend(b, device if b == "onnxruntime" else "auto", fp32 if b == "onnxruntime" else "auto", compile)
+    if train and (weights is not None or folder is not None):
+        raise IraeError("--train times an untrained preset (--arch), not --weights or --folder")
     lm = load_model(weights) if weights is not None else preset_model(arch or "paper-denoise")
     task = lm.task or "denoise"
     dev, dt = device_and_dtype("cpu" if backends == ["onnxruntime"] and device == "auto" else device, dtypes[0])
@@ -69,7 +74,15 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     notes: list[str] = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    if folder is None:
+    if train:
+        from .train_speed import train_speed
+
+        settings.update(train=True, repeats=repeats or 10)
+        results = train_speed(arch=lm.arch, patch=size, batch_size=batch_size, dtype=dtype, dev=dev,
+                              steps=settings["repeats"], warmup=warmup, compile=compile, time_calls=_time_calls,
+                              summary=_summary)
+        settings["dtype"] = results[-1]["dtype"]
+    elif folder is None:
         settings["repeats"] = repeats = repeats or 10
         side = size + (-size) % multiple
         if side != size:

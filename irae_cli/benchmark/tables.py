@@ -80,6 +80,9 @@ def speed_table(result: dict):
             mode += (f" ({engine}{r['dtype']}{', compiled' if r.get('compile') else ''}"
                      f"{', folded' if r.get('folded') else ''})")
         extra = [f"{r['mp_per_s'] / rows[0]['mp_per_s']:.2f}x"] if versus else []
+        if "graph_breaks" in r:
+            syncs = "" if r["host_syncs_per_step"] is None else f", {r['host_syncs_per_step']} host syncs/step"
+            mode += f" ({r['graph_breaks']} graph breaks{syncs}; compiled in {r['compile_s']} s)"
         table.add_row(mode, str(r["images"]), f"{r['megapixels']:.3g}", f"{r['median_s']:.4f}",
                       f"{r['p90_s']:.4f}", _fmt(r["mp_per_s"], 3), _fmt(r["images_per_s"], 2), mem, *extra)
     return table

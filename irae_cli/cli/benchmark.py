@@ -231,6 +231,9 @@ def speed_cmd(
                                 "(decoding, encoding; 0 = auto, up to 4)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also time the eager fp32 unfolded model in the "
                                   "same run, as the reference for speed-ups."),
+    train: bool = typer.Option(False, "--train", help="Time training steps of the --arch preset instead: "
+                               "--batch-size patches of --size, eager and (with --compile) compiled, "
+                               "in the same run; images/s is patches/s."),
     json_path: Optional[Path] = _JSON,
     overwrite: bool = _OVERWRITE,
 ) -> None:
@@ -243,7 +246,8 @@ def speed_cmd(
         check_outputs({"--json": json_path}, overwrite)
         result = speed(arch=arch, weights=weights, size=size, batch_size=batch_size, dtype=dtype, device=device,
                        compile=compile, repeats=repeats, warmup=warmup, folder=folder, naive=naive,
-                       channels_last=channels_last, baseline=baseline, workers=workers, backend=backend)
+                       channels_last=channels_last, baseline=baseline, workers=workers, backend=backend,
+                       train=train)
         for note in result["notes"]:
             print(f"irae: note: {one_line(note)}", file=sys.stderr)
         code = _finish(result, speed_table(result), json_path, overwrite)

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .expm import matrix_exp_fixed
+
 # ActNorm's data-dependent scale is clamped: a near-constant channel would
 # otherwise get a huge gain, which the inverse turns into a huge error.
 ACTNORM_MAX_LOG_SCALE = math.log(20.0)
@@ -60,7 +62,8 @@ class ActNorm(nn.Module):
 
 
 class InvConv1x1(nn.Module):
-    """Orthogonal 1x1 convolution: W = matrix_exp(A - A^T).
+    """Orthogonal 1x1 convolution: W = exp(A - A^T) (``matrix_exp_fixed``: no host sync, so a compiled
+    training step can hold it whole).
 
     A starts random, so W starts as a random rotation (Glow's start).  The
     matrix is built in float64 from A alone, so W^T is its inverse to float64
@@ -77,7 +80,7 @@ class InvConv1x1(nn.Module):
 
     def weight64(self) -> torch.Tensor:
         skew = self.a.double() - self.a.double().t()
-        return torch.linalg.matrix_exp(skew)
+        return matrix_exp_fixed(skew)
 
     def _weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._step is not None:
@@ -115,10 +118,10 @@ def batched_invconv_weights(module: nn.Module):
     """For one training step: every 1x1 convolution's weight from one ``matrix_exp`` per channel count.
 
     A training step meets each weight three times (forward, the inverse-gain probe's inverse pass,
-    backward); built per module that is ~100 small ``matrix_exp`` calls for a 32-step model, each
-    a string of tiny kernels and a host sync to choose its degree -- on a GPU the step becomes bound
-    by the host. Here each group of equal-sized matrices goes through one batched call (same values:
-    the degree is chosen per matrix), and the forward and the probe share it, so does backward. The
+    backward); built per module that is ~100 small matrix exponentials for a 32-step model, each a
+    string of tiny kernels -- on a GPU the step becomes bound by the host. Here each group of
+    equal-sized matrices goes through one batched call (same values: the squaring count is chosen per
+    matrix), and the forward and the probe share it, so does backward. The
     weights live for the ``with`` block only: after an optimiser step they are stale.
     """
     convs = [m for m in module.modules() if isinstance(m, InvConv1x1)]
@@ -128,7 +131,7 @@ def batched_invconv_weights(module: nn.Module):
     try:
         for group in groups.values():
             a = torch.stack([conv.a for conv in group]).double()
-            w64 = torch.linalg.matrix_exp(a - a.transpose(1, 2))
+            w64 = matrix_exp_fixed(a - a.transpose(1, 2))
             for conv, w32, w in zip(group, w64.float().unbind(0), w64.unbind(0)):
                 conv._step = (w32, w)
         yield

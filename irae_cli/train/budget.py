@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 CALIBRATION_STEPS = (2, 12)  # with --minutes alone: the steps whose speed sets the schedule length
 # ... which is set again from the speed since then at these fractions of the budget: the first steps
 # can be far slower than the rest (autotuning, other runs starting beside this one on a shared GPU),
@@ -39,6 +41,14 @@ class TimeBudget:
     def spent(self) -> bool:
         return self.clock() - self.t_start + self.reserve(self.pixels_per_s) >= self.seconds
 
+    def seconds_left(self, per_step: float, step: int, ends) -> float:
+        """How long the rest of the session would take at ``per_step`` seconds a step: to the budget's end
+        or the first of ``ends`` (step numbers, None for none), whichever comes first."""
+        left = [math.inf] + [(end - step) * per_step for end in ends if end is not None]
+        if self.seconds is not None:
+            left.append(self.seconds - (self.clock() - self.t_start))
+        return min(left)
+
     def steps_that_fit(self, per_step: float, pixels_per_s: float) -> int:
         """Steps of ``per_step`` seconds left in the budget (3 % spare, final validation reserved)."""
         left = self.seconds - (self.clock() - self.t_start) - self.reserve(pixels_per_s)
@@ -56,6 +66,16 @@ class TimeBudget:
         self._pending = list(RECALIBRATE_AT)
         self._since_step, self._since_t = step, self.clock()
         return estimated
+
+    def new_schedule(self, step: int, since_start: int, steps: int | None, batch_pixels: int, log_every: int,
+                     agree, again: bool = True) -> int | None:
+        """With --minutes alone, after each step: a new schedule length or None.  The first comes from
+        ``calibrate`` (made the same on every rank by ``agree``), later ones from ``recalibrate`` when
+        ``again`` (in one process only: ranks' clocks could disagree on when)."""
+        if steps is None:
+            estimated = self.calibrate(step, since_start, batch_pixels)
+            return None if estimated is None else agree(estimated)
+        return self.recalibrate(step, steps, log_every) if again else None
 
     def recalibrate(self, step: int, steps: int, log_every: int) -> int | None:
         """At the RECALIBRATE_AT fractions of the budget (checked at log steps): a new schedule length from

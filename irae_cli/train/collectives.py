@@ -68,3 +68,10 @@ def barrier(ctx: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel (its gradients averaged over the ranks in backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -63,10 +63,33 @@ class DivergenceGuard:
         self.checks += 1
         return False
 
-    def after_good_check(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema) -> None:
+    def is_bad_interval(self, mean: float, worst: float, steps: int) -> bool:
+        """``is_bad`` for ``steps`` steps it did not see one by one (a compiled step reads no value on the
+        host): from their mean and their worst loss, read once per log interval."""
+        if not (math.isfinite(mean) and math.isfinite(worst)):
+            return True
+        if self.mean is not None and self.checks >= WARMUP_CHECKS and worst > self.factor * self.mean:
+            return True
+        kept = MEAN_DECAY ** steps
+        self.mean = mean if self.mean is None else kept * self.mean + (1 - kept) * mean
+        self.checks += steps
+        return False
+
+    def interval_diverged(self, mean: float, worst: float, steps: int, loss: str, snapshot_of: tuple) -> bool:
+        """The check of a log interval's compiled steps: True when they diverged (the caller rolls back),
+        else the parameters of ``snapshot_of`` (model, optimiser, EMA) are verified for a snapshot."""
+        # the guard's factor is for error sizes; a squared error spreads twice as far
+        root = (lambda v: math.sqrt(v) if v >= 0 else v) if loss == "l2" else float
+        if self.is_bad_interval(root(mean), root(worst), steps):
+            return True
+        self.after_good_check(*snapshot_of, steps=steps)
+        return False
+
+    def after_good_check(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema,
+                         steps: int = 1) -> None:
         """Snapshot the (just verified) parameters every ``snapshot_every`` good steps."""
         if self._snapshot is not None and self._since_snapshot < self.snapshot_every:
-            self._since_snapshot += 1
+            self._since_snapshot += steps
             return
         self._snapshot = (
             {k: v.detach().clone() for k, v in model.state_dict().items()},

@@ -42,8 +42,13 @@ def low_sigma_weight(sigma: torch.Tensor, floor: float) -> torch.Tensor:
     return 1.0 / sigma.clamp_min(floor)
 
 
+def probe_direction(shape: torch.Size, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """The inverse-gain probe's random direction (unit variance per pixel)."""
+    return torch.randn(shape, generator=gen, device=gen.device).to(device)
+
+
 def inverse_gain_penalty(inverse, restored: torch.Tensor, inp: torch.Tensor, max_gain: float,
-                         gen: torch.Generator, probe: float = INVERSE_PROBE) -> torch.Tensor:
+                         direction: torch.Generator | torch.Tensor, probe: float = INVERSE_PROBE) -> torch.Tensor:
     """Hinge on the inverse direction's gain, one finite difference per patch (Behrmann et al. 2021).
 
     inverse(restored + d) - inp = inverse(restored + d) - inverse(restored) in exact
@@ -53,9 +58,13 @@ def inverse_gain_penalty(inverse, restored: torch.Tensor, inp: torch.Tensor, max
     The size matters: a trained inverse can be far steeper within 1e-4 of a point than over 1e-3 (its
     couplings bend), and fp32 rounding errors (~1e-7) see the steep part.  A ``probe`` below
     SMALL_PROBE is measured as inverse(restored + d) - inverse(restored), one inverse pass more.
+
+    ``direction``: the generator ``d`` is drawn from, or ``d / probe`` drawn already (``probe_direction``:
+    a compiled step cannot take a generator).
     """
-    d = torch.randn(restored.shape, generator=gen, device=gen.device).to(restored.device, restored.dtype)
-    d = d * probe
+    if not isinstance(direction, torch.Tensor):  # a generator (a compiled step cannot test for one)
+        direction = probe_direction(restored.shape, direction, restored.device)
+    d = direction.to(restored.dtype) * probe
     back = inverse(restored + d)
     base = inverse(restored) if probe < SMALL_PROBE else inp
     gain = (back.float() - base.float()).flatten(1).norm(dim=1) / d.float().flatten(1).norm(dim=1)

@@ -16,6 +16,24 @@ LOG_FORMAT = "irae-train-log"
 
 
 @dataclass
+class RunState:
+    """How far the run is; step, patches_seen, train_seconds and sessions also go into the checkpoint."""
+
+    step: int = 0
+    patches_seen: int = 0
+    train_seconds: float = 0.0  # of the earlier sessions
+    sessions: int = 1
+    lr: float = 0.0  # of the last step
+    stopped: str = "completed"
+    # the log interval being summed up: the losses stay on the device (no host sync per step)
+    loss_sum: torch.Tensor | None = None
+    loss_max: torch.Tensor | None = None  # the worst, for the guard of compiled steps
+    interval_steps: int = 0
+    unchecked: int = 0  # steps of the interval the guard has not seen one by one (compiled)
+    interval_t0: float = 0.0
+
+
+@dataclass
 class TrainResult:
     out: Path
     checkpoint: Path
@@ -50,7 +68,7 @@ def session_record(step: int, device: torch.device, dtype: torch.dtype, world: i
 def run_summary(*, run_id: str, config: TrainConfig, model_config: dict, data: dict, steps: int, patches_seen: int,
                 minutes: float, device: torch.device, dtype: str, world: int, val: dict | None, validator,
                 val_seed: int, val_crop: int, stopped: str, sessions: int, jpeg_engine: str | None,
-                oom_halvings: list, init_from: dict | None) -> dict:
+                oom_halvings: list, init_from: dict | None, compiled: dict | None = None) -> dict:
     """The run as the weights' ``training`` metadata and the log's summary record it."""
     c, v = config, validator
     return {
@@ -61,4 +79,5 @@ def run_summary(*, run_id: str, config: TrainConfig, model_config: dict, data: d
         "val_crop": val_crop if v else None, "degradation": c.degradation(), "seed": c.seed, "lr": c.lr,
         "ema": c.ema, "stopped": stopped, "sessions": sessions, "jpeg_engine": jpeg_engine,
         "oom_halvings": oom_halvings, "init_from": init_from, "torch": torch.__version__, "irae_version": __version__,
+        **({"compiled": compiled} if compiled else {}),
     }

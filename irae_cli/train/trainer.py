@@ -13,52 +13,32 @@ import json
 import math
 import os
 import time
-import uuid
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..degradations import derive_seed
 from ..distributed import init_distributed
 from ..distributed import rank_device as train_device
+from ..environment import device_name
 from ..errors import IraeError
 from ..progress import Progress, default_echo
 from ..tasks import get_task
 from . import collectives
 from .budget import CALIBRATION_STEPS, TimeBudget
 from .compiled import StepCompile
-from .checkpoint import load_checkpoint, load_init_weights, restore_generators, restore_optimisation, resumed_model
-from .config import Session, TrainConfig, build_config, lr_at, merge_resumed_config
-from .data import PatchSampler, load_training_data, replay_warning
-from .degrader import Degrader
+from .checkpoint import restore_generators, restore_optimisation, resumed_model
+from .config import Session, ema_decay_at, lr_at
 from .divergence import DivergenceGuard
-from .finish import finish
-from .loss import SMALL_PROBE, inverse_gain_penalty, low_sigma_weight, training_loss
-from .outputs import RunFiles, check_output_space, derived_paths, refuse_foreign_outputs
+from .finish import end_process_group, final_model, final_validation, run_result
+from .loss import inverse_gain_penalty, probe_direction, training_loss
 from .precision import EMA, StepPrecision, compute_dtype
-from .runlog import TrainResult, open_log, session_record
+from .runlog import RunState, TrainResult, open_log, run_summary, session_record
+from .setup import check_resumable, resume_counters, run_config, run_files, training_inputs
+from .step import TrainStep
 from .validation import TrainingValidation, summarize_val
 
 DEFAULT_VAL_EVERY = 2000
 DEFAULT_CHECKPOINT_EVERY = 1000
-
-
-@dataclass
-class RunState:
-    """How far the run is; step, patches_seen, train_seconds and sessions also go into the checkpoint."""
-
-    step: int = 0
-    patches_seen: int = 0
-    train_seconds: float = 0.0  # of the earlier sessions
-    sessions: int = 1
-    lr: float = 0.0  # of the last step
-    stopped: str = "completed"
-    # the log interval being summed up: the loss stays on the device (no host sync per step)
-    loss_sum: torch.Tensor | None = None
-    interval_steps: int = 0
-    interval_t0: float = 0.0
 
 
 def _free_device_memory(device: torch.device) -> None:
@@ -77,11 +57,13 @@ class Trainer:
         self.echo = session.echo or default_echo
         self._setup_processes()
         self._setup_config()
-        self._setup_outputs()
+        self.files, self.earlier_log, self.init_from_record, self.init_state = run_files(
+            session, self.config, self.ckpt, self.run_id, self.dist.main, self.note)
         self.compute_dtype = compute_dtype(self.session.dtype, self.device, self.config.arch)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels are reused every step
-        self._setup_data()
+        self.data, self.data_gen, self.sampler, self.degrader = training_inputs(
+            session, self.config, self.ckpt, self.device, self.dist.rank, self.task, self.task_params, self.note)
         self._setup_model()
         self._setup_validation()
         self._setup_step()
@@ -102,57 +84,11 @@ class Trainer:
             raise IraeError(f"--minutes must be positive, not {s.minutes}")
 
     def _setup_config(self) -> None:
-        self.ckpt = None
-        if self.session.resume:
-            self.ckpt = load_checkpoint(Path(self.session.resume))
-            meta = self.ckpt["meta"]
-            self.config = merge_resumed_config(TrainConfig.from_dict(meta["config"]), self.given, self.note)
-            self.run_id = meta["run_id"]
-        else:
-            self.config = build_config(self.given, self.device)
-            self.run_id = uuid.uuid4().hex
-            if self.config.steps is None and self.session.minutes is None:
-                raise IraeError("give --steps N and/or --minutes M (the run needs an end)")
         from ..model import model_info
 
+        self.ckpt, self.config, self.run_id = run_config(self.session, self.given, self.device, self.note)
         self.task = get_task(self.config.task)
         self.task_params = self.task.default_task_params(model_info(self.config.arch).channels)
-
-    def _setup_outputs(self) -> None:
-        s, resumed = self.session, self.ckpt is not None
-        out, ckpt_path, log_path = derived_paths(s)
-        self.files = RunFiles(out, ckpt_path, log_path, main=self.dist.main, note=self.note)
-        self.earlier_log = None
-        if self.dist.main:  # only rank 0 writes, so only rank 0 asks (others would race with its first writes)
-            self.earlier_log = refuse_foreign_outputs(out, ckpt_path, log_path, overwrite=s.overwrite,
-                                             run_id=self.run_id if resumed else None, resume=s.resume)
-            check_output_space(out, ckpt_path, log_path, self.config,
-                               self.ckpt["meta"]["model_config"] if resumed else None)
-        if s.stop_at is not None and s.stop_at < 1:
-            raise IraeError(f"--stop-at must be at least 1, not {s.stop_at}")
-        self.init_state = self.init_from_record = None
-        if resumed:
-            self.init_from_record = self.ckpt["meta"].get("init_from")
-        elif self.config.init_from:  # checked before the photos load
-            self.init_from_record, self.init_state = load_init_weights(self.config)
-
-    def _setup_data(self) -> None:
-        s, c, rank = self.session, self.config, self.dist.rank
-        source = Path(s.data) if s.data else (Path(self.ckpt["meta"]["data"]["source"]) if self.ckpt else None)
-        if source is None:
-            raise IraeError("DATA is required: a folder of training photos or a .safetensors pack")
-        self.data = load_training_data(source, c.patch, self.device, self.note)
-        if self.ckpt and (warning := replay_warning(self.ckpt["meta"]["data"], self.data.description)):
-            self.note(warning)
-        # Each rank draws its own patches; the sampler, the degrader and the gain probe share data_gen.
-        self.data_gen = torch.Generator(device=self.data.device).manual_seed(derive_seed(c.seed, "data", rank))
-        host_gen = torch.Generator().manual_seed(derive_seed(c.seed, "host", rank))
-        torch.manual_seed(derive_seed(c.seed, "torch"))
-        self.sampler = PatchSampler(self.data, c.patch, self.data_gen)
-        self.degrader = Degrader(self.task, c, self.device, self.data_gen, host_gen, self.task_params)
-        if self.degrader.nvjpeg_problem:
-            self.note(f"irae: note: nvJPEG is not usable here ({self.degrader.nvjpeg_problem}); the 4:4:4 JPEG "
-                      f"degradation runs in Pillow on the CPU")
 
     def _setup_model(self) -> None:
         from ..model import create_model
@@ -164,7 +100,7 @@ class Trainer:
                 self.model.load_state_dict(self.init_state)
         else:
             self.model = resumed_model(self.ckpt, self.session.resume)
-            self._resume_counters(self.ckpt["meta"])
+            resume_counters(self.state, self.guard, self.ckpt["meta"])
         self.model.to(self.device).train()
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr_at(self.state.step, self.config),
@@ -172,21 +108,7 @@ class Trainer:
         if self.ckpt is not None:
             restore_optimisation(self.ckpt, self.ema, self.optimizer)
             restore_generators(self.ckpt, self.degrader, self.dist.rank, self.dist.world, self.note)
-            self._check_resumable()
-
-    def _resume_counters(self, meta: dict) -> None:
-        st = self.state
-        st.step, st.patches_seen = int(meta["step"]), int(meta["patches_seen"])
-        st.train_seconds, st.sessions = float(meta["train_seconds"]), int(meta.get("sessions", 1)) + 1
-        self.guard.load_state(meta.get("divergence_guard"))
-
-    def _check_resumable(self) -> None:
-        s = self.session
-        if self.config.steps is None and s.minutes is None:
-            raise IraeError(f"{s.resume}: the run's length was to be set by --minutes; give --minutes or --steps")
-        if self.state.step >= (self.config.steps or math.inf):
-            raise IraeError(f"{s.resume}: the run already completed its {self.config.steps} steps; "
-                            f"give a larger --steps to extend it")
+            check_resumable(self.session, self.config, self.state.step)
 
     def _setup_validation(self) -> None:
         s = self.session
@@ -197,14 +119,13 @@ class Trainer:
                                                  echo=self.echo)
 
     def _setup_step(self) -> None:
-        from ..model.flows import batched_invconv_weights
-
         self.precision = StepPrecision(self.model, self.device, self.compute_dtype)
         self.precision.attach()
         self.train_model = self.model  # wrapped in DistributedDataParallel under torchrun
-        self.compiled = StepCompile(self.session.compile, self.model, self.note)
+        self.train_step = TrainStep(self.model, self.optimizer, self.ema, self.precision, self.config, self.task,
+                                    self.task_params)
+        self.compiled = StepCompile(self.session.compile, self.model, self.note, self.train_step)
         self.compiled.use(self.train_model)
-        self.step_weights = batched_invconv_weights if self.precision.invertible else (lambda m: nullcontext())
         self.params = list(self.model.parameters())
         self.log = self.files.log = open_log(self.earlier_log, self.run_id, self.config)  # written by RunFiles
         self.log["sessions"].append(session_record(self.state.step, self.device, self.compute_dtype,
@@ -221,6 +142,7 @@ class Trainer:
         self.start_step = self.calib_origin = self.state.step
         self.initialized = False
         self.state.loss_sum = torch.zeros((), device=self.device)
+        self.state.loss_max = torch.zeros((), device=self.device)
         self.reporter = Progress("step", c.steps, completed=self.state.step,
                                  fields={"loss": "-", "speed": "-", "val": "-"},
                                  columns=("loss {loss}", "{speed}", "val {val}"), live=s.progress,
@@ -244,7 +166,7 @@ class Trainer:
             self.precision.detach()
         if self.state.stopped == "interrupted" and self.state.step == 0 and self.ckpt is None:
             raise KeyboardInterrupt  # nothing trained yet: writing no file beats writing an uninitialised one
-        return finish(self)
+        return self.finish()
 
     def _stop_reason(self) -> str | None:
         st, c, s = self.state, self.config, self.session
@@ -271,7 +193,7 @@ class Trainer:
             group["lr"] = st.lr
         oom = False
         try:
-            loss, diverged = self._loss_and_gradients(inp, clean)
+            loss = self._update(inp, clean)
         except torch.OutOfMemoryError:
             if self.dist.active or c.batch_size == 1:
                 raise IraeError(f"out of device memory at --batch-size {c.batch_size}"
@@ -281,21 +203,64 @@ class Trainer:
             clean_u8 = inp = clean = None
             self._halve_batch()
             return False
-        if diverged:
-            self.note(self.guard.roll_back(self.model, self.optimizer, self.ema, st.step))
-            self.log.setdefault("rollbacks", []).append({"step": st.step, "lr_scale": self.guard.lr_scale})
+        if loss is None:
             return False
-        if c.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, c.clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model, st.step)
         st.loss_sum += loss.detach()
         st.interval_steps += 1
         st.step += 1
         st.patches_seen += c.batch_size * self.dist.world
         self.reporter.update(completed=st.step, announce=False)
         return True
+
+    def _update(self, inp: torch.Tensor, clean: torch.Tensor) -> torch.Tensor | None:
+        """The step's update of the parameters, the optimiser and the EMA; its loss, or None when the
+        eager guard found it diverged (rolled back)."""
+        try:
+            return self._update_once(inp, clean)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - compile errors surface at the first compiled call
+            if not self.compiled.fall_back(e, self.train_model):
+                raise
+            self.log["sessions"][-1]["compiled_at_step"] = None
+        return self._update_once(inp, clean)
+
+    def _update_once(self, inp: torch.Tensor, clean: torch.Tensor) -> torch.Tensor | None:
+        if self.compiled.whole is not None:
+            return self._whole_step(inp, clean)
+        loss, diverged = self._loss_and_gradients(inp, clean)
+        if diverged:
+            self._roll_back()
+            return None
+        if self.config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.state.step)
+        return loss
+
+    def _whole_step(self, inp: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """The compiled step; its losses reach the divergence guard at the next log (``_check_interval``)."""
+        st, c = self.state, self.config
+        direction = probe_direction(inp.shape, self.data_gen, inp.device) if self._probe_now() else None
+        ema_weight = 1.0 - ema_decay_at(st.step, c.ema) if self.ema is not None else 0.0
+        loss = self.compiled.run(st.lr, ema_weight, inp, clean, self._holes(), self.degrader.last_sigma, direction)
+        torch.maximum(st.loss_max, loss, out=st.loss_max)
+        st.unchecked += 1
+        return loss
+
+    def _probe_now(self) -> bool:
+        c = self.config
+        return c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0
+
+    def _holes(self) -> torch.Tensor | None:
+        return self.degrader.last_mask if self.task.needs_mask else None
+
+    def _roll_back(self) -> None:
+        st = self.state
+        self.note(self.guard.roll_back(self.model, self.optimizer, self.ema, st.step))
+        self.compiled.readopt()
+        self.log.setdefault("rollbacks", []).append({"step": st.step, "lr_scale": self.guard.lr_scale})
 
     def _initialize_once(self, inp: torch.Tensor, clean: torch.Tensor) -> None:
         """The one ActNorm initialisation of a fresh run, from its first batch, in float32 without hooks."""
@@ -308,12 +273,12 @@ class Trainer:
                 collectives.broadcast_module(self.model)
             self.precision.attach()
             if self.ema is not None:
-                self.ema = EMA(self.model, self.config.ema)
+                self.ema = self.train_step.ema = EMA(self.model, self.config.ema)
             if self.dist.active:
-                self.train_model = self._ddp()
+                self.train_model = collectives.wrap_ddp(self.model, self.device)
                 self.compiled.use(self.train_model)
         elif self.dist.active and self.train_model is self.model:
-            self.train_model = self._ddp()
+            self.train_model = collectives.wrap_ddp(self.model, self.device)
             self.compiled.use(self.train_model)
 
     def drop_ddp(self) -> None:
@@ -328,42 +293,14 @@ class Trainer:
         self.compiled.release(self.model)
         gc.collect()
 
-    def _ddp(self) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                       else None)
-
     def _loss_and_gradients(self, inp: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(loss, diverged); the gradients are left in the parameters unless the loss says it diverged."""
-        try:
-            return self._loss_and_gradients_once(inp, clean)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - compile errors surface at the first compiled call
-            if not self.compiled.fall_back(e, self.train_model):
-                raise
-            self.log["sessions"][-1]["compiled_at_step"] = None
-        return self._loss_and_gradients_once(inp, clean)
-
-    def _loss_and_gradients_once(self, inp: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        c, model = self.config, self.model
+        model, step = self.model, self.train_step
         # the 1x1 weights of this step, built once (batched) for forward, probe and backward
-        with self.step_weights(model):
-            with self.precision.forward():
-                restored = self.compiled.forward(inp)
-            holes = self.degrader.last_mask if self.task.needs_mask else None
-            weight = low_sigma_weight(self.degrader.last_sigma, c.low_sigma_floor) if c.low_sigma_floor else None
-            loss = training_loss(self.task.model_output(restored, self.task_params), clean, holes, c.loss, weight)
-            objective = loss
-            if c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0:
-                # A fine probe's two inverse passes run in fp32 whatever --dtype: bf16 coupling nets cannot
-                # resolve its step, and the loss above keeps their speed.
-                fine = c.inverse_probe < SMALL_PROBE
-                with self.precision.fp32_coupling_nets() if fine else nullcontext():
-                    penalty = inverse_gain_penalty(self.compiled.inverse, restored, inp, c.inverse_gain,
-                                                   self.data_gen, c.inverse_probe)
-                objective = loss + c.inverse_gain_every * penalty
+        with step.step_weights(model):
+            loss, objective = step.objective(self.compiled.forward, self.compiled.inverse, inp, clean, self._holes(),
+                                             self.degrader.last_sigma, self.data_gen if self._probe_now() else None,
+                                             training_loss, inverse_gain_penalty)
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
         # Checked once the backward pass is queued: the host waits for the device here and not between the
@@ -397,7 +334,7 @@ class Trainer:
         self._replace_config(batch_size=halved)
 
     def _replace_config(self, **changes) -> None:
-        self.config = dataclasses.replace(self.config, **changes)
+        self.config = self.train_step.config = dataclasses.replace(self.config, **changes)
         self.log["config"] = self.config.to_dict()
         if "steps" in changes:
             self.reporter.update(total=self.config.steps, announce=False)
@@ -415,48 +352,44 @@ class Trainer:
     def _maybe_compile(self) -> None:
         """--compile: decided a few steps into the session; the schedule is then timed from the compiled steps."""
         st = self.state
-        wanted = self.compiled.decide(st.step - self.start_step, self.clock(), self._seconds_left)
+        ends = (self.config.steps, self.session.stop_at)
+        wanted = self.compiled.decide(st.step - self.start_step, self.clock(),
+                                      lambda per_step: self.budget.seconds_left(per_step, st.step, ends))
         if wanted is not None and collectives.rank0_int(int(wanted), self.dist, self.device):
             self.compiled.start()
             self.calib_origin = st.step + 1  # the next step compiles: calibrate after it
             self.log["sessions"][-1]["compiled_at_step"] = st.step
-
-    def _seconds_left(self, per_step: float) -> float:
-        """How long the rest of this session would take at ``per_step`` seconds a step."""
-        st, c, s = self.state, self.config, self.session
-        left = [math.inf]
-        if self.budget.seconds is not None:
-            left.append(self.budget.seconds - (self.clock() - self.t_start))
-        for end in (c.steps, s.stop_at):
-            if end is not None:
-                left.append((end - st.step) * per_step)
-        return min(left)
+            if self.compiled.whole is not None:
+                self.log["sessions"][-1]["compiled"] = self.compiled.record
 
     def _maybe_calibrate(self) -> None:
         """With --minutes alone: the schedule length from the speed of the first steps, then again at
-        fractions of the budget (in one process only: ranks' clocks could disagree on when)."""
+        fractions of the budget (``TimeBudget.new_schedule``)."""
         st, c, since = self.state, self.config, self.state.step - self.calib_origin
-        if c.steps is None and since in CALIBRATION_STEPS:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            estimated = self.budget.calibrate(st.step, since, c.batch_size * c.patch ** 2)
-            if estimated is not None:
-                estimated = collectives.rank0_int(estimated, self.dist, self.device)
-                self._replace_config(steps=estimated)
-                self.note(f"irae: note: --minutes {self.session.minutes:g} alone: the schedule is set to "
-                          f"{estimated} steps from the speed of the first ones")
-        if not self.dist.active \
-                and (estimated := self.budget.recalibrate(st.step, c.steps, self.log_every)) is not None:
-            self.note(f"irae: note: the schedule is set again to {estimated} steps (was "
-                      f"{self.config.steps}) from the speed of the last ones")
-            self._replace_config(steps=estimated)
+        if self.device.type == "cuda" and c.steps is None and since in CALIBRATION_STEPS:
+            torch.cuda.synchronize(self.device)
+        steps = self.budget.new_schedule(st.step, since, c.steps, c.batch_size * c.patch ** 2, self.log_every,
+                                         lambda n: collectives.rank0_int(n, self.dist, self.device),
+                                         again=not self.dist.active)
+        if steps is not None:
+            self.note(f"irae: note: --minutes {self.session.minutes:g} alone: the schedule is set to {steps} steps "
+                      f"from the speed of the first ones" if c.steps is None else
+                      f"irae: note: the schedule is set again to {steps} steps (was {c.steps}) from the speed "
+                      f"of the last ones")
+            self._replace_config(steps=steps)
 
     def _maybe_log(self, done: bool) -> None:
         st, c, stop_at = self.state, self.config, self.session.stop_at
         if not (st.step % self.log_every == 0 or done or (stop_at is not None and st.step >= stop_at)):
             return
         collectives.mean_over_ranks(st.loss_sum, self.dist)
-        mean_loss = float(st.loss_sum.item()) / st.interval_steps  # the one host sync per interval
+        loss_sum, loss_max = torch.stack([st.loss_sum, st.loss_max]).tolist()  # the one host sync per interval
+        mean_loss = loss_sum / st.interval_steps
+        if st.unchecked and self.guard.interval_diverged(mean_loss, loss_max, st.unchecked, self.config.loss,
+                                                         (self.model, self.optimizer, self.ema)):
+            self._roll_back()
+            self._new_interval()
+            return
         now = self.clock()
         speed = st.interval_steps * c.batch_size * self.dist.world / max(now - st.interval_t0, 1e-9)
         self.budget.pixels_per_s = speed * c.patch ** 2
@@ -468,8 +401,13 @@ class Trainer:
         self.reporter.update(completed=st.step, total=c.steps, loss=f"{mean_loss:.4f}",
                              speed=f"{speed:,.0f} patches/s")
         self.files.write_log()
+        self._new_interval()
+
+    def _new_interval(self) -> None:
+        st = self.state
         st.loss_sum.zero_()
-        st.interval_steps, st.interval_t0 = 0, self.clock()
+        st.loss_max.zero_()
+        st.interval_steps, st.unchecked, st.interval_t0 = 0, 0, self.clock()
 
     def _maybe_validate(self, done: bool) -> None:
         st = self.state
@@ -495,6 +433,37 @@ class Trainer:
         self.state.interval_t0 += self.clock() - t_save
 
     # ------------------------------------------------------------------ files
+
+    def finish(self) -> TrainResult:
+        """The end: checkpoint, final validation, weights, log; then the failed writes, if any, as one error."""
+        st, files, c = self.state, self.files, self.config
+        minutes = (st.train_seconds + self.clock() - self.t_run) / 60
+        self.write_checkpoint()
+        summary = final_val = sha = None
+        if self.dist.main:
+            final_val = final_validation(self.evaluate, self.clock, self.log["val"], st.step)
+            summary = self._summary(final_val, minutes)
+            state = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+            sha = files.write_weights(final_model(c.arch, state), c, self.task_params, summary)
+        if self.dist.active:
+            end_process_group(self.drop_ddp)
+        files.raise_if_any_failed(st.step)
+        if st.stopped == "interrupted":
+            raise KeyboardInterrupt
+        return run_result(files, st, c.steps, minutes, final_val, device_name(self.device), summary, sha)
+
+    def _summary(self, final_val: dict | None, minutes: float) -> dict:
+        from ..model import config_to_json
+
+        st, s = self.state, self.session
+        return run_summary(
+            run_id=self.run_id, config=self.config, model_config=json.loads(config_to_json(self.model.config)),
+            data=self.data.description, steps=st.step, patches_seen=st.patches_seen, minutes=minutes,
+            device=self.device, dtype=self.precision.label, world=self.dist.world, val=final_val,
+            validator=self.validation.validator if self.validation is not None else None, val_seed=s.val_seed,
+            val_crop=s.val_crop, stopped=st.stopped, sessions=st.sessions, jpeg_engine=self.degrader.jpeg_engine,
+            oom_halvings=self.log["sessions"][-1].get("oom_halvings", []), init_from=self.init_from_record,
+            compiled=self.compiled.record or None)
 
     def evaluate(self) -> dict | None:
         """Validation scores of the weights that would be saved now (the EMA's when on); None without --val."""
