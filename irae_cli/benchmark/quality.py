@@ -66,16 +66,8 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
                             hole_range=hole_range, noise_protocol=noise_protocol)
     settings = images.settings()
     loaded = load_models(task, weights, compare)
-    # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
-    restorers = [(lm.name + suffix, Restorer(lm.model, t,
-                                             task_params=t.params_for_weights(lm.task_params, lm.model.config.channels),
-                                             device=device, dtype=dtype, tile=tile, batch_size=batch_size,
-                                             self_ensemble=bool(suffix), backend=backend,
-                                             source=export_source(lm.sha256)))
-                 for lm in loaded for suffix in ("", ENSEMBLE_SUFFIX)[:1 + self_ensemble]]
-    dev = restorers[0][1].device if restorers else pick_device(device)
-    settings.update({"device": str(dev), "dtype": str(restorers[0][1].dtype).removeprefix("torch.") if restorers
-                     else "float32", "backend": ", ".join(dict.fromkeys(r.backend for _, r in restorers)) or None, "tile": tile, "batch_size": batch_size, "n_images": 0, "sheet": None})
+    restorers, dev = _restorers(loaded, t, settings, device=device, dtype=dtype, tile=tile, batch_size=batch_size,
+                                self_ensemble=self_ensemble, backend=backend)
     models, methods = model_rows(task, classical, loaded, settings, self_ensemble)
     names = list(models)
     picker = None if sheet is None else SheetPicker(
@@ -96,18 +88,40 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             if progress is not None:
                 progress(unit.image)
     if not per:
-        first = failures[0]["error"] if failures else "no images"
-        raise IraeError(f"no image could be benchmarked ({first})")
+        raise IraeError(f"no image could be benchmarked ({failures[0]['error'] if failures else 'no images'})")
     settings["n_images"] = len({r["image"] for rows in per.values() for r in rows})
     result = {"schema": QUALITY_SCHEMA, "settings": settings, "versions": versions(dev), "models": models,
               "results": aggregate(per, names, task), "failures": failures}
     if picker is not None:
-        try:
-            settings["sheet"] = picker.write(sheet, overwrite=overwrite)
-        except ImageError as e:
-            # The scores stand without the picture: a sheet that cannot be saved must not take the report with it.
-            settings["sheet"] = {"path": str(sheet), "error": str(e)}
+        _write_sheet(picker, sheet, overwrite, settings)
     return result
+
+
+def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, self_ensemble, backend):
+    """One ``Restorer`` per network row (and its x8 row), as ``irae restore`` would run it; the settings say
+    which device, dtype and backend they run on."""
+    # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
+    restorers = [(lm.name + suffix, Restorer(lm.model, t,
+                                             task_params=t.params_for_weights(lm.task_params, lm.model.config.channels),
+                                             device=device, dtype=dtype, tile=tile, batch_size=batch_size,
+                                             self_ensemble=bool(suffix), backend=backend,
+                                             source=export_source(lm.sha256)))
+                 for lm in loaded for suffix in ("", ENSEMBLE_SUFFIX)[:1 + self_ensemble]]
+    dev = restorers[0][1].device if restorers else pick_device(device)
+    dtype_name = str(restorers[0][1].dtype).removeprefix("torch.") if restorers else "float32"
+    backends = ", ".join(dict.fromkeys(r.backend for _, r in restorers)) or None
+    settings.update({"device": str(dev), "dtype": dtype_name, "backend": backends, "tile": tile,
+                     "batch_size": batch_size, "n_images": 0, "sheet": None})
+    return restorers, dev
+
+
+def _write_sheet(picker, sheet, overwrite: bool, settings: dict) -> None:
+    """The comparison sheet; a failure to save it is recorded in the settings, not raised."""
+    try:
+        settings["sheet"] = picker.write(sheet, overwrite=overwrite)
+    except ImageError as e:
+        # The scores stand without the picture: a sheet that cannot be saved must not take the report with it.
+        settings["sheet"] = {"path": str(sheet), "error": str(e)}
 
 
 # --------------------------------------------------------------------------- the rows: methods and models

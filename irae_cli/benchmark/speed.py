@@ -48,16 +48,8 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     compiled (train_speed.py).
     """
     _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder, workers)
-    dtypes, backends = _listed(dtype, "--dtype"), _listed(backend, "--backend")
-    if folder is not None and (len(dtypes) > 1 or len(backends) > 1):
-        raise IraeError("--folder times one setting: give one --dtype and one --backend")
-    if channels_last and "onnxruntime" in backends:
-        raise IraeError("--channels-last is for the torch backend; leave it out with --backend onnxruntime")
-    for b in backends:  # onnxruntime times the fp32 (or auto) entries of a --dtype list, and needs one
-        fp32 = next((d for d in dtypes if d in ("auto", "fp32")), dtypes[0])
-        check_backend(b, device if b == "onnxruntime" else "auto", fp32 if b == "onnxruntime" else "auto", compile)
-    if train and (weights is not None or folder is not None):
-        raise IraeError("--train times an untrained preset (--arch), not --weights or --folder")
+    dtypes, backends = _check_settings(dtype, backend, device, compile, folder, channels_last,
+                                       train and (weights is not None or folder is not None))
     lm = load_model(weights) if weights is not None else preset_model(arch or "paper-denoise")
     task = lm.task or "denoise"
     dev, dt = device_and_dtype("cpu" if backends == ["onnxruntime"] and device == "auto" else device, dtypes[0])
@@ -75,13 +67,7 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     if train:
-        from .train_speed import train_speed
-
-        settings.update(train=True, repeats=repeats or 10)
-        results = train_speed(arch=lm.arch, patch=size, batch_size=batch_size, dtype=dtype, dev=dev,
-                              steps=settings["repeats"], warmup=warmup, compile=compile, time_calls=_time_calls,
-                              summary=_summary)
-        settings["dtype"] = results[-1]["dtype"]
+        results = _train_runs(lm, settings, dev, dtype, repeats, warmup, compile)
     elif folder is None:
         settings["repeats"] = repeats = repeats or 10
         side = size + (-size) % multiple
@@ -104,6 +90,34 @@ def speed(*, arch: str | None = None, weights: str | None = None, size: int = 10
     out_model = {**lm.entry(), "params": params, "mac_per_pixel": mac, "size_multiple": multiple}
     return {"schema": SPEED_SCHEMA, "settings": settings, "versions": versions(dev), "model": out_model,
             "results": results, "notes": notes}
+
+
+def _check_settings(dtype: str, backend: str, device: str, compile: bool, folder, channels_last: bool,
+                    train_misused: bool) -> tuple[list[str], list[str]]:
+    """The --dtype and --backend lists, their usage errors raised before any work."""
+    dtypes, backends = _listed(dtype, "--dtype"), _listed(backend, "--backend")
+    if folder is not None and (len(dtypes) > 1 or len(backends) > 1):
+        raise IraeError("--folder times one setting: give one --dtype and one --backend")
+    if channels_last and "onnxruntime" in backends:
+        raise IraeError("--channels-last is for the torch backend; leave it out with --backend onnxruntime")
+    for b in backends:  # onnxruntime times the fp32 (or auto) entries of a --dtype list, and needs one
+        fp32 = next((d for d in dtypes if d in ("auto", "fp32")), dtypes[0])
+        check_backend(b, device if b == "onnxruntime" else "auto", fp32 if b == "onnxruntime" else "auto", compile)
+    if train_misused:
+        raise IraeError("--train times an untrained preset (--arch), not --weights or --folder")
+    return dtypes, backends
+
+
+def _train_runs(lm, settings: dict, dev, dtype: str, repeats, warmup: int, compile: bool) -> list[dict]:
+    """Training steps of the preset, eager and (with ``compile``) compiled (train_speed.py)."""
+    from .train_speed import train_speed
+
+    settings.update(train=True, repeats=repeats or 10)
+    results = train_speed(arch=lm.arch, patch=settings["size"], batch_size=settings["batch_size"], dtype=dtype,
+                          dev=dev, steps=settings["repeats"], warmup=warmup, compile=compile,
+                          time_calls=_time_calls, summary=_summary)
+    settings["dtype"] = results[-1]["dtype"]
+    return results
 
 
 def _check_speed_args(arch, weights, size, batch_size, warmup, repeats, naive, folder, workers) -> None:
