@@ -606,9 +606,10 @@ def test_train_refuses_up_front_when_the_outputs_cannot_fit(train_photos, tmp_pa
 def test_train_disk_full_at_save_keeps_what_fits_and_says_so(train_photos, tmp_path, monkeypatch):
     """The up-front check passed (space was taken meanwhile): the checkpoint fails, the smaller weights are saved."""
     from irae_cli import train as tr
-    from irae_cli.train import trainer as tr_trainer
+    from irae_cli.train import setup as tr_setup
 
-    monkeypatch.setattr(tr_trainer, "check_output_space", lambda *a, **k: None, raising=False)
+    # raising=True: a check that moves elsewhere must move this test with it, not pass it by
+    monkeypatch.setattr(tr_setup, "check_output_space", lambda *a, **k: None)
     with small_disk(tmp_path / "disk") as disk:
         fill_disk(disk, leave=320 * 1024)  # room for the weights (~160 KB) and the log, not the checkpoint (~650 KB)
         notes = []
