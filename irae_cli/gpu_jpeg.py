@@ -52,7 +52,7 @@ def jpeg_for_gpu(path: str | Path) -> tuple[bytes, ImageMeta, tuple[int, int, in
         data = path.read_bytes()
     except OSError:
         return None
-    if not jpeg_is_complete(data) or scan_shortfall(path) is not None:
+    if not jpeg_is_complete(data) or scan_shortfall(data) is not None:
         return None  # nvJPEG decodes a cut file without complaint; Pillow names the problem
     meta = ImageMeta(mode=mode, bits=8, icc_profile=icc, exif=exif, format="JPEG", jpeg_quality=quality)
     return data, meta, (1 if mode == "L" else 3, h, w)

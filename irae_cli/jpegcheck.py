@@ -39,11 +39,12 @@ class Shortfall:
     need_bytes: int
 
 
-def scan_shortfall(path: str | Path) -> Shortfall | None:
-    """A ``Shortfall`` when some scan of the first image in ``path`` is too short for the size its header
-    claims; None when the scans can hold it, or when the file is not a Huffman-coded JPEG (the decoder
-    then says what is wrong, if anything).  Raises OSError when the file cannot be read."""
-    data = Path(path).read_bytes()
+def scan_shortfall(source: str | Path | bytes) -> Shortfall | None:
+    """A ``Shortfall`` when some scan of the first image in ``source`` (a path, or the file's bytes when
+    they are already read) is too short for the size its header claims; None when the scans can hold it,
+    or when the file is not a Huffman-coded JPEG (the decoder then says what is wrong, if anything).
+    Raises OSError when the file cannot be read."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if data[:2] != b"\xff\xd8":
         return None
     frame, pos = None, 2
