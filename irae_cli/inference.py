@@ -17,6 +17,9 @@ import torch
 
 from .defaults import check_compile_mode
 from .errors import IraeError
+from .model import model_info
+from .model.config import COUPLING_NETS
+from .model.flows import CouplingNet
 from .model.folded import FoldedIRAE, fold
 from .model.irae import pad_to_multiple
 from .tasks import Task
@@ -114,6 +117,85 @@ def device_and_dtype(device: str | torch.device = "auto", dtype: str = "auto", *
     return dev, dt
 
 
+def casts_coupling_nets(model_or_config) -> bool:
+    """Whether a model (or config, or preset name) runs only its coupling nets in bf16/fp16: the rule of
+    ``ModelInfo.low_precision``, read here for restore, train and both benchmarks alike."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return model_info(config).low_precision == COUPLING_NETS
+
+
+class LowPrecision:
+    """Where ``model`` leaves float32 at ``dtype``, by its ``ModelInfo.low_precision`` rule.
+
+    For an IRAE only the coupling nets are cast (``attach``): a folded flow's coupling weights are cast
+    in place (they stay so: fold afresh for another dtype), a factored flow's nets run under their own
+    autocast (``CouplingNet.autocast_dtype``) with their output back in float32.  Any other model runs
+    under ``autocast()`` as a whole.  At float32 (or float64) nothing changes.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.coupling_nets = casts_coupling_nets(model)
+        self.low = dtype in (torch.bfloat16, torch.float16)
+
+    @property
+    def label(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, str(self.dtype))
+
+    @property
+    def scope(self) -> str | None:
+        """What runs in low precision, in words (None at full precision)."""
+        if not self.low:
+            return None
+        return "coupling nets" if self.coupling_nets else "whole model"
+
+    def attach(self) -> "LowPrecision":
+        if isinstance(self.model, FoldedIRAE):
+            if self.low:
+                self.model.set_coupling_dtype(self.dtype)
+        else:
+            # Set at every attach, fp32 included: a model timed at several dtypes keeps no earlier one.
+            self._set_nets(self.dtype if self.low and self.coupling_nets else None)
+        return self
+
+    def detach(self) -> None:
+        """Back to float32 everywhere (the ActNorm initialisation, the end of a training run)."""
+        if isinstance(self.model, FoldedIRAE):
+            raise ValueError("a folded model's coupling weights stay cast; fold the model afresh instead")
+        self._set_nets(None)
+
+    def _set_nets(self, dtype: torch.dtype | None) -> None:
+        for m in self.model.modules():
+            if isinstance(m, CouplingNet):
+                m.autocast_dtype = dtype
+
+    def autocast(self):
+        """The context a call of the model runs in: autocast for a model cast as a whole, else nothing."""
+        if self.low and not self.coupling_nets:
+            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def fp32_coupling_nets(self):
+        """The factored coupling nets back in float32 within: a fine inverse-gain probe measures changes of
+        ~1e-5, which bf16 (8 bits of mantissa) rounds away."""
+        if not (self.low and self.coupling_nets) or isinstance(self.model, FoldedIRAE):
+            yield
+            return
+        self._set_nets(None)
+        try:
+            yield
+        finally:
+            self._set_nets(self.dtype)
+
+
+def low_precision(model: torch.nn.Module, device: str | torch.device = "auto", dtype: str = "auto", *,
+                  strict: bool | None = None) -> LowPrecision:
+    """``--dtype`` resolved for ``model`` on ``device`` (``device_and_dtype``) and attached by its rule."""
+    dev, dt = device_and_dtype(device, dtype, coupling_only=casts_coupling_nets(model), strict=strict)
+    return LowPrecision(model, dev, dt).attach()
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of length ``tile`` covering [0, size); the last one ends at ``size``."""
     if size <= tile:
@@ -184,13 +266,10 @@ class Restorer:
         self.backend = resolve_backend(backend, self.device, dtype, self.compile) if folded else "torch"
         if self.backend == ORT:
             dtype, self.compile = "fp32", "off"  # its runner is made last, once the options are known to be good
-        # A folded flow runs only its coupling nets in bf16/fp16 (the flow arithmetic stays fp32:
-        # whole-model bf16 cost 0.04-0.10 dB on the validation photos, coupling-only < 0.01 dB).
-        self.coupling_only = isinstance(self.runner, FoldedIRAE)
-        _, self.dtype = device_and_dtype(self.device, dtype, coupling_only=self.coupling_only)
-        self._autocast_whole = self.dtype != torch.float32 and not self.coupling_only
-        if self.dtype != torch.float32 and self.coupling_only:
-            self.runner.set_coupling_dtype(self.dtype)
+        # An IRAE runs only its coupling nets in bf16/fp16, folded or not (whole-model bf16 cost
+        # 0.04-0.10 dB on the validation photos, coupling-only < 0.01 dB).
+        self.precision = low_precision(self.runner, self.device, dtype)
+        self.dtype = self.precision.dtype
         # Self-ensemble: the mean of the restorations of the 8 flips and turns of each image (DIHEDRAL).  The
         # result is no longer the flow's image of its input, so it has no exact inverse.
         self.views = DIHEDRAL if self_ensemble else DIHEDRAL[:1]  # (0, False): the image as it is
@@ -236,11 +315,8 @@ class Restorer:
         return runner
 
     def autocast(self):
-        """The autocast context a call of ``runner`` needs: whole-model low precision for a network that is
-        not a folded flow (a folded flow casts its own coupling nets), nothing otherwise."""
-        if not self._autocast_whole:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        """The context a call of ``runner`` needs (``LowPrecision.autocast``)."""
+        return self.precision.autocast()
 
     def _free_device_memory(self) -> None:
         """Return cached blocks to the device; call it after an ``except`` block, when the failed attempt is gone."""

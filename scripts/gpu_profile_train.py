@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from irae_cli import train as tr  # noqa: E402
+from irae_cli.inference import LowPrecision  # noqa: E402
 from irae_cli.model import create_model  # noqa: E402
 
 
@@ -30,9 +31,9 @@ def build(arch, device, bf16):
     model = create_model(arch).to(device)
     x = torch.rand(8, 3, 64, 64, device=device)
     model.initialize(x, x, start="data")
-    hooks = tr.autocast_coupling_nets(model, device.type, torch.bfloat16) if bf16 else []
+    precision = LowPrecision(model, device, torch.bfloat16 if bf16 else torch.float32).attach()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
-    return model, opt, hooks
+    return model, opt, precision
 
 
 def make_step(model, opt, device, *, probe=True, sync=True, clip=True):
@@ -91,14 +92,14 @@ def main() -> int:
                 ("bare (fp32, no probe/sync/clip)", dict(bf16=False, probe=False, sync=False, clip=False))]
     for batch in [int(b) for b in a.batches.split(",")]:
         for name, v in variants:
-            model, opt, hooks = build(a.arch, device, v["bf16"])
+            model, opt, _ = build(a.arch, device, v["bf16"])
             step = make_step(model, opt, device, probe=v["probe"], sync=v["sync"], clip=v["clip"])
             s = timed(step, batch, 64, device, a.steps)
             row = {"variant": name, "batch": batch, "ms_per_step": round(1000 * s, 2),
                    "patches_per_s": round(batch / s, 1)}
             print(json.dumps(row), flush=True)
             results["variants"].append(row)
-    model, opt, hooks = build(a.arch, device, True)
+    model, opt, _ = build(a.arch, device, True)
     step = make_step(model, opt, device)
     clean = torch.rand(64, 3, 64, 64, device=device)
     for _ in range(3):

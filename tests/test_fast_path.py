@@ -74,7 +74,7 @@ def test_auto_dtype_on_the_cpu_is_bf16_only_for_coupling_nets_on_native_bf16(mon
 def test_restorer_runs_the_folded_model_with_coupling_bf16(photos):
     model = trained_like("tiny", photos)
     r = Restorer(model, get_task("denoise"), device="cpu", dtype="bf16", tile=0)
-    assert isinstance(r.runner, FoldedIRAE) and not r._autocast_whole
+    assert isinstance(r.runner, FoldedIRAE) and r.precision.scope == "coupling nets"
     exact = Restorer(model, get_task("denoise"), device="cpu", dtype="fp32", tile=0, folded=False)
     y = noisy(photos)
     assert (r(y) - exact(y)).abs().max().item() < 2e-2

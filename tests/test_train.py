@@ -173,7 +173,8 @@ def test_optimizer_state_survives_safetensors(tmp_path):
             assert torch.equal(v, b["state"][pid][k])
 
 
-def test_autocast_hooks_cover_only_the_coupling_nets():
+def test_low_precision_covers_only_the_coupling_nets():
+    from irae_cli.inference import LowPrecision
     from irae_cli.model import create_model
     from irae_cli.model.flows import CouplingNet, InvConv1x1
 
@@ -181,7 +182,7 @@ def test_autocast_hooks_cover_only_the_coupling_nets():
     x = torch.rand(2, 3, 16, 16)
     m.initialize(x, x)
     keys = set(m.state_dict())
-    hooks = tr.autocast_coupling_nets(m, "cpu", torch.bfloat16)
+    precision = LowPrecision(m, torch.device("cpu"), torch.bfloat16).attach()
     dtypes = {}
     spies = [mod.register_forward_hook(lambda mod, a, out, k=type(mod).__name__: dtypes.setdefault(k, set()).add(
         out.dtype)) for mod in m.modules() if isinstance(mod, (CouplingNet, InvConv1x1, torch.nn.Conv2d))]
@@ -189,7 +190,8 @@ def test_autocast_hooks_cover_only_the_coupling_nets():
     assert y.dtype == torch.float32 and set(m.state_dict()) == keys
     assert dtypes["Conv2d"] == {torch.bfloat16}  # the coupling nets' convs ran in bf16
     assert dtypes["InvConv1x1"] == {torch.float32} and dtypes["CouplingNet"] == {torch.float32}
-    for h in hooks + spies:
+    precision.detach()
+    for h in spies:
         h.remove()
     dtypes.clear()
     m(x)

@@ -11,7 +11,7 @@ from .. import degradations as dg
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..imageio import read_image
-from ..inference import device_and_dtype
+from ..inference import LowPrecision, device_and_dtype
 from ..model import create_model
 from ..tasks import with_mask_channel
 from .common import INVERTIBILITY_SCHEMA
@@ -160,14 +160,15 @@ def as_model_input(x: torch.Tensor, channels: int, rel: str) -> torch.Tensor:
 
 
 def round_trip(model: torch.nn.Module, y: torch.Tensor, dtype: str, dev: torch.device) -> dict:
-    """The errors of ``inverse(forward(y))`` for one fitted (C,H,W) model input, computed in float64."""
+    """The errors of ``inverse(forward(y))`` for one fitted (C,H,W) model input, computed in float64.
+    bf16 casts what restore and training cast (``LowPrecision``: the coupling nets), nothing more."""
     y = y[None].to(dev, INVERT_DTYPES[dtype] if dtype == "fp64" else torch.float32)
-    with torch.inference_mode():
-        if dtype == "bf16":
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
-                back = model.inverse(model.forward(y))
-        else:
+    precision = LowPrecision(model, dev, INVERT_DTYPES[dtype]).attach()
+    try:
+        with torch.inference_mode(), precision.autocast():
             back = model.inverse(model.forward(y))
+    finally:
+        precision.detach()
     diff = back.double() - y.double()
     levels = diff.abs() * 255
     return {"shape": list(y.shape[1:]),

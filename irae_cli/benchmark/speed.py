@@ -8,7 +8,6 @@ times ``irae restore`` on a folder, files in to files out.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import torch
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..backends import check_backend, resolve_backend
-from ..inference import Restorer, compiled, device_and_dtype, pick_dtype
+from ..inference import LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
 from ..onnx_export import export_source
 from ..pixels import to_u8
@@ -260,7 +259,7 @@ class ModelTimer:
         self.backend = self.restorer.backend
         self.dev, self.channels, self.channels_last, self.notes = dev, lm.model.config.channels, channels_last, notes
         self.resolved = str(self.restorer.dtype).removeprefix("torch.")
-        if self.restorer.coupling_only and self.restorer.dtype != torch.float32:
+        if self.restorer.precision.scope == "coupling nets":
             self.resolved += " (coupling nets)"
         self.run_model = self.restorer.runner
         if channels_last:
@@ -356,7 +355,6 @@ class FolderTimer:
             lm, folder, task, dev, dtype, batch_size, notes, workers
 
     def run(self, warmup: int, repeats: int, naive: bool) -> list[dict]:
-        from ..model.folded import folds
         from ..restore import RestoreOptions
         from ..weights import save_weights
 
@@ -369,17 +367,16 @@ class FolderTimer:
             opts = RestoreOptions(task=self.task, weights=weights, device=str(self.dev), dtype=self.dtype,
                                   batch_size=self.batch_size, workers=self.workers, format="png",
                                   backend=self.backend)
-            # As restore resolves it: an IRAE flow runs only its coupling nets in bf16/fp16; ONNX Runtime fp32.
-            coupling_only = folds(self.lm.model)
+            # As restore resolves it (the model's low-precision rule); ONNX Runtime runs fp32.
             backend = resolve_backend(self.backend, self.dev, self.dtype)
-            dt = torch.float32 if backend == "onnxruntime" else pick_dtype(self.dtype, self.dev,
-                                                                          coupling_only=coupling_only)
-            scope = None if dt == torch.float32 else ("coupling nets" if coupling_only else "whole model")
+            dt = torch.float32 if backend == "onnxruntime" else pick_dtype(
+                self.dtype, self.dev, coupling_only=casts_coupling_nets(self.lm.model))
+            scope = LowPrecision(self.lm.model, self.dev, dt).scope
             precision = {"backend": backend, "dtype": str(dt).replace("torch.", ""), "low_precision_scope": scope,
                          "conv_tf32": _conv_tf32(self.dev), "output": f"PNG level {opts.png_level}"}
             out = [self._end_to_end(tmp, opts, warmup, repeats, precision)]
             if naive:
-                out.append(self._naive(tmp, dt, opts.png_level, coupling_only, repeats, precision))
+                out.append(self._naive(tmp, dt, opts.png_level, repeats, precision))
         return out
 
     def _end_to_end(self, tmp: Path, opts, warmup: int, repeats: int, precision: dict) -> dict:
@@ -400,8 +397,7 @@ class FolderTimer:
         return _summary("end-to-end", times, len(self.sources), self.megapixels, self.dev, **precision,
                         pipeline=f"irae restore pipeline (PNG level {opts.png_level}, weights load included)")
 
-    def _naive(self, tmp: Path, dt: torch.dtype, png_level: int, coupling_only: bool, repeats: int,
-               precision: dict) -> dict:
+    def _naive(self, tmp: Path, dt: torch.dtype, png_level: int, repeats: int, precision: dict) -> dict:
         model = self.lm.model.to(self.dev).float().eval()
         times = []
         for r in range(repeats):
@@ -409,7 +405,7 @@ class FolderTimer:
             dest.mkdir()
             _sync(self.dev)
             t0 = time.perf_counter()
-            _naive_loop(self.sources, dest, model, self.dev, dt, png_level, coupling_only)
+            _naive_loop(self.sources, dest, model, self.dev, dt, png_level)
             _sync(self.dev)
             times.append(time.perf_counter() - t0)
         return _summary("naive", times, len(self.sources), self.megapixels, self.dev,
@@ -429,25 +425,21 @@ def _conv_tf32(dev: torch.device) -> bool | None:
 
 
 def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, dt: torch.dtype = torch.float32,
-                png_level: int = 1, coupling_only: bool = False) -> None:
+                png_level: int = 1) -> None:
     """The plain loop: Pillow read, the unfolded model on one image, Pillow PNG write; at ``dt`` with
-    restore's scope (an IRAE flow's coupling nets only, else the whole model)."""
+    restore's scope (``LowPrecision``: an IRAE's coupling nets only, else the whole model)."""
     from PIL import Image
 
     from ..imageio import open_image
-    from ..train import autocast_coupling_nets
 
-    hooks = autocast_coupling_nets(model, dev.type, dt) if dt != torch.float32 and coupling_only else []
-    whole = dt != torch.float32 and not coupling_only
+    precision = LowPrecision(model, dev, dt).attach()
     try:
         for s in sources:
             with open_image(s.path, load=False) as img:
                 arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
             x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
-            autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), precision.autocast():
                 y = to_u8(model(x).float()[0])
             Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"), compress_level=png_level)
     finally:
-        for h in hooks:
-            h.remove()
+        precision.detach()

@@ -22,7 +22,8 @@ def _setup(arch: str, patch: int, batch_size: int, dtype: str, dev: torch.device
     from ..tasks import get_task
     from ..train.config import build_config
     from ..train.loss import probe_direction
-    from ..train.precision import EMA, StepPrecision, compute_dtype
+    from ..inference import LowPrecision
+    from ..train.precision import EMA, compute_dtype
     from ..train.step import TrainStep
 
     c = build_config({"arch": arch, "patch": patch, "batch_size": batch_size, "steps": 1000}, dev)
@@ -33,7 +34,7 @@ def _setup(arch: str, patch: int, batch_size: int, dtype: str, dev: torch.device
     model = create_model(arch).to(dev).train()
     if model.invertible:
         model.initialize(inp, clean)
-    precision = StepPrecision(model, dev, compute_dtype(dtype, dev, arch))
+    precision = LowPrecision(model, dev, compute_dtype(dtype, dev, arch))
     precision.attach()
     optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
     task = get_task("denoise")

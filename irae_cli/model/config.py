@@ -32,6 +32,12 @@ class CNNConfig:
 
 CONFIG_TYPES = {"irae": IRAEConfig, "cnn": CNNConfig}
 
+# Where a model may leave float32 when bf16 or fp16 is asked for (``ModelInfo.low_precision``).
+# An IRAE casts only its coupling nets: the flows' own arithmetic (ActNorm, the 1x1 convolutions, the
+# affine update) is what the inverse direction amplifies, so it stays float32 -- spectral norm or not.
+COUPLING_NETS = "coupling_nets"
+WHOLE = "whole"  # a network with no inverse to protect runs under autocast as a whole
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -40,13 +46,15 @@ class ModelInfo:
     size_multiple: int  # height and width are padded to a multiple of this
     invertible: bool  # has an exact inverse (the clean -> degraded direction)
     channels: int  # input (and output) channels: 3, or 4 for an inpainting model that sees its mask
+    low_precision: str  # COUPLING_NETS or WHOLE: what runs in bf16/fp16 (restore, train and benchmark alike)
 
     @classmethod
     def of(cls, config) -> "ModelInfo":
         if isinstance(config, IRAEConfig):
-            return cls(size_multiple=2 ** config.levels, invertible=True, channels=config.channels)
+            return cls(size_multiple=2 ** config.levels, invertible=True, channels=config.channels,
+                       low_precision=COUPLING_NETS)
         if isinstance(config, CNNConfig):
-            return cls(size_multiple=1, invertible=False, channels=config.channels)
+            return cls(size_multiple=1, invertible=False, channels=config.channels, low_precision=WHOLE)
         raise TypeError(f"no model info for {type(config).__name__}")
 
 

@@ -41,7 +41,7 @@ from .data import PatchSampler, TrainData, load_training_data
 from .degrader import MASK_BANK_SIZE, Degrader
 from .loss import INVERSE_PROBE, inverse_gain_penalty, training_loss
 from .outputs import check_output_space, refuse_foreign_outputs, derived_paths
-from .precision import EMA, autocast_coupling_nets
+from .precision import EMA
 from .runlog import LOG_FORMAT, TrainResult
 from .trainer import CALIBRATION_STEPS, Trainer, train
 from .validation import Validator
@@ -50,7 +50,7 @@ __all__ = [
     "CALIBRATION_STEPS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EMA", "INVERSE_PROBE", "LOG_FORMAT",
     "LR_FLOOR", "MASK_BANK_SIZE", "Degrader", "IraeError", "PatchSampler",
     "Session", "TrainConfig", "TrainData", "TrainResult", "Trainer", "Validator",
-    "autocast_coupling_nets", "build_config", "check_output_space", "refuse_foreign_outputs", "derived_paths",
+    "build_config", "check_output_space", "refuse_foreign_outputs", "derived_paths",
     "flatten_optimizer", "init_distributed", "inverse_gain_penalty",
     "load_checkpoint", "load_training_data", "lr_at", "save_checkpoint", "train",
     "train_device", "training_loss", "unflatten_optimizer", "warmup_steps",

@@ -27,7 +27,7 @@ class TrainStep:
 
         self.model, self.optimizer, self.ema, self.precision = model, optimizer, ema, precision
         self.config, self.task, self.task_params = config, task, task_params
-        self.step_weights = batched_invconv_weights if precision.invertible else (lambda m: nullcontext())
+        self.step_weights = batched_invconv_weights if model.invertible else (lambda m: nullcontext())
         self.params = [p for p in model.parameters() if p.requires_grad]
         device = self.params[0].device
         self.lr = torch.zeros((), device=device)
@@ -39,7 +39,7 @@ class TrainStep:
         """(loss, what to minimise): the loss plus, when the probe's ``direction`` (or the generator to draw
         it from) is given, the inverse-gain penalty.  Call it inside ``step_weights(model)``."""
         c = self.config
-        with self.precision.forward():
+        with self.precision.autocast():
             restored = forward(inp)
         weight = low_sigma_weight(sigma, c.low_sigma_floor) if c.low_sigma_floor else None
         loss = loss_fn(self.task.model_output(restored, self.task_params), clean, holes, c.loss, weight)

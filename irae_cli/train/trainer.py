@@ -21,6 +21,7 @@ from ..distributed import init_distributed
 from ..distributed import rank_device as train_device
 from ..environment import device_name
 from ..errors import IraeError
+from ..inference import LowPrecision
 from ..progress import Progress, default_echo
 from ..tasks import get_task
 from . import collectives
@@ -31,7 +32,7 @@ from .config import Session, ema_decay_at, lr_at
 from .divergence import DivergenceGuard
 from .finish import end_process_group, final_model, final_validation, run_result
 from .loss import inverse_gain_penalty, probe_direction, training_loss
-from .precision import EMA, StepPrecision, compute_dtype
+from .precision import EMA, compute_dtype
 from .runlog import RunState, TrainResult, open_log, run_summary, session_record
 from .setup import check_resumable, resume_counters, run_config, run_files, training_inputs
 from .step import TrainStep
@@ -119,7 +120,7 @@ class Trainer:
                                                  echo=self.echo)
 
     def _setup_step(self) -> None:
-        self.precision = StepPrecision(self.model, self.device, self.compute_dtype)
+        self.precision = LowPrecision(self.model, self.device, self.compute_dtype)
         self.precision.attach()
         self.train_model = self.model  # wrapped in DistributedDataParallel under torchrun
         self.train_step = TrainStep(self.model, self.optimizer, self.ema, self.precision, self.config, self.task,
@@ -251,7 +252,7 @@ class Trainer:
 
     def _probe_now(self) -> bool:
         c = self.config
-        return c.inverse_gain > 0 and self.precision.invertible and self.state.step % c.inverse_gain_every == 0
+        return c.inverse_gain > 0 and self.model.invertible and self.state.step % c.inverse_gain_every == 0
 
     def _holes(self) -> torch.Tensor | None:
         return self.degrader.last_mask if self.task.needs_mask else None
