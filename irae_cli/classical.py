@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .fill import harmonic_fill
-from .pixels import to_u8
+from .pixels import mask_u8, planes_from_u8, to_u8
 
 EXTRA = "pip install 'irae[classical]'"
 
@@ -89,9 +89,8 @@ def _opencv(flag_name: str):
 
         if mask is None:
             raise ValueError("inpainting needs a mask")
-        m = mask.reshape(mask.shape[-2:]).cpu().numpy().astype(np.uint8) * 255
-        out = cv2.inpaint(np.ascontiguousarray(to_u8(x)), m, 3, getattr(cv2, flag_name))
-        filled = _chw(out.astype(np.float64) / 255.0, x)
+        out = cv2.inpaint(np.ascontiguousarray(to_u8(x)), mask_u8(mask), 3, getattr(cv2, flag_name))
+        filled = torch.from_numpy(planes_from_u8(out)).to(x.dtype)
         return torch.where(mask.reshape(1, *mask.shape[-2:]), filled, x)  # known pixels exactly as given
     return run
 

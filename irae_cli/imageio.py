@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from .degradations.jpeg import estimate_quality
 from .errors import ImageError, warn
 from .jpegcheck import scan_shortfall
+from .pixels import planes_from_u8
 
 # Pillow refuses headers above twice its own limit; anything above that is treated as a decompression bomb.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
@@ -328,17 +329,7 @@ def _planes_8bit(img: Image.Image, icc: bytes | None,
     if img.mode in ("RGBA", "LA"):
         alpha = np.asarray(img.getchannel("A")).copy()
         img = img.convert("RGB" if img.mode == "RGBA" else "L")
-    return _planes_of(np.asarray(img)), (img.mode if alpha is None else img.mode + "A"), alpha, icc
-
-
-def _planes_of(arr: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8 -> contiguous (C, H, W) float32 in [0, 1], written once: a large image
-    costs one float copy, not three (a float copy, its quotient, and its transposed copy)."""
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    planes = np.empty((arr.shape[2], *arr.shape[:2]), np.float32)
-    for c in range(arr.shape[2]):
-        np.divide(arr[:, :, c], np.float32(255.0), out=planes[c], dtype=np.float32)
-    return planes
+    return planes_from_u8(np.asarray(img)), (img.mode if alpha is None else img.mode + "A"), alpha, icc
 
 
 def image_size(path: str | Path) -> tuple[int, int, int] | None:

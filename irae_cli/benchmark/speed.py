@@ -23,7 +23,7 @@ from ..backends import check_backend, resolve_backend
 from ..inference import LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype
 from ..model import parameter_count
 from ..onnx_export import export_source
-from ..pixels import to_u8
+from ..pixels import planes_from_u8, to_u8
 from ..tasks import get_task
 from .common import SPEED_SCHEMA
 from ..environment import versions
@@ -436,8 +436,7 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
     try:
         for s in sources:
             with open_image(s.path, load=False) as img:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-            x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
+                x = torch.from_numpy(planes_from_u8(np.asarray(img.convert("RGB"))))[None].to(dev)
             with torch.inference_mode(), precision.autocast():
                 y = to_u8(model(x).float()[0])
             Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"), compress_level=png_level)

@@ -17,6 +17,7 @@ from ..imageio import ImageMeta, image_pixels, read_image
 from ..imagewrite import encode_image
 from ..maskio import find_mask, mask_from_alpha, read_mask
 from ..memory import available_bytes, gigabytes, restore_bytes
+from ..pixels import from_levels_u8
 from .options import RestoreOptions
 from .plan import Job, empty_file
 
@@ -123,7 +124,7 @@ def _decode_gpu_jpegs(items: list[Item], device) -> list[Item]:
         it.blob = None
         it.seconds += share
         if x is not None and tuple(x.shape) == tuple(shape):
-            it.x, it.meta = x.float().div_(255.0), meta
+            it.x, it.meta = from_levels_u8(x), meta
         else:
             _decode_with_pillow(it)
     return items

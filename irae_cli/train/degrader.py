@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..degradations import (add_gaussian_noise, derive_seed, jpeg_batch_cuda, jpeg_batch_u8, nvjpeg_problem,
                             quantize_u8, random_mask)
+from ..pixels import from_levels_u8
 from ..tasks import Task
 from .config import TrainConfig
 
@@ -88,7 +89,7 @@ class Degrader:
             self.pool.shutdown(wait=True)
 
     def __call__(self, clean_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        clean = clean_u8.to(self.device, non_blocking=True).float().div_(255.0)
+        clean = from_levels_u8(clean_u8.to(self.device, non_blocking=True))
         if self.task.name == "denoise":
             return self._noisy(clean), clean
         if self.task.name == "jpeg":
@@ -110,7 +111,7 @@ class Degrader:
             y = jpeg_batch_cuda(clean_u8.to(self.device), qualities)
         else:
             y = jpeg_batch_u8(clean_u8, qualities, c.subsampling, self.pool)
-        return y.to(self.device, non_blocking=True).float().div_(255.0)
+        return from_levels_u8(y.to(self.device, non_blocking=True))
 
     def _with_holes(self, clean: torch.Tensor) -> torch.Tensor:
         """A mask from the bank, flipped/rotated at random."""

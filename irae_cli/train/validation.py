@@ -9,6 +9,7 @@ import torch
 
 from ..degradations import Level, build_levels, generator_for
 from ..errors import IraeError
+from ..pixels import from_levels_u8
 from ..tasks import Task
 from .data import to_rgb_u8
 
@@ -112,7 +113,7 @@ def _centre_crops(root: Path, crop: int, echo):
         except ImageError as e:
             echo(f"irae: warning: {e}; left out of validation")
             continue
-        x = to_rgb_u8(x).float() / 255.0
+        x = from_levels_u8(to_rgb_u8(x))
         h, w = x.shape[-2:]
         ch, cw = min(h, crop), min(w, crop)
         top, left = (h - ch) // 2, (w - cw) // 2
