@@ -5,18 +5,76 @@ from __future__ import annotations
 import re
 import sys
 from contextlib import contextmanager
+from typing import Annotated, Optional
 
 import typer
 
 from ..defaults import DEFAULTS
 from ..errors import EXIT_USAGE, IraeError, QuietError, one_line
 
+# The options several commands share, declared once (``Annotated`` aliases: ``device: Device = "auto"``), so
+# their help cannot drift apart.  Each help text says what the code does: ``inference.pick_device`` and
+# ``pick_dtype``, ``backends.resolve_backend``, ``distributed.rank_device``.
+_DEVICE = "auto, cpu, cuda or cuda:N (auto: the GPU when CUDA is available, else the CPU)"
+Device = Annotated[str, typer.Option("--device", help=f"{_DEVICE}.")]
+# restore and train run under torchrun too
+DeviceTorchrun = Annotated[str, typer.Option("--device", help=f"{_DEVICE}; under torchrun auto and cuda give each "
+                                             "process the GPU of its LOCAL_RANK.")]
+
+# The one precision policy (inference.pick_dtype, inference.LowPrecision), in words.
+DTYPE_POLICY = ("auto: bf16 on a GPU that supports it, and for an IRAE on a CPU with native bf16 (AVX-512 BF16 "
+                "or AMX); else fp32. An IRAE casts only its coupling nets (its flow arithmetic stays fp32); a CNN "
+                "runs whole.")
+Dtype = Annotated[str, typer.Option("--dtype", help=f"auto, fp32, bf16 or fp16 (not on the CPU). {DTYPE_POLICY}")]
+DtypeList = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16 (not on the CPU); a comma list "
+                                        f"times each. {DTYPE_POLICY}")]
+TrainDtype = Annotated[str, typer.Option("--dtype", help=f"auto, fp32 or bf16. {DTYPE_POLICY}")]
+
+_BACKEND = ("auto, torch or onnxruntime (CPU, fp32; needs pip install 'irae\\[onnx]'). auto: onnxruntime on a CPU "
+            "without native bf16 when it is installed, the model runs fp32 and --compile is not on, else torch; "
+            "IRAE_BACKEND=torch|onnxruntime sets what auto picks.")
+Backend = Annotated[str, typer.Option("--backend", help=_BACKEND)]
+BackendList = Annotated[str, typer.Option("--backend", help=f"{_BACKEND} A comma list, e.g. torch,onnxruntime, "
+                                          "times each backend (and --dtype) in this run.")]
+Compile = Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the model (auto: only when "
+                                      "the first batch shows the run is long enough to repay the compile time).")]
+
+WEIGHTS = "Shipped weights name or a .safetensors path"
+Weights = Annotated[Optional[str], typer.Option("--weights", "-w", help=f"{WEIGHTS} (default: the shipped weights "
+                                                "for the task).")]
 # `irae restore` and `irae benchmark quality` take the same required --task.
-TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg, inpaint, or auto: each file to the task "
-                    "its flaw needs (JPEG quality, measured noise) or copied as it is.")
-# `irae restore` and `irae benchmark quality` take the same --backend (speed takes a list of them).
-BACKEND = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (CPU, fp32; needs pip install "
-                       "'irae\\[onnx]'). auto: onnxruntime on a CPU without native bf16 when installed, else torch.")
+Task = Annotated[str, typer.Option("--task", "-t", help="denoise, jpeg, inpaint, or auto: each file to the task "
+                                   "its flaw needs (JPEG quality, measured noise) or copied as it is.",
+                                   show_default=False)]
+Tile = Annotated[str, typer.Option("--tile", help="Tile size in pixels for large images; 0 = whole image; "
+                                   "auto = 1024, halved on out-of-memory.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images (or tiles) of equal size per model call "
+                                        "(halved on out-of-memory, and kept so).")]
+Seed = Annotated[int, typer.Option("--seed", help="Global seed; each image's seed derives from it, its path and "
+                                   "its level.")]
+
+# The files a command walks: restore and degrade alike (files.discover).
+Recursive = Annotated[bool, typer.Option("--recursive/--no-recursive", "-r/-R",
+                                         help="Walk subfolders (the output mirrors the tree).")]
+Include = Annotated[Optional[list[str]], typer.Option("--include", help="Only files matching this glob "
+                                                      "(repeatable; matches the relative path or the name).")]
+Exclude = Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave out files matching this glob "
+                                                      "(repeatable).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors still print.")]
+
+# Degradation options of degrade, train and benchmark quality (the defaults from irae_cli/defaults.py).
+NoiseProtocol = Annotated[Optional[str], typer.Option(
+    "--noise-protocol", help="denoise: clip (the default) = clipped and rounded to 8 bits, as real noisy files "
+    "are; float = unclipped float32, the papers' protocol ('paper' is accepted too).", show_default=False)]
+Subsampling = Annotated[Optional[str], typer.Option(
+    "--subsampling", help=f"jpeg: chroma subsampling 4:2:0, 4:2:2 or 4:4:4 (default: {DEFAULTS.subsampling}).",
+    show_default=False)]
+Mask = Annotated[Optional[str], typer.Option(
+    "--mask", help="inpaint: mask kinds box, boxes, strokes, comma-separated (default: "
+    f"{','.join(DEFAULTS.masks)}).", show_default=False)]
+HoleRatio = Annotated[Optional[str], typer.Option(
+    "--hole-ratio", help="inpaint: hole area fraction range, e.g. 0.1-0.3 (default: "
+    f"{DEFAULTS.hole_range[0]:g}-{DEFAULTS.hole_range[1]:g}).", show_default=False)]
 
 
 @contextmanager

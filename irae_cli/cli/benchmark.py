@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from ..errors import one_line
-from ._common import (BACKEND, HOLE_RATIO, MASKS, QUALITIES, SIGMAS, SUBSAMPLING, TASK, parse_list, parse_names, parse_range,
-                      user_errors)
+from ._common import (WEIGHTS, Backend, BackendList, BatchSize, Device, Dtype, DtypeList, HoleRatio, Mask,
+                      NoiseProtocol, QUALITIES, SIGMAS, SUBSAMPLING, Seed, Task, Tile, Weights, parse_list, parse_names,
+                      parse_range, user_errors)
 
 sub = typer.Typer(
     name="benchmark",
@@ -25,7 +26,6 @@ sub = typer.Typer(
     add_completion=False,
 )
 
-_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _JSON = typer.Option(None, "--json", help="Write the full result (settings, versions, per-image) to this JSON file.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing --json/--sheet files.")
 
@@ -60,22 +60,12 @@ def _finish(result: dict, table, json_path: Optional[Path], overwrite: bool) -> 
     return 1 if failed else 0
 
 
-# The options of `quality` (speed and invertibility, shorter, declare theirs in place).
-_SOURCE = typer.Argument(..., help="Clean image folder or file (degraded here with fixed seeds), "
-                                   "or a manifest.jsonl written by 'irae degrade'.")
-_WEIGHTS = typer.Option(None, "--weights", "-w", help="Weights name or .safetensors path "
-                                                      "(default: the task's shipped default).")
+# The options of `quality` alone (speed and invertibility, shorter, declare theirs in place).
+_Source = Annotated[Path, typer.Argument(help="Clean image folder or file (degraded here with fixed seeds), "
+                                              "or a manifest.jsonl written by 'irae degrade'.", show_default=False)]
 _COMPARE = typer.Option([], "--compare", help="Another model as NAME=WEIGHTS; repeatable.")
 _SIGMA = typer.Option(None, "--sigma", help=f"Noise levels on the 0-255 scale (default {SIGMAS}).")
-_NOISE_PROTOCOL = typer.Option(None, "--noise-protocol", help="clip: noisy image stored as 8-bit, as a real file "
-                                                              "(default); float: unclipped, as most papers.")
 _QUALITY = typer.Option(None, "--quality", help=f"JPEG qualities, Pillow at {SUBSAMPLING} (default {QUALITIES}).")
-_MASK = typer.Option(None, "--mask", help=f"Mask kinds: box, boxes, strokes (default {MASKS}).")
-_HOLE_RATIO = typer.Option(None, "--hole-ratio", help=f"Hole area fraction range for masks (default {HOLE_RATIO}).")
-_SEED = typer.Option(0, "--seed", help="Global seed; each image's seed derives from it, its path and level.")
-_DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16, fp16.")
-_TILE = typer.Option("auto", "--tile", help="Tile size in px, 0 = whole image, auto = 1024.")
-_BATCH_SIZE = typer.Option(4, "--batch-size", help="Images (or tiles) per model call.")
 _SHEET = typer.Option(None, "--sheet", help="Write a comparison sheet PNG: degraded | each model | clean "
                                             "crops, labelled with PSNR.")
 _SHEET_CROP = typer.Option(128, "--sheet-crop", help="Side of each sheet tile in px.")
@@ -92,20 +82,20 @@ _WORKERS = typer.Option(0, "--workers", "-j", help="Processes for the classical 
 
 @sub.command("quality")
 def quality_cmd(
-    source: Path = _SOURCE,
-    task: str = TASK,
-    weights: Optional[str] = _WEIGHTS,
+    source: _Source,
+    task: Task,
+    weights: Weights = None,
     compare: List[str] = _COMPARE,
     sigma: Optional[str] = _SIGMA,
-    noise_protocol: Optional[str] = _NOISE_PROTOCOL,
+    noise_protocol: NoiseProtocol = None,
     quality: Optional[str] = _QUALITY,
-    mask: Optional[str] = _MASK,
-    hole_ratio: Optional[str] = _HOLE_RATIO,
-    seed: int = _SEED,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    tile: str = _TILE,
-    batch_size: int = _BATCH_SIZE,
+    mask: Mask = None,
+    hole_ratio: HoleRatio = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    tile: Tile = "auto",
+    batch_size: BatchSize = 4,
     json_path: Optional[Path] = _JSON,
     sheet: Optional[Path] = _SHEET,
     sheet_crop: int = _SHEET_CROP,
@@ -115,7 +105,7 @@ def quality_cmd(
     workers: int = _WORKERS,
     self_ensemble: bool = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
                                        "of its restorations of the 8 flips and quarter turns of each image."),
-    backend: str = BACKEND,
+    backend: Backend = "auto",
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
@@ -213,13 +203,12 @@ def _note_skipped_classical(classical: dict) -> None:
 @sub.command("speed")
 def speed_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="Untrained preset to time (default paper-denoise)."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or path to time instead."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help=f"{WEIGHTS} to time instead of --arch."),
     size: int = typer.Option(1024, "--size", help="Image side in px (rounded up to the model's size multiple)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per call (halved on out-of-memory)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16, fp16; a comma list times each."),
-    device: str = _DEVICE,
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnxruntime (needs irae\\[onnx]); a comma "
-                                "list, e.g. torch,onnxruntime, times each backend (and --dtype) in this run."),
+    dtype: DtypeList = "auto",
+    device: Device = "auto",
+    backend: BackendList = "auto",
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (falls back to eager, noted)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Use channels_last memory format."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed runs (default 10; 1 with --folder)."),
@@ -257,11 +246,12 @@ def speed_cmd(
 @sub.command("invertibility")
 def invertibility_cmd(
     images: Optional[Path] = typer.Argument(None, help="Folder (or file) of photos (default examples/)."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or path of an IRAE model."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help=f"{WEIGHTS} of an IRAE model."),
     arch: Optional[str] = typer.Option(None, "--arch",
                                        help="Untrained preset, initialised on the images (smoke test)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp64 or bf16."),
-    device: str = _DEVICE,
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp64 or bf16: the precision of the round trip (bf16 "
+                              "runs the coupling nets alone in bf16, as restore and training do)."),
+    device: Device = "auto",
     size: Optional[int] = typer.Option(None, "--size", help="Measure at SIZE x SIZE (photo mirrored to fill)."),
     json_path: Optional[Path] = _JSON,
     overwrite: bool = _OVERWRITE,

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_SOME_FAILED, IraeError, one_line
-from ._common import (HOLE_RATIO, MASKS, QUALITIES, SIGMAS, finish_hint, parse_list, parse_names, parse_range,
-                      user_errors)
+from ._common import (QUALITIES, SIGMAS, Exclude, HoleRatio, Include, Mask, NoiseProtocol, Quiet, Recursive, Seed,
+                      Subsampling, finish_hint, parse_list, parse_names, parse_range, user_errors)
 
 _CLEAN = typer.Argument(..., help="Clean image file or folder (never written to).", show_default=False)
 _OUT = typer.Argument(..., help="Output folder for the set; must be new or empty.", show_default=False)
@@ -20,39 +20,19 @@ _TASK = typer.Option(..., "--task", "-t", help="denoise, jpeg, inpaint, or auto:
 _SIGMA = typer.Option(
     None, "--sigma", help="denoise: noise levels on the 0-255 scale, comma-separated; a range such as "
                           f"0-55 draws sigma per image (recorded). Default: {SIGMAS}.", show_default=False)
-_NOISE_PROTOCOL = typer.Option(
-    None, "--noise-protocol", help="denoise: clip = 8-bit PNG (clipped, rounded: a real noisy file); "
-                                   "float = unclipped float32 .npy (C,H,W) as in papers. Default: clip.",
-    show_default=False)
 _QUALITY = typer.Option(
     None, "--quality", help=f"jpeg: qualities, comma-separated. Default: {QUALITIES}.", show_default=False)
-_SUBSAMPLING = typer.Option(
-    None, "--subsampling", help="jpeg: chroma subsampling 4:2:0, 4:2:2 or 4:4:4. Default: 4:2:0.",
-    show_default=False)
 _DOUBLE_QUALITY = typer.Option(
     None, "--double-quality", help="jpeg: compress at this quality first (double JPEG).", show_default=False)
-_MASK = typer.Option(
-    None, "--mask", help=f"inpaint: mask kinds box, boxes, strokes, comma-separated. Default: {MASKS}.",
-    show_default=False)
-_HOLE_RATIO = typer.Option(
-    None, "--hole-ratio", help=f"inpaint: hole area fraction range, e.g. 0.1-0.3. Default: {HOLE_RATIO}.",
-    show_default=False)
 _HOLE_BINS = typer.Option(
     None, "--hole-bins", help="inpaint: one level per bin, e.g. 0.1-0.2,0.2-0.3 (folders box-10-20, ...).",
     show_default=False)
-_SEED = typer.Option(0, "--seed", help="Global seed; each image's seed comes from (seed, path, level).")
-_RECURSIVE = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
-                          help="Walk subfolders (a test set is usually a tree).")
-_INCLUDE = typer.Option(None, "--include", help="Only files matching this glob "
-                                                "(repeatable; matches the relative path or the name).")
-_EXCLUDE = typer.Option(None, "--exclude", help="Leave out files matching this glob (repeatable).")
 _WORKERS = typer.Option(min(4, os.cpu_count() or 1), "--workers", "-j",
                         help="Images processed in parallel; results do not depend on it.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty OUT, replacing files.")
 _SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Write into a non-empty OUT, keeping files that are "
                                                              "already identical (a file that differs is an error).")
 _DRY_RUN = typer.Option(False, "--dry-run", help="Check everything and print the plan; write nothing.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors still print.")
 
 
 def _ranges(text: str | None, name: str) -> list[tuple[float, float]] | None:
@@ -133,22 +113,22 @@ def register(app: typer.Typer) -> None:
         out: Path = _OUT,
         task: str = _TASK,
         sigma: Optional[str] = _SIGMA,
-        noise_protocol: Optional[str] = _NOISE_PROTOCOL,
+        noise_protocol: NoiseProtocol = None,
         quality: Optional[str] = _QUALITY,
-        subsampling: Optional[str] = _SUBSAMPLING,
+        subsampling: Subsampling = None,
         double_quality: Optional[int] = _DOUBLE_QUALITY,
-        mask: Optional[str] = _MASK,
-        hole_ratio: Optional[str] = _HOLE_RATIO,
+        mask: Mask = None,
+        hole_ratio: HoleRatio = None,
         hole_bins: Optional[str] = _HOLE_BINS,
-        seed: int = _SEED,
-        recursive: bool = _RECURSIVE,
-        include: Optional[list[str]] = _INCLUDE,
-        exclude: Optional[list[str]] = _EXCLUDE,
+        seed: Seed = 0,
+        recursive: Recursive = True,
+        include: Include = None,
+        exclude: Exclude = None,
         workers: int = _WORKERS,
         overwrite: bool = _OVERWRITE,
         skip_existing: bool = _SKIP_EXISTING,
         dry_run: bool = _DRY_RUN,
-        quiet: bool = _QUIET,
+        quiet: Quiet = False,
     ) -> None:
         """Make a degraded test set from clean images: OUT/clean/, one folder per level, OUT/manifest.jsonl.
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from ..errors import IraeError
-from ._common import BACKEND, TASK, finish_hint, user_errors
+from ._common import (Backend, BatchSize, Compile, DeviceTorchrun, Dtype, Exclude, Include, Quiet, Recursive,
+                      Task, Tile, Weights, finish_hint, user_errors)
 
 EPILOG = """Examples:
 
@@ -28,15 +29,9 @@ EPILOG = """Examples:
 Exit codes: 0 all restored, 1 some files failed (the rest were done), 2 usage error (nothing done)."""
 
 
-_INPUT = typer.Argument(..., help="An image file or a folder of images.", show_default=False)
-_OUTPUT = typer.Argument(..., help="Output folder (mirrors INPUT's tree), or a file for a single input.",
-                         show_default=False)
-_WEIGHTS = typer.Option(None, "--weights", "-w", help="Shipped weights name or a "
-                        ".safetensors path (default: the shipped weights for the task).")
-_RECURSIVE = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
-                          help="Walk subfolders (the output mirrors the tree).")
-_INCLUDE = typer.Option([], "--include", help="Only files matching this glob (repeatable).")
-_EXCLUDE = typer.Option([], "--exclude", help="Leave out files matching this glob (repeatable).")
+_Input = Annotated[Path, typer.Argument(help="An image file or a folder of images.", show_default=False)]
+_Output = Annotated[Path, typer.Argument(help="Output folder (mirrors INPUT's tree), or a file for a single input.",
+                                         show_default=False)]
 _MASKS = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
                       "relative paths, any image extension; 255 = missing.")
 _MASK_FROM = typer.Option(None, "--mask-from", help="inpaint: 'alpha' takes the holes from transparent pixels.")
@@ -47,39 +42,29 @@ _PNG_LEVEL = typer.Option(1, "--png-level", help="PNG compression 0-9 (1 is fast
 _SUFFIX = typer.Option("", "--suffix", help="Added to output names, e.g. _restored.")
 _SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Resume: leave existing outputs alone.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs.")
-_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N; under torchrun auto/cuda "
-                       "give each process the GPU of its LOCAL_RANK.")
 _SHARD = typer.Option(None, "--shard", help="K/N: restore only part K of N (K from 0), "
                       "balanced by pixels; for job arrays. Under torchrun the part is "
                       "shared by the job's processes.", show_default=False)
-_DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 where the GPU or CPU computes it "
-                      "natively, else fp32), fp32, bf16 or fp16.")
-_COMPILE = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the model "
-                        "(auto: only when the run is long enough to repay the compile time).")
 _SELF_ENSEMBLE = typer.Option(False, "--self-ensemble", help="Restore each image in its 8 flips and "
                               "quarter turns and average them: 8x the time, a few tenths of a dB better; the "
                               "result is then no longer exactly invertible.")
-_TILE = typer.Option("auto", "--tile", help="Tile size in pixels for large images; 0 = whole "
-                     "image; auto = 1024, halved on out-of-memory.")
 _TILE_OVERLAP = typer.Option(None, "--tile-overlap", help="Overlap between tiles, blended linearly "
                              "(default: 32, or a quarter of a smaller --tile).", show_default=False)
-_BATCH_SIZE = typer.Option(4, "--batch-size", "-b", help="Images (or tiles) of equal size per batch.")
 _WORKERS = typer.Option(0, "--workers", "-j", help="Threads for decoding and for encoding (0 = auto).")
 _REPORT = typer.Option(None, "--report", help="Write one JSON line per image here.")
 _DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan and do nothing.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only.")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("restore", epilog=EPILOG)
     def restore_cli(
-        input: Path = _INPUT,
-        output: Path = _OUTPUT,
-        task: str = TASK,
-        weights: Optional[str] = _WEIGHTS,
-        recursive: bool = _RECURSIVE,
-        include: list[str] = _INCLUDE,
-        exclude: list[str] = _EXCLUDE,
+        input: _Input,
+        output: _Output,
+        task: Task,
+        weights: Weights = None,
+        recursive: Recursive = True,
+        include: Include = None,
+        exclude: Exclude = None,
         masks: Optional[Path] = _MASKS,
         mask_from: Optional[str] = _MASK_FROM,
         out_format: str = _FORMAT,
@@ -88,19 +73,19 @@ def register(app: typer.Typer) -> None:
         suffix: str = _SUFFIX,
         skip_existing: bool = _SKIP_EXISTING,
         overwrite: bool = _OVERWRITE,
-        device: str = _DEVICE,
+        device: DeviceTorchrun = "auto",
         shard: Optional[str] = _SHARD,
-        dtype: str = _DTYPE,
-        compile_mode: str = _COMPILE,
-        backend: str = BACKEND,
+        dtype: Dtype = "auto",
+        compile_mode: Compile = "auto",
+        backend: Backend = "auto",
         self_ensemble: bool = _SELF_ENSEMBLE,
-        tile: str = _TILE,
+        tile: Tile = "auto",
         tile_overlap: Optional[int] = _TILE_OVERLAP,
-        batch_size: int = _BATCH_SIZE,
+        batch_size: BatchSize = 4,
         workers: int = _WORKERS,
         report: Optional[Path] = _REPORT,
         dry_run: bool = _DRY_RUN,
-        quiet: bool = _QUIET,
+        quiet: Quiet = False,
     ) -> None:
         """Restore a file or a folder of images (denoise, remove JPEG artefacts, inpaint holes).
 
@@ -115,7 +100,8 @@ def register(app: typer.Typer) -> None:
                 task=task, weights=weights, device=device, dtype=dtype, tile=_tile(tile),
                 tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, format=out_format.lower(),
                 quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
-                include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
+                include=list(include or ()), exclude=list(exclude or ()), skip_existing=skip_existing,
+                overwrite=overwrite,
                 report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard,
                 self_ensemble=self_ensemble, backend=backend)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)

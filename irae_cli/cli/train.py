@@ -9,8 +9,8 @@ import typer
 
 from ..defaults import check_compile_mode
 from ..errors import IraeError, one_line
-from ._common import (HOLE_RATIO, MASKS, SUBSAMPLING, TRAIN_QUALITY, TRAIN_SIGMA, parse_names, parse_range,
-                      user_errors)
+from ._common import (TRAIN_QUALITY, TRAIN_SIGMA, DeviceTorchrun, HoleRatio, Mask, NoiseProtocol, Subsampling,
+                      TrainDtype, parse_names, parse_range, user_errors)
 
 HELP = """Train a restoration model on patches of your photos (or a .safetensors pack).
 
@@ -64,15 +64,7 @@ _LOW_SIGMA_WEIGHT = typer.Option(None, "--low-sigma-weight", help="denoise: weig
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
 _SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
 _SIGMA = typer.Option(None, "--sigma", help=f"denoise: noise sigma range on the 0-255 scale (default: {TRAIN_SIGMA}).")
-_NOISE_PROTOCOL = typer.Option(None, "--noise-protocol", help="denoise: 'clip' (clipped and "
-                               "rounded to 8 bits, as real noisy files are) or 'float' "
-                               "(unclipped, the paper's; 'paper' is accepted too) (default: clip).")
 _QUALITY = typer.Option(None, "--quality", help=f"jpeg: quality range (default: {TRAIN_QUALITY}).")
-_SUBSAMPLING = typer.Option(None, "--subsampling", help="jpeg: chroma subsampling "
-                            f"4:2:0 | 4:2:2 | 4:4:4 (default: {SUBSAMPLING}).")
-_MASK = typer.Option(None, "--mask", help="inpaint: mask kinds, comma-separated, of box, "
-                                          f"boxes, strokes (default: {MASKS}).")
-_HOLE_RATIO = typer.Option(None, "--hole-ratio", help=f"inpaint: hole-area range (default: {HOLE_RATIO}).")
 _VAL = typer.Option(None, "--val", help="Folder of held-out images: PSNR every "
                                         "--val-every steps and at the end.")
 _VAL_EVERY = typer.Option(None, "--val-every", help="Validate every N steps, 0 = only at "
@@ -84,10 +76,6 @@ _CHECKPOINT_EVERY = typer.Option(None, "--checkpoint-every", help="Checkpoint ev
                                  "steps, 0 = only at the end (default: 1000).")
 _LOG = typer.Option(None, "--log", help="JSON log (default: OUT with .log.json).")
 _LOG_EVERY = typer.Option(None, "--log-every", help="Steps per logged loss interval.")
-_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
-_DTYPE = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 (bf16: coupling nets only; the "
-                                              "flow arithmetic stays fp32; auto = bf16 where the GPU "
-                                              "or CPU computes it natively).")
 _COMPILE = typer.Option("auto", "--compile", help="auto, on or off: torch.compile the training step "
                         "(auto: when the rest of the session would run over 10 minutes; ~20 % faster on a "
                         "CPU after ~1.5 minutes of compiling).")
@@ -121,11 +109,11 @@ def register(app: typer.Typer) -> None:
         ema: Optional[float] = _EMA,
         seed: Optional[int] = _SEED,
         sigma: Optional[str] = _SIGMA,
-        noise_protocol: Optional[str] = _NOISE_PROTOCOL,
+        noise_protocol: NoiseProtocol = None,
         quality: Optional[str] = _QUALITY,
-        subsampling: Optional[str] = _SUBSAMPLING,
-        mask: Optional[str] = _MASK,
-        hole_ratio: Optional[str] = _HOLE_RATIO,
+        subsampling: Subsampling = None,
+        mask: Mask = None,
+        hole_ratio: HoleRatio = None,
         val: Optional[Path] = _VAL,
         val_every: Optional[int] = _VAL_EVERY,
         val_crop: int = _VAL_CROP,
@@ -134,8 +122,8 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: Optional[int] = _CHECKPOINT_EVERY,
         log: Optional[Path] = _LOG,
         log_every: Optional[int] = _LOG_EVERY,
-        device: str = _DEVICE,
-        dtype: str = _DTYPE,
+        device: DeviceTorchrun = "auto",
+        dtype: TrainDtype = "auto",
         compile_mode: str = _COMPILE,
         overwrite: bool = _OVERWRITE,
         quiet: bool = _QUIET,
