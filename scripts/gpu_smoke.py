@@ -6,7 +6,7 @@
 Each check prints ``smoke: NAME: ok|FAIL|skip: detail (seconds)`` and never stops the others; a check
 that would start after the budget is used up is skipped (and says so). On the CPU every check runs
 the same code with the CPU stand-in where one exists (torchvision's CPU JPEG codec for nvJPEG, an
-emulated out-of-memory error, gloo for NCCL), so the script itself is rehearsed before a lease.
+emulated out-of-memory error, gloo for NCCL), so the script itself is rehearsed before a GPU job.
 Exit status: 0 when nothing FAILed.
 
 Checks: env, nvjpeg-decode (batch of grey / progressive / 4:4:4 / 4:2:0 JPEGs plus a CMYK and a

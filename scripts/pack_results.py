@@ -1,19 +1,21 @@
-"""Fit a device run's results into what the device tool brings back, and take them apart again.
+"""Pack a GPU job's results into a few files of bounded size, and take them apart again.
 
-The device tool returns at most 8 files from $OUT, each at most 16 MiB, 64 MiB together, no more
-than two folders down, with names of letters, digits, '.', '_' and '-'. A training lease writes
-more files than that (weights, checkpoints of 20+ MiB, logs, JSON, cards, a sheet), so a run
-works in a folder of its own and packs it into $OUT after every step:
+A job runner may bring back only a few files from the job's $OUT: by default at most 8
+(RESULTS_MAX_FILES), each at most 16 MiB (RESULTS_MAX_FILE_MIB), 64 MiB together (RESULTS_MAX_MIB),
+no more than two folders down (RESULTS_MAX_DEPTH), with names of letters, digits, '.', '_' and '-'.
+Set those environment variables to the limits of the runner at hand.  A training job writes more
+files than that (weights, checkpoints of 20+ MiB, logs, JSON, cards, a sheet), so a job works in a
+folder of its own and packs it into $OUT after every step:
 
-    python scripts/lease_out.py pack WORK OUT --name lease-denoise --log lease-denoise.log
-    python scripts/lease_out.py unpack FILES_AT DEST           # on this side, after the run
-    python scripts/lease_out.py check OUT                     # would the tool bring it all back?
+    python scripts/pack_results.py pack WORK OUT --name job-denoise --log job-denoise.log
+    python scripts/pack_results.py unpack RESULTS DEST        # on this side, after the job
+    python scripts/pack_results.py check OUT                  # would it all come back?
 
-``pack`` writes ``NAME.tar.gz.partNN``: a gzip'd tar of WORK, cut into parts of at most 15 MiB,
-whose first member ``NAME.manifest.json`` lists every file with its size and sha256 and what did
-not fit. It replaces the previous pack of that NAME, stages the new parts first (a run cut short
-mid-pack keeps a complete pack), and counts what other runs left in OUT, so two scripts can share
-one $OUT. When everything does not fit it leaves out the largest files first (checkpoints before
+``pack`` writes ``NAME.tar.gz.partNN``: a gzip'd tar of WORK, cut into parts a little under the
+per-file limit (15 MiB by default), whose first member ``NAME.manifest.json`` lists every file with
+its size and sha256 and what did not fit. It replaces the previous pack of that NAME, stages the
+new parts first (a job cut short mid-pack keeps a complete pack), and counts what other jobs left
+in OUT, so two scripts can share one $OUT. When everything does not fit it leaves out the largest files first (checkpoints before
 weights before images before logs) and says so in the manifest and on stdout. ``unpack`` joins
 the parts of every pack it finds, extracts them under DEST/NAME and checks every file's sha256.
 """
@@ -32,11 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-MAX_FILES = 8
-MAX_FILE = 16 * 2**20
-MAX_TOTAL = 64 * 2**20
-PART = 15 * 2**20  # a little under the per-file limit
-MARGIN = 2 * 2**20  # room for the live log to grow after a pack
+MAX_FILES = int(os.environ.get("RESULTS_MAX_FILES", "8"))
+MAX_FILE = int(float(os.environ.get("RESULTS_MAX_FILE_MIB", "16")) * 2**20)
+MAX_TOTAL = int(float(os.environ.get("RESULTS_MAX_MIB", "64")) * 2**20)
+MAX_DEPTH = int(os.environ.get("RESULTS_MAX_DEPTH", "2"))  # folders below $OUT
+PART = MAX_FILE - min(2**20, MAX_FILE // 16)  # a little under the per-file limit
+MARGIN = min(2 * 2**20, MAX_TOTAL // 32)  # room for the live log to grow after a pack
 NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -45,8 +48,8 @@ def sha256(data: bytes) -> str:
 
 
 def returned_files(out: Path) -> list[Path]:
-    """Files under ``out`` the tool would consider (two folder levels)."""
-    return sorted(p for p in out.rglob("*") if p.is_file() and len(p.relative_to(out).parts) <= 3)
+    """Files under ``out`` that come back (at most MAX_DEPTH folders down)."""
+    return sorted(p for p in out.rglob("*") if p.is_file() and len(p.relative_to(out).parts) <= MAX_DEPTH + 1)
 
 
 def problems(out: Path) -> list[str]:
@@ -59,11 +62,12 @@ def problems(out: Path) -> list[str]:
         found.append(f"{total / 2**20:.1f} MiB in all (at most {MAX_TOTAL // 2**20} MiB come back)")
     for p in files:
         if p.stat().st_size > MAX_FILE:
-            found.append(f"{p.relative_to(out)}: {p.stat().st_size / 2**20:.1f} MiB (at most 16 MiB per file)")
+            found.append(f"{p.relative_to(out)}: {p.stat().st_size / 2**20:.1f} MiB "
+                         f"(at most {MAX_FILE / 2**20:g} MiB per file)")
         if not all(NAME_OK.match(part) for part in p.relative_to(out).parts):
-            found.append(f"{p.relative_to(out)}: a name the tool does not bring back")
-    deep = [p for p in out.rglob("*") if p.is_file() and len(p.relative_to(out).parts) > 3]
-    found += [f"{p.relative_to(out)}: more than two folders down (not brought back)" for p in deep]
+            found.append(f"{p.relative_to(out)}: a name that does not come back")
+    deep = [p for p in out.rglob("*") if p.is_file() and len(p.relative_to(out).parts) > MAX_DEPTH + 1]
+    found += [f"{p.relative_to(out)}: more than {MAX_DEPTH} folders down (does not come back)" for p in deep]
     return found
 
 
@@ -108,7 +112,7 @@ def pack(work: Path, out: Path, name: str, log: str | None = None, quiet: bool =
         "name": name, "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": [{"path": rel, "bytes": len(data), "sha256": sha256(data)} for rel, data in blobs.items()],
         "left_out": [{"path": p.relative_to(work).as_posix(), "bytes": p.stat().st_size} for p in dropped],
-        "join": f"python scripts/lease_out.py unpack DIR DEST  (or: cat {name}.tar.gz.part* | tar -xz -C DEST)",
+        "join": f"python scripts/pack_results.py unpack DIR DEST  (or: cat {name}.tar.gz.part* | tar -xz -C DEST)",
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
@@ -120,11 +124,11 @@ def pack(work: Path, out: Path, name: str, log: str | None = None, quiet: bool =
     blob = buf.getvalue()
     chunks = [blob[i:i + PART] for i in range(0, len(blob), PART)]
     if len(chunks) > parts_max:  # no room even for the manifest, or gzip grew the data
-        raise SystemExit(f"lease_out: {name}: {len(chunks)} part(s) needed, room for {parts_max} in {out}")
+        raise SystemExit(f"pack_results: {name}: {len(chunks)} part(s) needed, room for {parts_max} in {out}")
     manifest["parts"] = [{"file": f"{name}.tar.gz.part{i:02d}", "bytes": len(c)} for i, c in enumerate(chunks)]
 
     # Stage, then swap: a run cut short mid-pack still has the previous complete pack.
-    with tempfile.TemporaryDirectory(prefix=f"lease-out-{name}-") as stage:
+    with tempfile.TemporaryDirectory(prefix=f"pack-results-{name}-") as stage:
         stage = Path(stage)
         for part, c in zip(manifest["parts"], chunks):
             (stage / part["file"]).write_bytes(c)
@@ -135,9 +139,9 @@ def pack(work: Path, out: Path, name: str, log: str | None = None, quiet: bool =
             os.replace(p, out / p.name)
     if not quiet:
         sizes = ", ".join(f"{p['file']} {p['bytes'] / 2**20:.1f} MiB" for p in manifest["parts"])
-        print(f"lease_out: {name}: {len(blobs)} file(s), {raw / 2**20:.1f} MiB -> {sizes}")
+        print(f"pack_results: {name}: {len(blobs)} file(s), {raw / 2**20:.1f} MiB -> {sizes}")
         for d in manifest["left_out"]:
-            print(f"lease_out: {name}: LEFT OUT (no room in what the tool returns): {d['path']} "
+            print(f"pack_results: {name}: LEFT OUT (no room in what comes back): {d['path']} "
                   f"({d['bytes'] / 2**20:.1f} MiB)")
     return manifest
 
@@ -148,28 +152,28 @@ def unpack(src: Path, dest: Path) -> list[str]:
         name = first.name[: -len(".tar.gz.part00")]
         parts = sorted(first.parent.glob(f"{name}.tar.gz.part[0-9][0-9]"))
         if [p.name for p in parts] != [f"{name}.tar.gz.part{i:02d}" for i in range(len(parts))]:
-            raise SystemExit(f"lease_out: {name}: parts missing ({', '.join(p.name for p in parts)})")
+            raise SystemExit(f"pack_results: {name}: parts missing ({', '.join(p.name for p in parts)})")
         target = dest / name
         target.mkdir(parents=True, exist_ok=True)
         try:
             with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
                 tar.extractall(target, filter="data")
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise SystemExit(f"lease_out: {name}: cannot unpack {len(parts)} part(s) ({e}); a part missing "
+            raise SystemExit(f"pack_results: {name}: cannot unpack {len(parts)} part(s) ({e}); a part missing "
                              f"or cut short?") from None
         manifest = json.loads((target / f"{name}.manifest.json").read_text())
         for e in manifest["files"]:
             if sha256((target / e["path"]).read_bytes()) != e["sha256"]:
-                raise SystemExit(f"lease_out: {target / e['path']}: sha256 mismatch")
+                raise SystemExit(f"pack_results: {target / e['path']}: sha256 mismatch")
         done.append(f"{manifest['name']}: {len(manifest['files'])} file(s) -> {target}"
-                    + (f"; {len(manifest['left_out'])} left out on the device" if manifest["left_out"] else ""))
+                    + (f"; {len(manifest['left_out'])} left out on the job's machine" if manifest["left_out"] else ""))
     return done
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("pack", help="pack WORK into OUT within the tool's limits")
+    p = sub.add_parser("pack", help="pack WORK into OUT within the RESULTS_MAX_* limits")
     p.add_argument("work", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--name", required=True, help="prefix of the parts and the manifest")

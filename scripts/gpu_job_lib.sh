@@ -1,4 +1,5 @@
-# Shared by scripts/gpu_lease.sh and scripts/gpu_turn.sh (sourced, not run).
+# Shared by scripts/gpu_task_job.sh and scripts/gpu_job.sh (sourced, not run): the parts of a
+# time-boxed GPU job.
 #
 # step NAME CAP_S CMD...   runs CMD under a time cap (SIGTERM first: irae stops as on Ctrl-C and
 #                          `irae train` saves), prints
@@ -6,14 +7,16 @@
 #                          and never stops the script: one failed step must not cost the rest.
 # need NAME PATH...        a step's inputs: returns 1 (and the step is skipped, said once) when a
 #                          path is missing.
-# publish                  packs $WORK into $OUT within the device tool's limits (lease_out.py).
+# publish                  packs $WORK into $OUT in a few files (pack_results.py; its RESULTS_MAX_*
+#                          environment variables set how many and how large).
 # plan_line NAME CAP_S     adds a step to the time plan; plan_check prints the sum and refuses to
-#                          start when it exceeds LIMIT_S (a command is killed at 10 minutes).
+#                          start when it exceeds JOB_LIMIT_S (default 600: a job runner that kills a
+#                          job after 10 minutes).
 
 PY=${PY:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
 export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
-LIMIT_S=${LIMIT_S:-600}
+JOB_LIMIT_S=${JOB_LIMIT_S:-600}
 STEPS_DONE=()
 PLAN=()
 PLAN_S=0
@@ -27,9 +30,9 @@ plan_check() {
   echo "== plan (each step capped; the sum bounds the run):"
   printf '   %s\n' "${PLAN[@]}"
   printf '   %-28s <= %4d s = %d.%d min (limit %d s)\n' "total" "$PLAN_S" $((PLAN_S / 60)) $((PLAN_S % 60 * 10 / 60)) \
-    "$LIMIT_S"
-  if [ "$PLAN_S" -gt "$LIMIT_S" ]; then
-    echo "== refusing to start: the plan exceeds LIMIT_S=$LIMIT_S s; lower MINUTES or the caps" >&2
+    "$JOB_LIMIT_S"
+  if [ "$PLAN_S" -gt "$JOB_LIMIT_S" ]; then
+    echo "== refusing to start: the plan exceeds JOB_LIMIT_S=$JOB_LIMIT_S s; lower MINUTES or the caps" >&2
     exit 2
   fi
 }
@@ -60,7 +63,7 @@ step() {
 }
 
 publish() {
-  timeout 60 "$PY" scripts/lease_out.py pack "$WORK" "$OUT" --name "$NAME" --log "$NAME.log" \
+  timeout 60 "$PY" scripts/pack_results.py pack "$WORK" "$OUT" --name "$NAME" --log "$NAME.log" \
     || echo "== publish failed (rc $?); the previous pack stays"
 }
 
@@ -70,7 +73,7 @@ preflight() {  # preflight PATH...: name every missing input once, up front
     if [ -e "$p" ]; then
       echo "== preflight: $p: $(du -sh "$p" 2>/dev/null | cut -f1)"
     else
-      echo "== preflight: MISSING $p (git-ignored: the device call must name it in carry)"
+      echo "== preflight: MISSING $p (git-ignored: copy it to the job's machine with the checkout)"
       missing=1
     fi
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared device run for shipping weights of one task (denoise | jpeg | inpaint):
+# A time-boxed GPU job that makes shipping weights for one task (denoise | jpeg | inpaint):
 #
-#   scripts/gpu_lease.sh TASK
+#   scripts/gpu_task_job.sh TASK
 #
 # 1. the smoke check (scripts/gpu_smoke.py: every CUDA-only path once, one line each, <= SMOKE_S s);
 # 2. trains the IRAE preset and the non-invertible comparator on the same data with the same recipe
@@ -9,41 +9,42 @@
 # 3. `irae benchmark quality` of both on the held-out photos, `irae benchmark invertibility` of IRAE,
 #    and a model card for each.
 # Every step has a time cap and none stops the others; the plan printed first sums the caps and
-# the script refuses to start when they exceed LIMIT_S (600 s: the device tool kills a command at
-# 10 minutes). With the defaults: 170 + 2 x 122 + 90 + 40 + 20 + 5 x 3 = 579 s (9.6 min);
-# PLAN_ONLY=1 prints the plan and stops.
+# the script refuses to start when they exceed JOB_LIMIT_S (default 600 s, for a job runner that
+# kills a job at 10 minutes). With the defaults: 170 + 2 x 122 + 90 + 40 + 20 + 5 x 3 = 579 s
+# (9.6 min); PLAN_ONLY=1 prints the plan and stops.
 #
-# Carry. data/ is git-ignored, so the device call must name what the run reads in `carry`:
-#   carry: ["data/packs/train-128.safetensors", "data/photos/val"]
+# Inputs. data/ is git-ignored, so copy these to the GPU machine beside the checkout:
+#   inputs: ["data/packs/train-128.safetensors", "data/photos/val"]
 #     data/packs/train-128.safetensors  40.0 MiB  python -m irae_cli.pack data/photos/train \
 #                                                  -o data/packs/train-128.safetensors --crop 128 --max-mib 40
 #     data/photos/val                    5.2 MiB  16 crops of 640x400 (scripts/fetch_photos.py)
-#   With the code (~3.5 MiB) that is ~49 MiB of the 64 MiB a call may send. The preflight names
-#   anything missing; steps that need it are skipped, the others run.
+#   With the code (~3.5 MiB) that is ~49 MiB. The preflight names anything missing; steps that need
+#   it are skipped, the others run.
 #
-# $OUT. The tool brings back at most 8 files of at most 16 MiB (64 MiB together), so the run works
-# in $WORK and packs it into $OUT after every step (scripts/lease_out.py; a run cut short keeps
-# the last complete pack):
-#   lease-TASK.log               the whole console log (live)
-#   lease-TASK.tar.gz.part00..   weights, checkpoints (~21 MiB each for paper presets), train logs,
+# Results. The job works in $WORK and packs it into $OUT after every step in a few files of bounded
+# size (scripts/pack_results.py, limits from RESULTS_MAX_FILES / RESULTS_MAX_FILE_MIB /
+# RESULTS_MAX_MIB, by default 8 files of <= 16 MiB, 64 MiB together; a job cut short keeps the last
+# complete pack):
+#   job-TASK.log                 the whole console log (live)
+#   job-TASK.tar.gz.part00..     weights, checkpoints (~21 MiB each for paper presets), train logs,
 #                                quality/invertibility JSON, sheet, cards, smoke.json and a manifest
 #                                (every file's size and sha256, anything left out); <= 4 parts
 #   = at most 5 files (a paper-size rehearsal: 5 files, 49 MiB). Take them apart here with:
-#     python scripts/lease_out.py unpack FILES_AT out/lease
+#     python scripts/pack_results.py unpack RESULTS out/job
 #
 # Knobs (environment): MINUTES per model (1.2), PACK, VAL, ARCH / CNN (presets), DEVICE (cuda),
 # EXTRA (more train flags), SMOKE (1 = run the smoke check first), the caps SMOKE_S (150; the
 # step gets 20 s more), QUALITY_S (90), INVERT_S (40), CLASSICAL (the quality run's classical rows:
 # all, none or names; all = what is installed there, e.g. NLM through OpenCV, CBM3D only where the
-# bm3d package is), OUT (out/lease), WORK (/tmp/irae-lease-TASK), PY (python3), PLAN_ONLY (1 = print
-# the plan only).
-# CPU rehearsal at tiny scale (the carry paths in place; two CPU cores score SSIM and run the
+# bm3d package is), JOB_LIMIT_S (600), OUT (out/job), WORK (/tmp/irae-job-TASK), PY (python3),
+# PLAN_ONLY (1 = print the plan only).
+# CPU rehearsal at tiny scale (the inputs in place; two CPU cores score SSIM and run the
 # classical methods far slower, hence QUALITY_S and CLASSICAL):
 #   ARCH=tiny CNN=cnn-tiny MINUTES=0.2 DEVICE=cpu EXTRA="--patch 32 --batch-size 8" SMOKE_S=100 \
-#     QUALITY_S=200 CLASSICAL=none OUT=/tmp/fake-out scripts/gpu_lease.sh denoise
+#     QUALITY_S=200 CLASSICAL=none OUT=/tmp/job-rehearsal scripts/gpu_task_job.sh denoise
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TASK=${1:?usage: scripts/gpu_lease.sh denoise|jpeg|inpaint}
+TASK=${1:?usage: scripts/gpu_task_job.sh denoise|jpeg|inpaint}
 MINUTES=${MINUTES:-1.2}
 PACK=${PACK:-data/packs/train-128.safetensors}
 VAL=${VAL:-data/photos/val}
@@ -54,9 +55,9 @@ SMOKE_S=${SMOKE_S:-150}
 QUALITY_S=${QUALITY_S:-90}
 INVERT_S=${INVERT_S:-40}
 CLASSICAL=${CLASSICAL:-all}
-OUT=${OUT:-out/lease}
-WORK=${WORK:-/tmp/irae-lease-$TASK}
-NAME=lease-$TASK
+OUT=${OUT:-out/job}
+WORK=${WORK:-/tmp/irae-job-$TASK}
+NAME=job-$TASK
 case $TASK in
   denoise) ARCH=${ARCH:-paper-denoise}; LEVELS="--sigma 15,25,50" ;;
   jpeg)    ARCH=${ARCH:-paper-denoise}; LEVELS="--quality 10,20,30,40" ;;
@@ -64,7 +65,7 @@ case $TASK in
   *) echo "unknown task $TASK" >&2; exit 2 ;;
 esac
 CNN=${CNN:-cnn}
-source scripts/lease_lib.sh
+source scripts/gpu_job_lib.sh
 TRAIN_S=$("$PY" -c "print(int(float('$MINUTES') * 60) + 50)")  # + start-up, final validation and save
 
 [ "$SMOKE" = 1 ] && plan_line "smoke check" $((SMOKE_S + 20))
@@ -112,11 +113,11 @@ rm -rf "$WORK" && mkdir -p "$WORK"
       [ "$name" = "irae-$TASK" ] && [ -e "$WORK/invertibility-$TASK.json" ] && inv=(--invertibility "$WORK/invertibility-$TASK.json")
       step "card $name" 10 "$PY" scripts/model_card.py "$WORK/$name.safetensors" --name "$name" \
         --quality "$WORK/quality-$TASK.json" "${inv[@]}" \
-        --train-command "MINUTES=$MINUTES scripts/gpu_lease.sh $TASK" -o "$WORK/$name.md"
+        --train-command "MINUTES=$MINUTES scripts/gpu_task_job.sh $TASK" -o "$WORK/$name.md"
     fi
   done
   summary
   publish
-  "$PY" scripts/lease_out.py check "$OUT"
+  "$PY" scripts/pack_results.py check "$OUT"
   echo "== done $(date -u +%FT%TZ)"
 } 2>&1 | tee "$OUT/$NAME.log"

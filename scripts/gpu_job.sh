@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The device run of a turn that is lent a GPU: training first (it is what the CPU cannot buy), the
-# smoke check beside it, the speed table on the then idle card last.
+# A time-boxed GPU job: training first (it is what a CPU cannot buy), the smoke check beside it, the
+# speed table on the then idle card last; the results packed into a few files.
 #
-#   scripts/gpu_turn.sh          (device call: command `OUT="$OUT" bash scripts/gpu_turn.sh`,
-#                                 timeout_s 598, the carry below; it ends by ~580 s)
+#   OUT=DIR bash scripts/gpu_job.sh   (on the GPU machine, from the checkout; it ends by DEADLINE,
+#                                      ~580 s, inside a JOB_LIMIT_S of 600 s)
 #
 # 1. At once, in the background, five training runs share the card for TRAIN_MIN minutes each, each
 #    with `--compile on` (the whole step compiled and captured in CUDA graphs after its 3 timed eager
 #    steps; ~1 minute of compiling, so the default 9 minutes give >= 8 at full speed):
-#    denoise   `medium` from DENOISE_INIT (the latest weights of the campaign), batch 128;
+#    denoise   `medium` from DENOISE_INIT (the latest shipped weights), batch 128;
 #    jpeg      `medium` from JPEG_INIT, batch 128;
 #    inpaint   `medium-inpaint` from INPAINT_INIT, 96 px patches (positions within the 128 px crops
 #              of the pack), batch 32;
@@ -20,27 +20,28 @@
 #    start: the model alone (medium, paper-denoise; fp32, bf16, bf16 compiled), folder -> folder
 #    beside the naive loop on a >= 100 MP JPEG set, training patches/s at 64 px eager and compiled in
 #    one run (`irae benchmark speed --train --compile`: graph breaks, host syncs per step) and 128 px.
-# Results are packed into $OUT after each phase (scripts/lease_out.py; <= 8 files); a run cut short
-# keeps the training results. Unpack here with
-#   python scripts/lease_out.py unpack FILES_AT out/turn
+# Results are packed into $OUT after each phase (scripts/pack_results.py; <= RESULTS_MAX_FILES
+# files, 8 by default); a job cut short keeps the training results. Unpack here with
+#   python scripts/pack_results.py unpack RESULTS out/job
 #
-# Carry (git-ignored inputs; the tracked tree is ~19 MiB of the 64 MiB a call may send):
-#   carry: ["data/packs/train-128.safetensors", "data/photos/val"]
+# Inputs (git-ignored, so copy them to the GPU machine beside the checkout; the tracked tree is
+# ~19 MiB):
+#   inputs: ["data/packs/train-128.safetensors", "data/photos/val"]
 #     python -m irae_cli.pack data/photos/train -o data/packs/train-128.safetensors --crop 128 --max-mib 36
 #
-# Knobs (environment): TRAIN_MIN (9), CMP_STEPS (4000), DEADLINE (575), DEVICE (cuda), PACK, VAL,
-# DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT (weights/irae-jpeg-medium
-# .safetensors), INPAINT_INIT (empty: a fresh identity start), SMOKE_S (150),
-# FOLDER_COPIES (25), OUT (out/turn), WORK (/tmp/irae-turn), PY. CPU rehearsal at tiny scale:
+# Knobs (environment): TRAIN_MIN (9), CMP_STEPS (4000), JOB_LIMIT_S (600), DEADLINE (JOB_LIMIT_S - 25), DEVICE
+# (cuda), PACK, VAL, DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT
+# (weights/irae-jpeg-medium.safetensors), INPAINT_INIT (empty: a fresh identity start), SMOKE_S
+# (150), FOLDER_COPIES (25), OUT (out/job), WORK (/tmp/irae-job), PY. CPU rehearsal at tiny scale:
 #   DEVICE=cpu TRAIN_MIN=1 CMP_STEPS=40 DEADLINE=420 FOLDER_COPIES=1 SPEED_SIZE=128 SMALL=1 SMOKE_S=60 \
-#     DENOISE_INIT=TINY JPEG_INIT=TINY INPAINT_INIT= OUT=/tmp/fake-turn scripts/gpu_turn.sh
+#     DENOISE_INIT=TINY JPEG_INIT=TINY INPAINT_INIT= OUT=/tmp/job-rehearsal scripts/gpu_job.sh
 #   (TINY: any `irae train --arch tiny` output)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
 TRAIN_MIN=${TRAIN_MIN:-9}
 CMP_STEPS=${CMP_STEPS:-4000}
-DEADLINE=${DEADLINE:-575}
+DEADLINE=${DEADLINE:-$((${JOB_LIMIT_S:-600} - 25))}  # the last steps and the final pack fit in the rest
 PACK=${PACK:-data/packs/train-128.safetensors}
 VAL=${VAL:-data/photos/val}
 DENOISE_INIT=${DENOISE_INIT-weights/irae-denoise-medium.safetensors}
@@ -50,10 +51,10 @@ SMOKE_S=${SMOKE_S:-150}
 FOLDER_COPIES=${FOLDER_COPIES:-25}
 SPEED_SIZE=${SPEED_SIZE:-1024}
 SMALL=${SMALL:-0}  # 1 = the rehearsal: tiny batches and patch sizes
-OUT=${OUT:-out/turn}
-WORK=${WORK:-/tmp/irae-turn}
-NAME=turn
-source scripts/lease_lib.sh
+OUT=${OUT:-out/job}
+WORK=${WORK:-/tmp/irae-job}
+NAME=job
+source scripts/gpu_job_lib.sh
 SCRATCH=$WORK.scratch  # what is not worth bringing back (the comparators' checkpoints, the JPEG set)
 
 if [ "$SMALL" = 1 ]; then B64=4; B32=2; BCMP=4; P64=32; P128=64; ARCH_A=tiny; ARCH_I=tiny; ARCH_C=cnn-tiny
@@ -157,6 +158,6 @@ rm -rf "$WORK" "$SCRATCH" && mkdir -p "$WORK" "$SCRATCH"
   rm -rf "$SCRATCH"
   summary
   publish
-  "$PY" scripts/lease_out.py check "$OUT"
+  "$PY" scripts/pack_results.py check "$OUT"
   echo "== done $(date -u +%FT%TZ), ${SECONDS} s"
 } 2>&1 | tee "$OUT/$NAME.log"
