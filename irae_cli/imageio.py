@@ -106,13 +106,19 @@ def load_pixels(img: Image.Image, path: Path) -> None:
     """Decode an opened image; a JPEG whose scans are too short for its claimed size is refused first, as
     damaged, instead of being decoded into filler (jpegcheck.py)."""
     if img.format in ("JPEG", "MPO"):
-        short = scan_shortfall(path)
-        if short is not None:
-            raise ImageError(f"{path}: damaged JPEG: its header claims {short.width}x{short.height} "
-                             f"({short.width * short.height / 1e6:.1f} MP) but its scan data ends after "
-                             f"{short.have_bytes} bytes, far short of the {short.need_bytes} it needs; the file is "
-                             f"truncated or its header is wrong")
+        refuse_damaged_jpeg(path)
     img.load()
+
+
+def refuse_damaged_jpeg(path: Path) -> None:
+    """ImageError when ``path`` is a JPEG whose scans cannot hold the size its header claims; nothing for
+    any other file."""
+    short = scan_shortfall(path)
+    if short is not None:
+        raise ImageError(f"{path}: damaged JPEG: its header claims {short.width}x{short.height} "
+                         f"({short.width * short.height / 1e6:.1f} MP) but its scan data ends after "
+                         f"{short.have_bytes} bytes, far short of the {short.need_bytes} it needs; the file is "
+                         f"truncated or its header is wrong")
 
 
 def _say_pillow_warnings(caught: list, path: Path) -> None:

@@ -97,20 +97,41 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return data[:i + 5] + struct.pack(">HH", height, width) + data[i + 9:]
 
 
-def test_a_jpeg_whose_header_claims_far_more_than_its_data_fails_fast_as_damaged(tmp_path):
+@pytest.mark.parametrize("memory_limit", ["1G", "1T"])
+def test_a_jpeg_whose_header_claims_far_more_than_its_data_fails_as_damaged(tmp_path, memory_limit):
+    """Whatever memory is free: 177 MP would not fit in 1 GB (the memory check refuses first and the damage is
+    what it names) and would in a terabyte's cap on a big machine (the decoder's own check names it)."""
     src = tmp_path / "in"
     src.mkdir()
     (src / "claims.jpg").write_bytes(jpeg_claiming(13300, 13300))
     noise_image(src / "good.png", 64, 4)
     report = tmp_path / "r.jsonl"
-    t0 = time.monotonic()
-    r = irae("restore", "--task", "jpeg", src, tmp_path / "out", "--report", report, timeout=120)
-    assert time.monotonic() - t0 < 60
+    r = irae("restore", "--task", "jpeg", src, tmp_path / "out", "--report", report,
+             env={"IRAE_MEMORY_LIMIT": memory_limit}, timeout=120)
     assert r.returncode == 1, r.stderr
     assert "claims.jpg: damaged JPEG" in r.stderr and "13300x13300" in r.stderr, r.stderr
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "claims.png").exists()
     status = {Path(rec["input"]).name: rec["status"] for rec in map(json.loads, report.read_text().splitlines())}
     assert status == {"claims.jpg": "failed", "good.png": "ok"}
+
+
+def test_the_damage_is_found_before_any_decoding(tmp_path, monkeypatch):
+    """"Fast" without a clock: the verdict comes from the markers, and the pixels are never decoded."""
+    from irae_cli.errors import ImageError
+    from irae_cli.imageio import read_image
+    from irae_cli.restore import items
+
+    path = tmp_path / "claims.jpg"
+    path.write_bytes(jpeg_claiming(13300, 13300))
+
+    def no_decoding(self):
+        raise AssertionError("the pixels were decoded")
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    with pytest.raises(ImageError, match="damaged JPEG"):
+        read_image(path)
+    monkeypatch.setattr(items, "available_bytes", lambda: 2**30)  # 177 MP cannot fit: the memory check runs
+    with pytest.raises(ImageError, match="damaged JPEG"):
+        items._refuse_too_large(path)
 
 
 def test_an_image_whose_restore_would_not_fit_in_memory_is_refused_before_decoding(tmp_path):

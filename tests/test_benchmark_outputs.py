@@ -7,7 +7,6 @@ import json
 import shutil
 import struct
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -90,11 +89,10 @@ def test_report_that_cannot_be_written_exits_2_before_any_work(work, tmp_path, k
     if where == "in-proc" and not Path("/proc/self").is_dir():
         pytest.skip("no /proc here")
     dest = {"below-a-file": notes / "r.json", "in-proc": Path("/proc/no-such-irae-folder/r.json")}[where]
-    t0 = time.monotonic()
     r = irae(*command(kind, work), "--json", dest)
     assert r.returncode == 2, r.stderr
     one_error_line(r, "--json", str(dest.parent))
-    assert r.stdout == "" and len(r.stderr.splitlines()) == 1 and time.monotonic() - t0 < 60
+    assert r.stdout == "" and len(r.stderr.splitlines()) == 1  # no table, no progress: refused before any work
     assert notes.read_text() == "mine"
 
 

@@ -452,13 +452,12 @@ def test_unwritable_output_folder_exits_2_before_work(weights, tmp_path):
                      ["restore", src, tmp_path / "ok", "--report", locked / "r.jsonl"],
                      ["degrade", "--task", "denoise", src, locked / "set"],
                      ["train", src, "--arch", "cnn-tiny", "--steps", "1", "--out", locked / "w.safetensors"]):
-            t0 = time.monotonic()
             if args[0] == "restore":
                 args = [*args, "--task", "denoise", "--weights", weights["denoise"]]
             r = irae(*args, prefix=prefix)
             assert r.returncode == 2, r.stderr
             one_error_line(r, "not writable")
-            assert "restored" not in r.stderr and time.monotonic() - t0 < 60
+            assert "restored" not in r.stderr and "step" not in r.stderr  # refused before any work
         assert list(out.iterdir()) == [] and list(locked.iterdir()) == [] and not (tmp_path / "ok").exists()
     finally:
         out.chmod(0o755)
@@ -593,14 +592,13 @@ def train_photos(tmp_path_factory) -> Path:
 def test_train_refuses_up_front_when_the_outputs_cannot_fit(train_photos, tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         fill_disk(disk, leave=57 * 1024)
-        t0 = time.monotonic()
         r = irae("train", train_photos, "--arch", "tiny", "--steps", "3", "--patch", "16", "--batch-size", "2",
                  "--out", disk / "w.safetensors")
         assert r.returncode == 2, r.stderr
         line = one_error_line(r, str(disk), "free")
         assert "w.safetensors" in line and "w.ckpt.safetensors" in line
         assert sorted(p.name for p in disk.iterdir()) == ["filler.bin"]
-        assert time.monotonic() - t0 < 60
+        assert "step" not in r.stderr  # refused before the first step
 
 
 def test_train_disk_full_at_save_keeps_what_fits_and_says_so(train_photos, tmp_path, monkeypatch):

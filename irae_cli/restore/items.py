@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ImageError
 from ..files import OutputExists, atomic_write_bytes
 from ..gpu_jpeg import jpeg_for_gpu
-from ..imageio import ImageMeta, image_pixels, read_image
+from ..imageio import ImageMeta, image_pixels, read_image, refuse_damaged_jpeg
 from ..imagewrite import encode_image
 from ..maskio import find_mask, mask_from_alpha, read_mask
 from ..memory import available_bytes, gigabytes, restore_bytes
@@ -74,6 +74,11 @@ def _refuse_too_large(path: Path) -> None:
         return
     need, free = restore_bytes(pixels), available_bytes()
     if free is not None and need > free:
+        # A header that claims far more than the file holds is the fault to name, not the memory it claims.
+        try:
+            refuse_damaged_jpeg(path)
+        except OSError:
+            pass  # unreadable now: reading it below names that
         raise ImageError(f"{path}: {pixels / 1e6:.1f} MP needs about {gigabytes(need)} of memory to restore, "
                          f"more than the {gigabytes(free)} free; free memory, or split the image and restore "
                          f"the parts")
