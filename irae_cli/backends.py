@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import IraeError, io_reason, warn
+from .onnx_extra import EXTRA_HINT, onnx_installed
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 TORCH, ORT = "torch", "onnxruntime"
@@ -21,20 +22,8 @@ TORCH, ORT = "torch", "onnxruntime"
 AUTO_ENV = "IRAE_BACKEND"
 
 
-def onnx_installed() -> bool:
-    """Whether the ``onnx`` extra is importable (both packages: exporting needs onnx, running onnxruntime)."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def check_backend(name: str, device: str = "auto", dtype: str = "auto", compile: str | bool = "auto") -> None:
     """Usage errors of ``--backend`` with the other options, before any work (torch is not imported)."""
-    from .onnx_export import EXTRA_HINT
-
     if name not in BACKENDS:
         raise IraeError(f"--backend {name!r}: use auto, torch or onnxruntime")
     if name != ORT:
@@ -53,7 +42,7 @@ def check_backend(name: str, device: str = "auto", dtype: str = "auto", compile:
 
 def resolve_backend(name: str, device, dtype: str = "auto", compile: str | bool = "auto") -> str:
     """``torch`` or ``onnxruntime`` for ``--backend NAME`` on ``device`` (a torch.device)."""
-    from .inference import cpu_has_native_bf16
+    from .environment import cpu_has_native_bf16
 
     prefer = os.environ.get(AUTO_ENV) if name == "auto" else None
     if prefer not in (None, "", TORCH, ORT):

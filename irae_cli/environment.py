@@ -27,6 +27,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model with its cores and the torch threads in use (speed depends on both)."""
     if device.type == "cuda":

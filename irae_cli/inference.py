@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import environment
 from .defaults import check_compile_mode
 from .errors import IraeError
 from .model import model_info
@@ -77,12 +78,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
 def pick_dtype(name: str, device: torch.device, *, coupling_only: bool = False) -> torch.dtype:
     """'auto': bf16 on GPUs that support it; on the CPU only for an IRAE flow whose coupling nets
     alone run in bf16 (``coupling_only``), and only where the CPU computes bf16 natively (AVX-512
@@ -91,7 +86,7 @@ def pick_dtype(name: str, device: torch.device, *, coupling_only: bool = False) 
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        if device.type == "cpu" and coupling_only and cpu_has_native_bf16():
+        if device.type == "cpu" and coupling_only and environment.cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:

@@ -34,6 +34,7 @@ from .errors import io_reason
 from .files import replace_atomically
 from .model import config_to_json
 from .model.folded import fold
+from .onnx_extra import EXTRA_HINT, onnx_installed
 
 INPUT, OUTPUT = "image", "restored"
 OPSET = 18
@@ -41,7 +42,6 @@ OPSET = 18
 EXPORT_VERSION = "1"
 _DYNAMIC = {0: "batch", 2: "height", 3: "width"}
 # onnxruntime and onnx, both needed to export and run: the optional extra that brings them.
-EXTRA_HINT = "pip install 'irae[onnx]'"
 
 
 class _RestoreGraph(torch.nn.Module):
@@ -150,7 +150,6 @@ def store_in_cache(sha256: str, data: bytes) -> Path:
 
 def export_weights(weights: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, str]:
     """``irae export``: write the ONNX file of a weights file (name or path) to ``out``; -> its metadata."""
-    from .backends import onnx_installed
     from .errors import IraeError
     from .tasks import get_task
     from .weights import load_weights

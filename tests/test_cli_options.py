@@ -65,10 +65,10 @@ def test_every_dtype_option_states_the_one_policy_and_the_dtypes_it_takes(name):
 def test_the_dtype_policy_says_what_pick_dtype_does(monkeypatch):
     import torch
 
-    from irae_cli import inference
+    from irae_cli import environment, inference
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
     assert "for an IRAE on a CPU with native bf16" in DTYPE_POLICY
     assert inference.pick_dtype("auto", cpu, coupling_only=True) == torch.bfloat16
     assert inference.pick_dtype("auto", cpu, coupling_only=False) == torch.float32  # "a CNN runs whole": fp32 here

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from irae_cli import inference
+from irae_cli import environment, inference
 from irae_cli.inference import Restorer, pick_dtype
 from irae_cli.model import create_model
 from irae_cli.model.folded import FoldedIRAE, fold
@@ -63,10 +63,10 @@ def test_coupling_only_bf16_stays_close_to_fp32(photos):
 
 def test_auto_dtype_on_the_cpu_is_bf16_only_for_coupling_nets_on_native_bf16(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
     assert pick_dtype("auto", cpu, coupling_only=True) == torch.bfloat16
     assert pick_dtype("auto", cpu) == torch.float32  # whole networks: fp32
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
     assert pick_dtype("auto", cpu, coupling_only=True) == torch.float32
     assert pick_dtype("bf16", cpu) == torch.bfloat16  # asked for: given
 

@@ -216,23 +216,23 @@ def test_speed_times_both_backends_in_one_run(ort, tmp_path):
 
 
 def test_auto_takes_onnxruntime_only_for_fp32_on_a_cpu_without_native_bf16(ort, monkeypatch):
-    import irae_cli.inference as inference
+    import irae_cli.environment as environment
     from irae_cli.backends import resolve_backend
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv("IRAE_BACKEND", raising=False)
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
     assert resolve_backend("auto", cpu) == "onnxruntime" == resolve_backend("auto", cpu, "fp32")
     assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("auto", cpu, "auto", "on")
     assert resolve_backend("auto", gpu) == "torch" == resolve_backend("torch", cpu)
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
     assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
     # IRAE_BACKEND sets what auto picks: ONNX Runtime on a bf16 CPU too, torch where ONNX Runtime cannot run
     monkeypatch.setenv("IRAE_BACKEND", "onnxruntime")
     assert resolve_backend("auto", cpu) == "onnxruntime" and resolve_backend("auto", gpu) == "torch"
     assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("torch", cpu)
     monkeypatch.setenv("IRAE_BACKEND", "torch")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
     assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
     monkeypatch.setenv("IRAE_BACKEND", "tensorrt")
     with pytest.raises(IraeError, match="IRAE_BACKEND"):

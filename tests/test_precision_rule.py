@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from irae_cli import inference
+from irae_cli import environment
 from irae_cli.benchmark import invertibility
 from irae_cli.benchmark.models import LoadedModel
 from irae_cli.benchmark.speed import ModelTimer
@@ -80,9 +80,9 @@ def test_restore_train_and_benchmarks_agree_for_a_spectral_norm_irae(spectral, p
     assert all(m.autocast_dtype is None for m in spectral.modules() if isinstance(m, CouplingNet))
 
     # --dtype auto on a CPU with native bf16: the same answer for restore and train.
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
     assert low_precision(spectral, CPU, "auto").dtype == torch.bfloat16 == compute_dtype("auto", CPU, "tiny")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
     assert low_precision(spectral, CPU, "auto").dtype == torch.float32 == compute_dtype("auto", CPU, "tiny")
 
 
@@ -92,7 +92,7 @@ def test_a_cnn_runs_whole_under_autocast(photos, monkeypatch):
     assert r.precision.scope == "whole model"
     with r.autocast():
         assert cnn.body(photos[:1, :, :16, :16]).dtype == torch.bfloat16
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
     # whole networks lose too much in bf16 on the CPU's auto path: fp32 for restore and train alike
     assert low_precision(cnn, CPU, "auto").dtype == torch.float32 == compute_dtype("auto", CPU, "cnn-tiny")
 

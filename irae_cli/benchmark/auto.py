@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import torch
 
 from ..degradations.estimate import estimate_sigma
 from ..environment import versions
