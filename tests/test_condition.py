@@ -232,3 +232,62 @@ def test_weights_of_a_conditioned_model_save_and_load(tmp_path, photos):
     with torch.no_grad():
         assert torch.equal(loaded(photos, LEVELS), model(photos, LEVELS))
 
+
+# ------------------------------------------------------------------ restore, benchmark, export
+
+
+@pytest.fixture(scope="module")
+def cond_weights(tmp_path_factory) -> Path:
+    """Weights of a conditioned tiny denoiser whose level weights are not zero (it uses the level)."""
+    from conftest import load_rgb
+
+    photos = torch.stack([load_rgb(n) for n in ("astronaut_128.png", "coffee_128.png", "chelsea_128.png")])
+    path = tmp_path_factory.mktemp("weights") / "cond.safetensors"
+    save_weights(_trained_like("tiny", photos, condition="sigma"), path, task="denoise")
+    return path
+
+
+@pytest.fixture(scope="module")
+def blind_weights(tmp_path_factory) -> Path:
+    from conftest import load_rgb
+
+    photos = torch.stack([load_rgb(n) for n in ("astronaut_128.png", "coffee_128.png")])
+    path = tmp_path_factory.mktemp("weights") / "blind.safetensors"
+    save_weights(_trained_like("tiny", photos), path, task="denoise")
+    return path
+
+
+def _report(path: Path) -> dict:
+    return {Path(d["input"]).name: d for d in map(json.loads, path.read_text().splitlines())}
+
+
+def test_restore_tells_the_model_each_image_s_estimated_sigma_or_the_given_one(tmp_path, cond_weights):
+    from irae_cli.degradations.estimate import estimate_sigma
+    from irae_cli.imageio import read_image
+
+    runs = {}
+    for name, extra in (("est", ()), ("given", ("--sigma", "30"))):
+        r = irae("restore", "--task", "denoise", DATA, tmp_path / name, "--weights", cond_weights, "--backend",
+                 "torch", "--report", tmp_path / f"{name}.jsonl", *extra)
+        assert r.returncode == 0, r.stderr
+        runs[name] = _report(tmp_path / f"{name}.jsonl")
+    for image, line in runs["est"].items():
+        x, _ = read_image(DATA / image)
+        assert line["model_sigma_source"] == "estimated"
+        assert line["model_sigma"] == pytest.approx(estimate_sigma(x), abs=1e-3)
+        assert runs["given"][image]["model_sigma"] == 30 and runs["given"][image]["model_sigma_source"] == "given"
+    a, _ = read_image(tmp_path / "est" / "astronaut_128.png")
+    b, _ = read_image(tmp_path / "given" / "astronaut_128.png")
+    assert not torch.equal(a, b)
+
+
+def test_restore_sigma_usage_errors_exit_2_before_any_work(tmp_path, cond_weights, blind_weights):
+    for weights, args, match in ((blind_weights, ("--sigma", "25"), "are blind"),
+                                 (cond_weights, ("--sigma", "300"), "out of range"),
+                                 (cond_weights, ("--sigma", "-1"), "out of range"),
+                                 (cond_weights, ("--task", "jpeg", "--sigma", "5"), "--task denoise")):
+        args = args if "--task" in args else ("--task", "denoise", *args)
+        r = irae("restore", DATA, tmp_path / "out", "--weights", weights, *args)
+        assert r.returncode == 2 and match in r.stderr, r.stderr
+        assert not (tmp_path / "out").exists()
+

@@ -33,6 +33,9 @@ _OUTPUT = typer.Argument(..., help="Output folder (mirrors INPUT's tree), or a f
                          show_default=False)
 _WEIGHTS = typer.Option(None, "--weights", "-w", help="Shipped weights name or a "
                         ".safetensors path (default: the shipped weights for the task).")
+_SIGMA = typer.Option(None, "--sigma", help="denoise, weights trained with --condition sigma: the noise "
+                      "sigma (0-255 scale) to restore every image at (default: each image's estimated sigma).",
+                      show_default=False)
 _RECURSIVE = typer.Option(True, "--recursive/--no-recursive", "-r/-R",
                           help="Walk subfolders (the output mirrors the tree).")
 _INCLUDE = typer.Option([], "--include", help="Only files matching this glob (repeatable).")
@@ -77,6 +80,7 @@ def register(app: typer.Typer) -> None:
         output: Path = _OUTPUT,
         task: str = TASK,
         weights: Optional[str] = _WEIGHTS,
+        sigma: Optional[float] = _SIGMA,
         recursive: bool = _RECURSIVE,
         include: list[str] = _INCLUDE,
         exclude: list[str] = _EXCLUDE,
@@ -117,7 +121,7 @@ def register(app: typer.Typer) -> None:
                 quality=quality, png_level=png_level, suffix=suffix, recursive=recursive,
                 include=list(include), exclude=list(exclude), skip_existing=skip_existing, overwrite=overwrite,
                 report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard,
-                self_ensemble=self_ensemble, backend=backend)
+                self_ensemble=self_ensemble, backend=backend, sigma=sigma)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
 
