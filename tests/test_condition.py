@@ -291,3 +291,38 @@ def test_restore_sigma_usage_errors_exit_2_before_any_work(tmp_path, cond_weight
         assert r.returncode == 2 and match in r.stderr, r.stderr
         assert not (tmp_path / "out").exists()
 
+
+def test_benchmark_uses_the_estimated_sigma_unless_told_the_known_one(tmp_path, cond_weights, blind_weights):
+    results = {}
+    for name, extra in (("est", ()), ("known", ("--known-sigma",))):
+        r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "5,50", DATA, "--weights", cond_weights,
+                 "--classical", "none", "--backend", "torch", "--json", tmp_path / f"{name}.json", *extra)
+        assert r.returncode == 0, r.stderr
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert results["est"]["settings"]["model_sigma"] == "estimated"
+    assert results["known"]["settings"]["model_sigma"] == "known"
+
+    def psnr(result):
+        return [row["metrics"]["psnr_rgb_u8"] for row in result["results"] if row["model"] == "cond"]
+
+    assert psnr(results["est"]) != psnr(results["known"])
+    r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "25", DATA, "--weights", blind_weights,
+             "--classical", "none", "--known-sigma")
+    assert r.returncode == 2 and "blind" in r.stderr
+
+
+def test_the_round_trip_of_a_conditioned_model_goes_both_ways_at_one_level(cond_weights, monkeypatch):
+    from irae_cli.benchmark.invertibility import invertibility
+
+    seen = []
+    model_type = type(load_weights(cond_weights).model)
+    real_inverse = model_type.inverse
+
+    def spy(model, x, level=None):
+        seen.append(level)
+        return real_inverse(model, x, level)
+
+    monkeypatch.setattr(model_type, "inverse", spy)
+    result = invertibility(weights=str(cond_weights), images=DATA, dtype="fp64", device="cpu")
+    assert result["summary"]["passed"] and len(seen) == 4 and all(s is not None for s in seen)
+
