@@ -326,3 +326,30 @@ def test_the_round_trip_of_a_conditioned_model_goes_both_ways_at_one_level(cond_
     result = invertibility(weights=str(cond_weights), images=DATA, dtype="fp64", device="cpu")
     assert result["summary"]["passed"] and len(seen) == 4 and all(s is not None for s in seen)
 
+
+def test_a_conditioned_export_takes_the_level_and_restores_like_torch(tmp_path, cond_weights, monkeypatch):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from irae_cli.backends import OnnxRunner
+    from irae_cli.onnx_export import LEVEL, read_metadata
+
+    monkeypatch.setenv("IRAE_CACHE_DIR", str(tmp_path / "cache"))
+    r = irae("export", cond_weights, "-o", tmp_path / "c.onnx")
+    assert r.returncode == 0, r.stderr
+    meta = read_metadata(tmp_path / "c.onnx")
+    assert meta["condition"] == "sigma" and LEVEL in meta
+    runner = OnnxRunner(tmp_path / "c.onnx")
+    assert [i.name for i in runner.session.get_inputs()] == ["image", "level"]
+    model = load_weights(cond_weights).model.eval()
+    x = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (runner(x, LEVELS) - fold(model)(x, LEVELS)).abs().max() < 1e-5
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        r = irae("restore", "--task", "denoise", DATA / "coffee_128.png", tmp_path / f"{backend}.png", "--weights",
+                 cond_weights, "--backend", backend, "--dtype", "fp32", env={"IRAE_CACHE_DIR": str(tmp_path / "c")})
+        assert r.returncode == 0, r.stderr
+        from irae_cli.imageio import read_image
+
+        outs[backend] = read_image(tmp_path / f"{backend}.png")[0]
+    assert (outs["torch"] - outs["onnxruntime"]).abs().max() <= 1 / 255 + 1e-6
