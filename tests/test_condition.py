@@ -353,3 +353,15 @@ def test_a_conditioned_export_takes_the_level_and_restores_like_torch(tmp_path, 
 
         outs[backend] = read_image(tmp_path / f"{backend}.png")[0]
     assert (outs["torch"] - outs["onnxruntime"]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_docs_give_the_conditioned_medium_s_parameter_count():
+    import re
+
+    from irae_cli.model import parameter_count
+
+    doc = (ROOT / "docs" / "model.md").read_text()
+    row = re.search(r'^\| `medium`, `condition = "sigma"` \| ([\d,]+) \(\+([\d,]+)', doc, flags=re.M)
+    cond, blind = parameter_count(create_model("medium", condition="sigma")), parameter_count(create_model("medium"))
+    assert row and int(row[1].replace(",", "")) == cond and int(row[2].replace(",", "")) == cond - blind
+    assert "--condition sigma" in (ROOT / "CHANGELOG.md").read_text().split("## [")[1]
