@@ -45,8 +45,10 @@ class TrainStep:
         return sigma
 
     def initialize(self, inp: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor | None) -> None:
-        """The model's one ActNorm initialisation, from the run's first batch."""
-        self.model.initialize(inp, clean, start=self.config.init_start, level=self.level(sigma))
+        """The model's one ActNorm initialisation, from the run's first batch (a blind model takes no level)."""
+        level = self.level(sigma)
+        extra = {} if level is None else {"level": level}
+        self.model.initialize(inp, clean, start=self.config.init_start, **extra)
 
     def objective(self, forward, inverse, inp, clean, holes, sigma, direction, loss_fn=training_loss,
                   penalty_fn=inverse_gain_penalty) -> tuple[torch.Tensor, torch.Tensor]:
