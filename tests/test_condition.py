@@ -355,6 +355,20 @@ def test_a_conditioned_export_takes_the_level_and_restores_like_torch(tmp_path, 
     assert (outs["torch"] - outs["onnxruntime"]).abs().max() <= 1 / 255 + 1e-6
 
 
+def test_speed_times_a_conditioned_model_and_counts_its_level_map(cond_weights, blind_weights):
+    from irae_cli.benchmark.speed import speed
+
+    s = {}
+    for name, w in (("cond", cond_weights), ("blind", blind_weights)):
+        s[name] = speed(weights=str(w), size=64, batch_size=2, repeats=1, warmup=0, device="cpu", baseline=True)
+        folder = speed(weights=str(w), folder=DATA, naive=True, repeats=1, warmup=0, device="cpu")
+        modes = [r["mode"] for r in s[name]["results"] + folder["results"]]
+        assert len(modes) == 4 and all(r["median_s"] > 0 for r in s[name]["results"] + folder["results"])
+    # tiny: 8 coupling nets of width 16, the map's 3x3 weights once per pixel of each level (1/4, 1/16)
+    extra = s["cond"]["model"]["mac_per_pixel"] - s["blind"]["model"]["mac_per_pixel"]
+    assert extra == pytest.approx(2 * 2 * 16 * 9 * (1 / 4 + 1 / 16))
+
+
 def test_docs_give_the_conditioned_medium_s_parameter_count():
     import re
 

@@ -196,8 +196,19 @@ def macs_per_pixel(model: torch.nn.Module, channels: int, multiple: int) -> floa
     x = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0))
     model = model.to("cpu").float()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
+        model(x, *timing_level(model, 1, x.device))
     return counter.get_total_flops() / 2 / (side * side)
+
+
+# What a model conditioned on the noise level is told while it is timed: the time does not depend on it.
+TIMING_SIGMA = 25.0
+
+
+def timing_level(model: torch.nn.Module, n: int, device) -> tuple:
+    """The level argument a timed call passes: none for a blind model."""
+    from ..model import conditioned
+
+    return (torch.full((n,), TIMING_SIGMA, device=device),) if conditioned(model.config) else ()
 
 
 def _time_calls(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -305,10 +316,11 @@ class ModelTimer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         run_model, restorer = self.run_model, self.restorer
+        level = timing_level(restorer.model, n, self.dev)
 
         def call():
             with torch.inference_mode(), restorer.autocast():
-                run_model(x)
+                run_model(x, *level)
         breaks = _graph_breaks()
         times = _time_calls(call, self.dev, warmup, repeats)
         breaks = _graph_breaks() - breaks
@@ -434,7 +446,9 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
     restore's scope (an IRAE flow's coupling nets only, else the whole model)."""
     from PIL import Image
 
+    from ..degradations.estimate import estimate_sigma
     from ..imageio import open_image
+    from ..model import conditioned
     from ..train import autocast_coupling_nets
 
     hooks = autocast_coupling_nets(model, dev.type, dt) if dt != torch.float32 and coupling_only else []
@@ -443,10 +457,12 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
         for s in sources:
             with open_image(s.path, load=False) as img:
                 arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-            x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
+            x = torch.from_numpy(arr).permute(2, 0, 1)[None]
+            level = (estimate_sigma(x).to(dev),) if conditioned(model.config) else ()  # as restore does, per image
+            x = x.to(dev)
             autocast = torch.autocast(device_type=dev.type, dtype=dt) if whole else contextlib.nullcontext()
             with torch.inference_mode(), autocast:
-                y = to_u8(model(x).float()[0])
+                y = to_u8(model(x, *level).float()[0])
             Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"), compress_level=png_level)
     finally:
         for h in hooks:
