@@ -300,6 +300,7 @@ def test_benchmark_uses_the_estimated_sigma_unless_told_the_known_one(tmp_path, 
         assert r.returncode == 0, r.stderr
         results[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert results["est"]["settings"]["model_sigma"] == "estimated"
+    assert results["est"]["models"]["cond"]["condition"] == "sigma"
     assert results["known"]["settings"]["model_sigma"] == "known"
 
     def psnr(result):
