@@ -199,7 +199,6 @@ class Restorer:
         self.compiled = False
         self.multiple = int(model.size_multiple)
         self.channels = int(model.config.channels)
-        self.conditioned = getattr(model.config, "condition", "none") != "none"
         if tile == "auto":
             tile = AUTO_TILE
         tile = int(tile)
@@ -384,6 +383,13 @@ class Restorer:
             start += len(chunk)
         self.stats.tiles += len(pairs)
         return out.div_(weight)
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model needs each image's noise level (``model/condition.py``)."""
+        from .model import conditioned
+
+        return conditioned(self.model.config)
 
     def levels_for(self, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
         """The (N,) noise levels a conditioned model restores ``images`` at: ``given`` for each, else each

@@ -58,9 +58,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     those whose package is missing are listed in ``settings["classical"]``;
     ``workers`` > 1 runs them in that many processes beside the networks.
     ``self_ensemble`` adds a row ``NAME x8`` per network: the mean over the 8
-    flips and turns of each image.  A network conditioned on the noise level
-    restores each image at its estimated sigma, as ``irae restore`` does, or
-    with ``known_sigma`` at the sigma it was degraded with.
+    flips and turns of each image.  ``known_sigma``: see ``restore_unit``.
     """
     t = get_task(task)
     check_backend(backend, device, dtype)
@@ -69,8 +67,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     settings = images.settings()
     loaded = load_models(task, weights, compare)
     restorers, dev = _restorers(loaded, t, settings, device=device, dtype=dtype, tile=tile, batch_size=batch_size,
-                                self_ensemble=self_ensemble, backend=backend)
-    _model_sigma_setting(restorers, known_sigma, settings)
+                                self_ensemble=self_ensemble, backend=backend, known_sigma=known_sigma)
     models, methods = model_rows(task, classical, loaded, settings, self_ensemble)
     names = list(models)
     picker = None if sheet is None else SheetPicker(
@@ -100,9 +97,9 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     return result
 
 
-def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, self_ensemble, backend):
+def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, self_ensemble, backend, known_sigma):
     """One ``Restorer`` per network row (and its x8 row), as ``irae restore`` would run it; the settings say
-    which device, dtype and backend they run on."""
+    which device, dtype and backend they run on (and where conditioned networks' noise levels come from)."""
     # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
     restorers = [(lm.name + suffix, Restorer(lm.model, t,
                                              task_params=t.params_for_weights(lm.task_params, lm.model.config.channels),
@@ -115,6 +112,7 @@ def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, se
     backends = ", ".join(dict.fromkeys(r.backend for _, r in restorers)) or None
     settings.update({"device": str(dev), "dtype": dtype_name, "backend": backends, "tile": tile,
                      "batch_size": batch_size, "n_images": 0, "sheet": None})
+    _model_sigma_setting(restorers, known_sigma, settings)
     return restorers, dev
 
 

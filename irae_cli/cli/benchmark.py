@@ -90,6 +90,13 @@ _WORKERS = typer.Option(0, "--workers", "-j", help="Processes for the classical 
                         "The figures do not depend on it.")
 
 
+_SELF_ENSEMBLE = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
+                              "of its restorations of the 8 flips and quarter turns of each image.")
+_KNOWN_SIGMA = typer.Option(False, "--known-sigma", help="denoise, weights trained with --condition sigma: "
+                            "restore at the sigma each image was degraded with, not at its estimate (the "
+                            "default, what restore does).")
+
+
 @sub.command("quality")
 def quality_cmd(
     source: Path = _SOURCE,
@@ -113,12 +120,9 @@ def quality_cmd(
     sheet_region: str = _SHEET_REGION,
     classical: str = _CLASSICAL,
     workers: int = _WORKERS,
-    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
-                                       "of its restorations of the 8 flips and quarter turns of each image."),
+    self_ensemble: bool = _SELF_ENSEMBLE,
     backend: str = BACKEND,
-    known_sigma: bool = typer.Option(False, "--known-sigma", help="denoise, weights trained with --condition "
-                                     "sigma: restore at the sigma each image was degraded with, not at its "
-                                     "estimate (the default, what restore does)."),
+    known_sigma: bool = _KNOWN_SIGMA,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).

@@ -148,10 +148,9 @@ def register(app: typer.Typer) -> None:
             given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
                            warmup=warmup, clip=clip, ema=ema, seed=seed, inverse_gain=inverse_gain,
                            inverse_gain_every=inverse_gain_every, inverse_probe=inverse_probe,
-                           init_start=init_start, init_from=init_from, loss=loss,
-                           low_sigma_floor=low_sigma_weight, condition=condition,
-                           sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
-                           mask=mask, hole_ratio=hole_ratio)
+                           init_start=init_start, init_from=init_from, loss=loss, low_sigma_floor=low_sigma_weight,
+                           condition=condition, sigma=sigma, noise_protocol=noise_protocol, quality=quality,
+                           subsampling=subsampling, mask=mask, hole_ratio=hole_ratio)
             session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,
                                stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
                                checkpoint_every=checkpoint_every, log_every=log_every, device=device, dtype=dtype,
