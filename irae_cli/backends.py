@@ -74,13 +74,16 @@ class OnnxRunner:
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def __call__(self, x):
+    def __call__(self, x, level=None):
+        """``level``: a conditioned graph's (N,) noise levels (its second input), else None."""
         import torch
 
-        from .onnx_export import INPUT, OUTPUT
+        from .onnx_export import INPUT, LEVEL, OUTPUT
 
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: arr})[0])
+        feeds = {INPUT: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+        if level is not None:
+            feeds[LEVEL] = level.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run([OUTPUT], feeds)[0])
 
 
 def onnx_runner(model, task: str, task_params: dict, source: dict | None) -> OnnxRunner:

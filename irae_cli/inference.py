@@ -337,14 +337,15 @@ class Restorer:
             self.stats.notes.append(f"torch.compile unavailable ({type(e).__name__}); ran eager")
             self.compile = "off"
 
-    def _call(self, part: torch.Tensor) -> torch.Tensor:
+    def _call(self, part: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
         if self.compile == "on" and not self.compiled:
             self._maybe_compile(0.0, 0.0)
         eager_probe = self.compile == "auto" and not self.compiled
         t0 = time.perf_counter()
+        args = () if levels is None else (levels.to(self.device, torch.float32),)
         try:
             with torch.inference_mode(), self.autocast():
-                y = self.runner(part.to(self.device, non_blocking=True)).float()
+                y = self.runner(part.to(self.device, non_blocking=True), *args).float()
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - compile errors surface at the first compiled call
@@ -352,7 +353,7 @@ class Restorer:
                 raise
             self.stats.notes.append(f"torch.compile failed at run time ({type(e).__name__}); ran eager")
             self.runner, self.compiled, self.compile = self.eager, False, "off"
-            return self._call(part)
+            return self._call(part, levels)
         y = y.to("cpu")
         megapixels = part.shape[0] * part.shape[-2] * part.shape[-1] / 1e6
         self.done_megapixels += megapixels
@@ -360,8 +361,9 @@ class Restorer:
             self._maybe_compile(time.perf_counter() - t0, megapixels)
         return y
 
-    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, C, h, w) on CPU -> restored (N, C, h, w) float32 on CPU, halving the batch on CUDA OOM.
+    def _run_model(self, x: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, C, h, w) on CPU -> restored (N, C, h, w) float32 on CPU, halving the batch on CUDA OOM;
+        ``levels``: the (N,) noise levels of a conditioned model's rows.
 
         A halved batch is kept for the rest of the run (``self.batch_size``): under memory
         pressure every later batch would otherwise repeat the same failing attempts.
@@ -374,7 +376,7 @@ class Restorer:
             part = x[i:i + chunk]
             oom = False
             try:
-                out.append(self._call(part))
+                out.append(self._call(part, None if levels is None else levels[i:i + chunk]))
                 i += chunk
             except torch.OutOfMemoryError:
                 if chunk == 1:
@@ -395,7 +397,7 @@ class Restorer:
             return x.expand(-1, 3, -1, -1)
         raise IraeError(f"model takes {self.channels} channels, image has {x.shape[1]}")
 
-    def _restore_same_size(self, x: torch.Tensor) -> torch.Tensor:
+    def _restore_same_size(self, x: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C, H, W) model input of one size -> restored, tiled when larger than a tile.
 
         The image is padded to the model's size multiple first and every tile starts on
@@ -404,14 +406,16 @@ class Restorer:
         """
         h0, w0 = x.shape[-2:]
         x, _ = pad_to_multiple(x, self.multiple)
-        return self._restore_padded(x)[..., :h0, :w0]
+        return self._restore_padded(x, levels)[..., :h0, :w0]
 
-    def _restore_padded(self, x: torch.Tensor) -> torch.Tensor:
+    def _restore_padded(self, x: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
         n, c, h, w = x.shape
         tile = self.tile
         while True:
             try:
-                return self._restore_tiled(x, tile) if tile and (h > tile or w > tile) else self._run_model(x)
+                if tile and (h > tile or w > tile):
+                    return self._restore_tiled(x, tile, levels)
+                return self._run_model(x, levels)
             except torch.OutOfMemoryError:
                 new_tile = (tile or max(h, w)) // 2
                 new_tile -= new_tile % self.multiple
@@ -423,7 +427,7 @@ class Restorer:
             tile = self.tile = new_tile
             self._free_device_memory()
 
-    def _restore_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+    def _restore_tiled(self, x: torch.Tensor, tile: int, levels: torch.Tensor | None) -> torch.Tensor:
         """Tiles go through the model a batch at a time and are blended into the result at once: only the
         image, the result and its blend weights are ever whole in memory, never every tile at once."""
         n, c, h, w = x.shape
@@ -439,7 +443,7 @@ class Restorer:
             chunk = pairs[start:start + self.batch_size]  # _run_model may lower batch_size on OOM
             crops = torch.stack([x[i, :, boxes[k][0]:boxes[k][0] + th, boxes[k][1]:boxes[k][1] + tw]
                                  for k, i in chunk])
-            restored = self._run_model(crops)
+            restored = self._run_model(crops, None if levels is None else levels[[i for _, i in chunk]])
             for (k, i), yk in zip(chunk, restored):
                 y, x0 = boxes[k]
                 wt = blend_ramp(th, overlap, y > 0, y + th < h)[:, None] * blend_ramp(tw, overlap, x0 > 0,
@@ -451,14 +455,38 @@ class Restorer:
         self.stats.tiles += len(pairs)
         return out.div_(weight)
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
-        """Restore a batch (N, C, H, W) of equal-sized images in [0, 1]; returns float32 on the CPU."""
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model needs each image's noise level (``model/condition.py``)."""
+        from .model import conditioned
+
+        return conditioned(self.model.config)
+
+    def levels_for(self, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
+        """The (N,) noise levels a conditioned model restores ``images`` at: ``given`` for each, else each
+        image's estimated sigma (``estimate_sigma``, the one estimator); None for a blind model."""
+        from .degradations.estimate import estimate_sigma
+
+        if not self.conditioned:
+            return None
+        if given is not None:
+            return torch.full((images.shape[0],), float(given))
+        return estimate_sigma(images.float().cpu()).float()
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None,
+                 levels: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore a batch (N, C, H, W) of equal-sized images in [0, 1]; returns float32 on the CPU.
+        ``levels``: a conditioned model's (N,) noise levels (sigma, 0-255 scale); left out, estimated."""
         images = images.float().cpu()
+        if self.conditioned and levels is None:
+            levels = self.levels_for(images)
+        elif levels is not None:
+            levels = torch.as_tensor(levels, dtype=torch.float32).reshape(-1).expand(images.shape[0])
         x = self._adapt_channels(self.task.model_input(images, masks, self.task_params))
         if len(self.views) == 1:
-            y = self._restore_same_size(x)
+            y = self._restore_same_size(x, levels)
         else:
-            y = sum(undo_dihedral(self._restore_same_size(dihedral(x, k, mirror)), k, mirror)
+            y = sum(undo_dihedral(self._restore_same_size(dihedral(x, k, mirror), levels), k, mirror)
                     for k, mirror in self.views) / len(self.views)
         y = self.task.model_output(y, self.task_params)
         if images.shape[1] == 1 and y.shape[1] == 3:

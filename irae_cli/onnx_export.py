@@ -12,7 +12,10 @@ in ``Task`` and ``Restorer`` and hold for both backends alike:
 * an inpainting model takes its input pre-filled (``Task.model_input``: holes
   filled, then for a mask-channel model the mask as a 4th channel, 1 = missing)
   and gives as many channels back, of which the first three are the image;
-* a JPEG model's ``max_quality`` is metadata only: a JPEG above it is kept as it is.
+* a JPEG model's ``max_quality`` is metadata only: a JPEG above it is kept as it is;
+* a denoiser conditioned on the noise level (metadata ``condition`` "sigma") takes a
+  second input ``level``: float32, one sigma per image on the 0-255 scale (shape
+  ``[batch]``), e.g. the image's estimated noise.
 
 Exported files are cached per weights file, named by the weights' sha256, so a
 restore exports once; every file is written atomically (temp file + rename).
@@ -32,11 +35,11 @@ import torch
 from . import __version__
 from .errors import io_reason
 from .files import replace_atomically
-from .model import config_to_json
+from .model import conditioned, config_to_json
 from .model.folded import fold
 from .onnx_extra import EXTRA_HINT, onnx_installed
 
-INPUT, OUTPUT = "image", "restored"
+INPUT, OUTPUT, LEVEL = "image", "restored", "level"
 OPSET = 18
 # Bump when the exported graph or its metadata change: cached files of another version are exported again.
 EXPORT_VERSION = "1"
@@ -51,9 +54,9 @@ class _RestoreGraph(torch.nn.Module):
         super().__init__()
         self.runner = runner
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         restore = getattr(self.runner, "restore_padded", self.runner)
-        return restore(x)
+        return restore(x) if level is None else restore(x, level)
 
 
 def export_metadata(model: torch.nn.Module, task: str, task_params: dict, source: dict | None) -> dict[str, str]:
@@ -70,11 +73,14 @@ def export_metadata(model: torch.nn.Module, task: str, task_params: dict, source
         "task_params": json.dumps(task_params or {}, sort_keys=True),
         "max_quality": "" if task_params.get("max_quality") is None else str(task_params["max_quality"]),
         "channels": str(int(model.config.channels)),
+        "condition": getattr(model.config, "condition", "none"),
         "size_multiple": str(int(getattr(model, "size_multiple", 1))),
         "source_sha256": source.get("sha256") or "",
         "input": f"{INPUT}: float32 NCHW in [0, 1], H and W multiples of size_multiple; inpainting: pre-filled, "
                  f"mask as the 4th channel where channels is 4",
         "output": f"{OUTPUT}: float32 NCHW, same shape, not clamped; the image is its first 3 channels",
+        **({"level": f"{LEVEL}: float32 [batch], the noise sigma of each image on the 0-255 scale"}
+           if conditioned(model.config) else {}),
     }
 
 
@@ -90,15 +96,17 @@ def export_onnx(model: torch.nn.Module, task: str, task_params: dict, source: di
     side = max(2 * multiple, 32)
     side += (-side) % multiple
     example = torch.rand(1, int(model.config.channels), side, side, generator=torch.Generator().manual_seed(0))
+    inputs, names, axes = (example,), [INPUT], {INPUT: _DYNAMIC, OUTPUT: _DYNAMIC}
+    if conditioned(model.config):
+        inputs, names, axes = (example, torch.full((1,), 25.0)), [INPUT, LEVEL], {**axes, LEVEL: {0: "batch"}}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and that shapes are traced; neither is the
         # user's to act on: the graph takes any padded size (the tests run it at others than the example's).
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(graph, (example,), buf, opset_version=OPSET, input_names=[INPUT],
-                              output_names=[OUTPUT], dynamic_axes={INPUT: _DYNAMIC, OUTPUT: _DYNAMIC},
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(graph, inputs, buf, opset_version=OPSET, input_names=names,
+                              output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=True, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
     for key, value in export_metadata(model, task, task_params, source).items():
         proto.metadata_props.add(key=key, value=value)

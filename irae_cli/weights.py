@@ -209,13 +209,22 @@ def load_weights(name_or_path: str | Path, *, device: str | torch.device = "cpu"
 def read_task_params(name_or_path: str | Path) -> dict:
     """The ``task_params`` a weights file runs with, from its metadata alone (no tensors read, no checksum:
     enough to plan with; ``load_weights`` checks the file when the model is needed)."""
+    return _read_metadata_field(name_or_path, "task_params")
+
+
+def read_model_config(name_or_path: str | Path) -> dict:
+    """The model description (``config``) of a weights file, from its metadata alone, as ``read_task_params``."""
+    return _read_metadata_field(name_or_path, "config", required=True)
+
+
+def _read_metadata_field(name_or_path: str | Path, key: str, required: bool = False) -> dict:
     path, _ = resolve(name_or_path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(unreadable_safetensors(path, e, "weights")) from None
-    return metadata_json(meta, "task_params", path)
+    return metadata_json(meta, key, path, required=required)
 
 
 def checkpoint_not_weights(path: Path) -> str:

@@ -21,8 +21,9 @@ class LoadedModel:
     task_params: dict = field(default_factory=dict)
 
     def entry(self) -> dict:
+        condition = getattr(self.model.config, "condition", "none")
         return {"weights": self.weights, "sha256": self.sha256, "arch": self.arch,
-                "params": parameter_count(self.model)}
+                "params": parameter_count(self.model), **({"condition": condition} if condition != "none" else {})}
 
 
 def load_model(weights: str, *, name: str | None = None, task: str | None = None) -> LoadedModel:

@@ -41,7 +41,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
             tile: int | str = "auto", batch_size: int = 4, sheet: str | Path | None = None,
             sheet_crop: int = 128, sheet_images: int = 8, sheet_crop_mode: str = "worst",
             overwrite: bool = False, progress=None, classical: str = "all", workers: int = 1,
-            self_ensemble: bool = False, backend: str = "auto") -> dict:
+            self_ensemble: bool = False, backend: str = "auto", known_sigma: bool = False) -> dict:
     """Score the degraded input, the task's classical methods, and each model on one image set.
 
     ``source`` is a clean image folder or file, degraded here exactly as
@@ -58,7 +58,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     those whose package is missing are listed in ``settings["classical"]``;
     ``workers`` > 1 runs them in that many processes beside the networks.
     ``self_ensemble`` adds a row ``NAME x8`` per network: the mean over the 8
-    flips and turns of each image.
+    flips and turns of each image.  ``known_sigma``: see ``restore_unit``.
     """
     t = get_task(task)
     check_backend(backend, device, dtype)
@@ -67,7 +67,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     settings = images.settings()
     loaded = load_models(task, weights, compare)
     restorers, dev = _restorers(loaded, t, settings, device=device, dtype=dtype, tile=tile, batch_size=batch_size,
-                                self_ensemble=self_ensemble, backend=backend)
+                                self_ensemble=self_ensemble, backend=backend, known_sigma=known_sigma)
     models, methods = model_rows(task, classical, loaded, settings, self_ensemble)
     names = list(models)
     picker = None if sheet is None else SheetPicker(
@@ -77,7 +77,7 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     per: dict[tuple[str, str], list[dict]] = {}
     with ClassicalRows(methods, workers) as classical_rows:
         for unit, classical_outputs in classical_rows.run(scorable(images.units(failures, settings), failures)):
-            outputs = restore_unit(unit, t, classical_outputs, restorers, failures)
+            outputs = restore_unit(unit, t, classical_outputs, restorers, failures, known_sigma)
             if outputs is None:
                 continue
             for i, (level, rows) in enumerate(score_unit(unit, outputs, names, task)):
@@ -97,9 +97,9 @@ def quality(source: str | Path, *, task: str, weights: str | None = None, compar
     return result
 
 
-def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, self_ensemble, backend):
+def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, self_ensemble, backend, known_sigma):
     """One ``Restorer`` per network row (and its x8 row), as ``irae restore`` would run it; the settings say
-    which device, dtype and backend they run on."""
+    which device, dtype and backend they run on (and where conditioned networks' noise levels come from)."""
     # Task parameters as 'irae restore' merges them: the task's defaults, then what the weights file says.
     restorers = [(lm.name + suffix, Restorer(lm.model, t,
                                              task_params=t.params_for_weights(lm.task_params, lm.model.config.channels),
@@ -112,7 +112,31 @@ def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, se
     backends = ", ".join(dict.fromkeys(r.backend for _, r in restorers)) or None
     settings.update({"device": str(dev), "dtype": dtype_name, "backend": backends, "tile": tile,
                      "batch_size": batch_size, "n_images": 0, "sheet": None})
+    _model_sigma_setting(restorers, known_sigma, settings)
     return restorers, dev
+
+
+def _model_sigma_setting(restorers: list, known_sigma: bool, settings: dict) -> None:
+    """Where the conditioned networks' noise levels come from, in the settings; --known-sigma needs one."""
+    if not any(r.conditioned for _, r in restorers):
+        if known_sigma:
+            raise IraeError("--known-sigma is for weights conditioned on the noise level (irae train --condition "
+                            "sigma); these are blind")
+        return
+    settings["model_sigma"] = "known" if known_sigma else "estimated"
+
+
+def known_levels(unit: Unit) -> torch.Tensor:
+    """The sigma each level of ``unit`` was degraded with (its drawn or fixed value)."""
+    sigmas = []
+    for level, p in zip(unit.levels, unit.params):
+        sigma = p.get("sigma")
+        if sigma is None and "sigma_range" in p and p["sigma_range"][0] == p["sigma_range"][1]:
+            sigma = p["sigma_range"][0]
+        if sigma is None:
+            raise IraeError(f"{unit.image}: level {level} records no sigma to restore at; leave out --known-sigma")
+        sigmas.append(float(sigma))
+    return torch.tensor(sigmas)
 
 
 def _write_sheet(picker, sheet, overwrite: bool, settings: dict) -> None:
@@ -180,8 +204,9 @@ def scorable(units, failures: list[dict]):
 
 
 def restore_unit(unit: Unit, t: Task, classical_outputs: dict[str, torch.Tensor], restorers: list,
-                 failures: list[dict]) -> dict[str, torch.Tensor] | None:
-    """Every row's (L,C,H,W) output for one unit; None (and a failure recorded) when a network cannot run."""
+                 failures: list[dict], known_sigma: bool = False) -> dict[str, torch.Tensor] | None:
+    """Every row's (L,C,H,W) output for one unit; None (and a failure recorded) when a network cannot run.
+    A conditioned network is told each level's estimated sigma, or with ``known_sigma`` its true one."""
     outputs: dict[str, torch.Tensor] = {}
     if t.needs_mask:  # the input row shows the holes as the model receives them, filled with the task's value
         fill_value = float(t.default_task_params().get("fill", 0.5))
@@ -191,7 +216,9 @@ def restore_unit(unit: Unit, t: Task, classical_outputs: dict[str, torch.Tensor]
     outputs.update(classical_outputs)
     try:
         for name, restorer in restorers:
-            outputs[name] = _kept_where_passed_through(restorer(unit.degraded, unit.masks), unit, t, restorer)
+            levels = known_levels(unit) if known_sigma and restorer.conditioned else None
+            outputs[name] = _kept_where_passed_through(restorer(unit.degraded, unit.masks, levels), unit, t,
+                                                       restorer)
     except IraeError as e:
         failures.append({"image": unit.image, "error": f"{unit.image}: {e}"})
         return None

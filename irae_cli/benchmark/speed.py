@@ -195,8 +195,19 @@ def macs_per_pixel(model: torch.nn.Module, channels: int, multiple: int) -> floa
     x = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0))
     model = model.to("cpu").float()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
+        model(x, *timing_level(model, 1, x.device))
     return counter.get_total_flops() / 2 / (side * side)
+
+
+# What a model conditioned on the noise level is told while it is timed: the time does not depend on it.
+TIMING_SIGMA = 25.0
+
+
+def timing_level(model: torch.nn.Module, n: int, device) -> tuple:
+    """The level argument a timed call passes: none for a blind model."""
+    from ..model import conditioned
+
+    return (torch.full((n,), TIMING_SIGMA, device=device),) if conditioned(model.config) else ()
 
 
 def _time_calls(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -304,10 +315,11 @@ class ModelTimer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         run_model, restorer = self.run_model, self.restorer
+        level = timing_level(restorer.model, n, self.dev)
 
         def call():
             with torch.inference_mode(), restorer.autocast():
-                run_model(x)
+                run_model(x, *level)
         breaks = _graph_breaks()
         times = _time_calls(call, self.dev, warmup, repeats)
         breaks = _graph_breaks() - breaks
@@ -430,15 +442,19 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
     restore's scope (``LowPrecision``: an IRAE's coupling nets only, else the whole model)."""
     from PIL import Image
 
+    from ..degradations.estimate import estimate_sigma
     from ..imageio import open_image
+    from ..model import conditioned
 
     precision = LowPrecision(model, dev, dt).attach()
     try:
         for s in sources:
             with open_image(s.path, load=False) as img:
-                x = torch.from_numpy(planes_from_u8(np.asarray(img.convert("RGB"))))[None].to(dev)
+                x = torch.from_numpy(planes_from_u8(np.asarray(img.convert("RGB"))))[None]
+            level = (estimate_sigma(x).to(dev),) if conditioned(model.config) else ()  # as restore does, per image
+            x = x.to(dev)
             with torch.inference_mode(), precision.autocast():
-                y = to_u8(model(x).float()[0])
+                y = to_u8(model(x, *level).float()[0])
             Image.fromarray(y, "RGB").save(dest / (s.path.stem + ".png"), compress_level=png_level)
     finally:
         precision.detach()

@@ -80,6 +80,13 @@ _WORKERS = typer.Option(0, "--workers", "-j", help="Processes for the classical 
                         "The figures do not depend on it.")
 
 
+_SELF_ENSEMBLE = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
+                              "of its restorations of the 8 flips and quarter turns of each image.")
+_KNOWN_SIGMA = typer.Option(False, "--known-sigma", help="denoise, weights trained with --condition sigma: "
+                            "restore at the sigma each image was degraded with, not at its estimate (the "
+                            "default, what restore does).")
+
+
 @sub.command("quality")
 def quality_cmd(
     source: _Source,
@@ -103,9 +110,9 @@ def quality_cmd(
     sheet_region: str = _SHEET_REGION,
     classical: str = _CLASSICAL,
     workers: int = _WORKERS,
-    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="Add a row 'NAME x8' per network: the mean "
-                                       "of its restorations of the 8 flips and quarter turns of each image."),
+    self_ensemble: bool = _SELF_ENSEMBLE,
     backend: Backend = "auto",
+    known_sigma: bool = _KNOWN_SIGMA,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """Degrade, restore with each model, score: PSNR/SSIM on RGB and Y, PSNR-B (jpeg), hole PSNR (inpaint).
@@ -124,7 +131,7 @@ def quality_cmd(
         if task == "auto":
             _check_auto_options(weights=weights, compare=compare, sigma=sigma, noise_protocol=noise_protocol,
                                 quality=quality, mask=mask, hole_ratio=hole_ratio, sheet=sheet,
-                                self_ensemble=self_ensemble)
+                                self_ensemble=self_ensemble, known_sigma=known_sigma)
             raise typer.Exit(_auto(source, device, dtype, tile, batch_size, json_path, overwrite))
         _check_sheet_options(sheet_region, sheet_images, sheet_crop)
         workers = workers_for(workers)
@@ -137,7 +144,7 @@ def quality_cmd(
                 device=device, dtype=dtype, tile=tile_value, batch_size=batch_size, sheet=sheet,
                 sheet_crop=sheet_crop, sheet_images=sheet_images, sheet_crop_mode=sheet_region,
                 overwrite=overwrite, progress=_scored_counter(bar), classical=classical, workers=workers,
-                self_ensemble=self_ensemble, backend=backend)
+                self_ensemble=self_ensemble, backend=backend, known_sigma=known_sigma)
         _note_skipped_classical(result["settings"]["classical"])
         code = _finish(result, quality_table(result), json_path, overwrite)
     raise typer.Exit(code)
@@ -147,7 +154,8 @@ def _check_auto_options(**given) -> None:
     """--task auto scores a mixed set as it is, with the shipped weights of each task."""
     from ..errors import IraeError
 
-    names = {"self_ensemble": "--self-ensemble", "noise_protocol": "--noise-protocol", "hole_ratio": "--hole-ratio"}
+    names = {"self_ensemble": "--self-ensemble", "noise_protocol": "--noise-protocol", "hole_ratio": "--hole-ratio",
+             "known_sigma": "--known-sigma"}
     stray = [names.get(k, f"--{k}") for k, v in given.items() if v]
     if stray:
         raise IraeError(f"{', '.join(stray)} cannot be used with --task auto, which scores a mixed set made by "

@@ -32,6 +32,9 @@ Exit codes: 0 all restored, 1 some files failed (the rest were done), 2 usage er
 _Input = Annotated[Path, typer.Argument(help="An image file or a folder of images.", show_default=False)]
 _Output = Annotated[Path, typer.Argument(help="Output folder (mirrors INPUT's tree), or a file for a single input.",
                                          show_default=False)]
+_SIGMA = typer.Option(None, "--sigma", help="denoise, weights trained with --condition sigma: the noise "
+                      "sigma (0-255 scale) to restore every image at (default: each image's estimated sigma).",
+                      show_default=False)
 _MASKS = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
                       "relative paths, any image extension; 255 = missing.")
 _MASK_FROM = typer.Option(None, "--mask-from", help="inpaint: 'alpha' takes the holes from transparent pixels.")
@@ -62,6 +65,7 @@ def register(app: typer.Typer) -> None:
         output: _Output,
         task: Task,
         weights: Weights = None,
+        sigma: Optional[float] = _SIGMA,
         recursive: Recursive = True,
         include: Include = None,
         exclude: Exclude = None,
@@ -103,7 +107,7 @@ def register(app: typer.Typer) -> None:
                 include=list(include or ()), exclude=list(exclude or ()), skip_existing=skip_existing,
                 overwrite=overwrite,
                 report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard,
-                self_ensemble=self_ensemble, backend=backend)
+                self_ensemble=self_ensemble, backend=backend, sigma=sigma)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
 

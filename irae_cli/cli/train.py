@@ -61,6 +61,9 @@ _LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (squared error
 _LOW_SIGMA_WEIGHT = typer.Option(None, "--low-sigma-weight", help="denoise: weight each patch's loss by "
                                  "1/max(sigma, S0) so low noise counts as much as heavy noise (S0 on the "
                                  "0-255 scale, e.g. 5; default: off).")
+_CONDITION = typer.Option(None, "--condition", help="denoise, IRAE: none (blind) or sigma (every coupling net "
+                          "also sees the noise level; training gives it the true sigma of each patch, restore "
+                          "an estimate). With --init-from blind weights, they are widened (default: none).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
 _SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
 _SIGMA = typer.Option(None, "--sigma", help=f"denoise: noise sigma range on the 0-255 scale (default: {TRAIN_SIGMA}).")
@@ -106,6 +109,7 @@ def register(app: typer.Typer) -> None:
         inverse_probe: Optional[float] = _INVERSE_PROBE,
         loss: Optional[str] = _LOSS,
         low_sigma_weight: Optional[float] = _LOW_SIGMA_WEIGHT,
+        condition: Optional[str] = _CONDITION,
         ema: Optional[float] = _EMA,
         seed: Optional[int] = _SEED,
         sigma: Optional[str] = _SIGMA,
@@ -132,10 +136,9 @@ def register(app: typer.Typer) -> None:
             given = _given(task=task, arch=arch, steps=steps, patch=patch, batch_size=batch_size, lr=lr,
                            warmup=warmup, clip=clip, ema=ema, seed=seed, inverse_gain=inverse_gain,
                            inverse_gain_every=inverse_gain_every, inverse_probe=inverse_probe,
-                           init_start=init_start, init_from=init_from, loss=loss,
-                           low_sigma_floor=low_sigma_weight,
-                           sigma=sigma, noise_protocol=noise_protocol, quality=quality, subsampling=subsampling,
-                           mask=mask, hole_ratio=hole_ratio)
+                           init_start=init_start, init_from=init_from, loss=loss, low_sigma_floor=low_sigma_weight,
+                           condition=condition, sigma=sigma, noise_protocol=noise_protocol, quality=quality,
+                           subsampling=subsampling, mask=mask, hole_ratio=hole_ratio)
             session = _session(data=data, out=out, checkpoint=checkpoint, log=log, resume=resume, minutes=minutes,
                                stop_at=stop_at, val=val, val_every=val_every, val_crop=val_crop, val_seed=val_seed,
                                checkpoint_every=checkpoint_every, log_every=log_every, device=device, dtype=dtype,

@@ -10,6 +10,7 @@ import dataclasses
 from torch import nn
 
 from .cnn import ResidualCNN
+from .condition import conditioned, widen_for_condition
 from .config import CNNConfig, IRAEConfig, ModelInfo, config_from_dict, config_to_json
 from .irae import IRAE
 
@@ -71,4 +72,5 @@ def parameter_count(model: nn.Module) -> int:
 
 
 __all__ = ["IRAE", "ResidualCNN", "IRAEConfig", "CNNConfig", "PRESETS", "create_model", "list_models",
-           "resolve_config", "parameter_count", "ModelInfo", "model_info", "config_to_json", "config_from_dict"]
+           "resolve_config", "parameter_count", "ModelInfo", "model_info", "config_to_json", "config_from_dict",
+           "conditioned", "widen_for_condition"]

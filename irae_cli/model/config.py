@@ -6,6 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+# What the coupling nets may be told besides the image: nothing (blind), or the noise level (model/condition.py).
+CONDITIONS = ("none", "sigma")
+
 
 @dataclass(frozen=True)
 class IRAEConfig:
@@ -17,6 +20,11 @@ class IRAEConfig:
     clamp: float = 0.5  # coupling log-scale bound c; 0 = additive coupling
     spectral_norm: bool = False  # spectral-normalise the coupling nets' hidden convs
     seed: int = 0  # fixes the 1x1 convs' initial rotations
+    condition: str = "none"  # "sigma": every coupling net also sees the noise level (model/condition.py)
+
+    def __post_init__(self) -> None:
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {self.condition!r}; known: {', '.join(CONDITIONS)}")
 
 
 @dataclass(frozen=True)
@@ -47,19 +55,25 @@ class ModelInfo:
     invertible: bool  # has an exact inverse (the clean -> degraded direction)
     channels: int  # input (and output) channels: 3, or 4 for an inpainting model that sees its mask
     low_precision: str  # COUPLING_NETS or WHOLE: what runs in bf16/fp16 (restore, train and benchmark alike)
+    condition: str = "none"  # "sigma": restoring needs the noise level of each image besides the image
 
     @classmethod
     def of(cls, config) -> "ModelInfo":
         if isinstance(config, IRAEConfig):
             return cls(size_multiple=2 ** config.levels, invertible=True, channels=config.channels,
-                       low_precision=COUPLING_NETS)
+                       low_precision=COUPLING_NETS, condition=config.condition)
         if isinstance(config, CNNConfig):
             return cls(size_multiple=1, invertible=False, channels=config.channels, low_precision=WHOLE)
         raise TypeError(f"no model info for {type(config).__name__}")
 
 
 def config_to_json(config) -> str:
-    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+    d = dataclasses.asdict(config)
+    # A blind model's description stays what it was before conditioning existed: its files (and the
+    # comparisons of descriptions, e.g. --init-from's) are unchanged, and older irae versions still read them.
+    if d.get("condition") == "none":
+        del d["condition"]
+    return json.dumps(d, sort_keys=True)
 
 
 def config_from_dict(d: dict):

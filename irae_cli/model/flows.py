@@ -26,6 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .condition import with_level, zero_condition_weights
 from .expm import matrix_exp_fixed
 
 # ActNorm's data-dependent scale is clamped: a near-constant channel would
@@ -145,11 +146,15 @@ def _sn(conv: nn.Conv2d, enabled: bool) -> nn.Module:
 
 
 class CouplingNet(nn.Module):
-    """3x3 conv -> ActNorm -> ReLU -> 1x1 conv -> ActNorm -> ReLU -> zero 3x3 conv."""
+    """3x3 conv -> ActNorm -> ReLU -> 1x1 conv -> ActNorm -> ReLU -> zero 3x3 conv.
 
-    def __init__(self, in_ch: int, out_ch: int, width: int, spectral: bool) -> None:
+    ``cond_ch`` more input channels (the level map, last) with zero initial weights."""
+
+    def __init__(self, in_ch: int, out_ch: int, width: int, spectral: bool, cond_ch: int = 0) -> None:
         super().__init__()
-        self.conv1 = _sn(nn.Conv2d(in_ch, width, 3, padding=1), spectral)
+        conv1 = nn.Conv2d(in_ch + cond_ch, width, 3, padding=1)
+        zero_condition_weights(conv1, cond_ch)
+        self.conv1 = _sn(conv1, spectral)
         self.norm1 = ActNorm(width)
         self.conv2 = _sn(nn.Conv2d(width, width, 1), spectral)
         self.norm2 = ActNorm(width)
@@ -200,40 +205,44 @@ class AffineCoupling(nn.Module):
     ``clamp`` = 0 gives an additive (volume-preserving) coupling.
     """
 
-    def __init__(self, channels: int, width: int, clamp: float, spectral: bool) -> None:
+    def __init__(self, channels: int, width: int, clamp: float, spectral: bool, cond_ch: int = 0) -> None:
         super().__init__()
         self.half = channels // 2
         self.clamp = float(clamp)
-        self.net = CouplingNet(channels - self.half, 2 * self.half, width, spectral)
+        self.net = CouplingNet(channels - self.half, 2 * self.half, width, spectral, cond_ch)
 
-    def _shift_logscale(self, x_b: torch.Tensor, init: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net(x_b, init=init)
+    def _shift_logscale(self, x_b: torch.Tensor, init: bool = False,
+                        cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(with_level(x_b, cond), init=init)
         shift, raw = h[:, 0::2], h[:, 1::2]
         if self.clamp <= 0:
             return shift, torch.zeros_like(raw)
         return shift, self.clamp * torch.tanh(raw / self.clamp)
 
-    def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
-        return couple(x, self.half, lambda x_b: self._shift_logscale(x_b, init))
+    def forward(self, x: torch.Tensor, init: bool = False, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return couple(x, self.half, lambda x_b: self._shift_logscale(x_b, init, cond))
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return uncouple(z, self.half, self._shift_logscale)
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return uncouple(z, self.half, lambda x_b: self._shift_logscale(x_b, False, cond))
 
 
 class FlowStep(nn.Module):
-    def __init__(self, channels: int, width: int, clamp: float, spectral: bool, generator=None) -> None:
+    """``cond``: the scaled level of each image for the coupling net (model/condition.py), or None (blind)."""
+
+    def __init__(self, channels: int, width: int, clamp: float, spectral: bool, generator=None,
+                 cond_ch: int = 0) -> None:
         super().__init__()
         self.actnorm = ActNorm(channels)
         self.invconv = InvConv1x1(channels, generator)
-        self.coupling = AffineCoupling(channels, width, clamp, spectral)
+        self.coupling = AffineCoupling(channels, width, clamp, spectral, cond_ch)
 
-    def forward(self, x: torch.Tensor, init: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, init: bool = False, cond: torch.Tensor | None = None) -> torch.Tensor:
         if init:
             self.actnorm.initialize(x)
-        return self.coupling(self.invconv(self.actnorm(x)), init=init)
+        return self.coupling(self.invconv(self.actnorm(x)), init=init, cond=cond)
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(z)))
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(z, cond)))
 
 
 def squeeze(x: torch.Tensor) -> torch.Tensor:
@@ -252,36 +261,36 @@ class MultiLevelFlow(nn.Module):
     """
 
     def __init__(self, in_channels: int, width: int, depth: int, levels: int, clamp: float,
-                 spectral: bool, generator: torch.Generator | None = None) -> None:
+                 spectral: bool, generator: torch.Generator | None = None, cond_ch: int = 0) -> None:
         super().__init__()
         self.levels = nn.ModuleList()
         ch = in_channels
         for level in range(levels):
             ch *= 4
             self.levels.append(nn.ModuleList(
-                FlowStep(ch, width, clamp, spectral, generator) for _ in range(depth)))
+                FlowStep(ch, width, clamp, spectral, generator, cond_ch) for _ in range(depth)))
             if level < levels - 1:
                 ch -= ch // 2
 
-    def forward(self, x: torch.Tensor, init: bool = False) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, init: bool = False, cond: torch.Tensor | None = None) -> list[torch.Tensor]:
         latents = []
         for i, steps in enumerate(self.levels):
             x = squeeze(x)
             for step in steps:
-                x = step(x, init=init)
+                x = step(x, init=init, cond=cond)
             if i < len(self.levels) - 1:
                 z, x = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2 :]
                 latents.append(z)
         latents.append(x)
         return latents
 
-    def inverse(self, latents: list[torch.Tensor]) -> torch.Tensor:
+    def inverse(self, latents: list[torch.Tensor], cond: torch.Tensor | None = None) -> torch.Tensor:
         x = latents[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.levels) - 1:
                 x = torch.cat([latents[i], x], dim=1)
             for step in reversed(self.levels[i]):
-                x = step.inverse(x)
+                x = step.inverse(x, cond)
             x = unsqueeze(x)
         return x
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .condition import check_level, scaled, with_level
 from .flows import AffineCoupling, FlowStep, couple, uncouple
 from .irae import IRAE, pad_to_multiple
 
@@ -64,8 +65,8 @@ class FoldedCoupling(nn.Module):
         b = (conv.bias.double() + norm.bias.double().view(-1)) * scale
         return w, b
 
-    def _shift_logscale(self, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(F.conv2d(x_b.to(self.w1.dtype), self.w1, self.b1, padding=1))
+    def _shift_logscale(self, x_b: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.relu(F.conv2d(with_level(x_b, cond).to(self.w1.dtype), self.w1, self.b1, padding=1))
         h = F.relu(F.conv2d(h, self.w2, self.b2))
         h = F.conv2d(h, self.w3, self.b3, padding=1).to(x_b.dtype)
         shift, raw = h[:, : self.half], h[:, self.half :]
@@ -73,11 +74,11 @@ class FoldedCoupling(nn.Module):
             return shift, torch.zeros_like(raw)
         return shift, self.clamp * torch.tanh(raw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return couple(x, self.half, self._shift_logscale)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return couple(x, self.half, lambda x_b: self._shift_logscale(x_b, cond))
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return uncouple(z, self.half, self._shift_logscale)
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return uncouple(z, self.half, lambda x_b: self._shift_logscale(x_b, cond))
 
 
 class FoldedEncoderStep(nn.Module):
@@ -94,8 +95,8 @@ class FoldedEncoderStep(nn.Module):
         self.bias = _param(ws @ b)
         self.coupling = FoldedCoupling(step.coupling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.coupling(F.conv2d(x, self.weight, self.bias))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.coupling(F.conv2d(x, self.weight, self.bias), cond)
 
 
 class FoldedDecoderStep(nn.Module):
@@ -111,8 +112,8 @@ class FoldedDecoderStep(nn.Module):
         self.bias = _param(-b)
         self.coupling = FoldedCoupling(step.coupling)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.coupling.inverse(z), self.weight, self.bias)
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return F.conv2d(self.coupling.inverse(z, cond), self.weight, self.bias)
 
 
 class FoldedIRAE(nn.Module):
@@ -131,13 +132,13 @@ class FoldedIRAE(nn.Module):
         self.decoder = nn.ModuleList(nn.ModuleList(FoldedDecoderStep(s) for s in reversed(level))
                                      for level in model.decoder.levels)
 
-    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _encode(self, x: torch.Tensor, cond: torch.Tensor | None) -> list[torch.Tensor]:
         latents = []
         last = len(self.encoder) - 1
         for i, steps in enumerate(self.encoder):
             x = F.pixel_unshuffle(x, 2)
             for step in steps:
-                x = step(x)
+                x = step(x, cond)
             if i < last:
                 half = x.shape[1] // 2
                 latents.append(x[:, :half])
@@ -145,14 +146,14 @@ class FoldedIRAE(nn.Module):
         latents.append(x)
         return latents
 
-    def _decode(self, latents: list[torch.Tensor]) -> torch.Tensor:
+    def _decode(self, latents: list[torch.Tensor], cond: torch.Tensor | None) -> torch.Tensor:
         x = latents[-1]
         last = len(self.decoder) - 1
         for i in reversed(range(len(self.decoder))):
             if i < last:
                 x = torch.cat([latents[i], x], dim=1)
             for step in self.decoder[i]:
-                x = step(x)
+                x = step(x, cond)
             x = F.pixel_shuffle(x, 2)
         return x
 
@@ -168,14 +169,15 @@ class FoldedIRAE(nn.Module):
                     getattr(m, name).data = getattr(m, name).data.to(dtype)
         return self
 
-    def restore_padded(self, y: torch.Tensor) -> torch.Tensor:
+    def restore_padded(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` for sizes already a multiple of ``size_multiple``: no padding, no crop (the ONNX graph)."""
-        return self._decode(self._encode(y - 0.5)) + 0.5
+        cond = scaled(check_level(self.config.condition, level, y.shape[0]))
+        return self._decode(self._encode(y - 0.5, cond), cond) + 0.5
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         h, w = y.shape[-2:]
         y, _ = pad_to_multiple(y, self.size_multiple)
-        return self.restore_padded(y)[..., :h, :w]
+        return self.restore_padded(y, level)[..., :h, :w]
 
 
 def folds(model: nn.Module) -> bool:

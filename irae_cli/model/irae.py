@@ -6,6 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .condition import check_level, condition_channels, scaled
 from .config import IRAEConfig, ModelInfo
 from .flows import MultiLevelFlow
 
@@ -24,6 +25,9 @@ INIT_STARTS = ("data", "identity")
 
 
 class IRAE(nn.Module):
+    """``level``: for a model conditioned on the noise level (``config.condition`` "sigma"), the sigma of
+    each image on the 0-255 scale, a (B,) tensor (model/condition.py); a blind model takes none."""
+
     invertible = True
 
     def __init__(self, config: IRAEConfig) -> None:
@@ -33,7 +37,8 @@ class IRAE(nn.Module):
         # models built from the same config are identical before training.
         g = torch.Generator().manual_seed(config.seed)
         kw = dict(width=config.width, depth=config.depth, levels=config.levels,
-                  clamp=config.clamp, spectral=config.spectral_norm, generator=g)
+                  clamp=config.clamp, spectral=config.spectral_norm, generator=g,
+                  cond_ch=condition_channels(config.condition))
         self.encoder = MultiLevelFlow(config.channels, **kw)
         self.decoder = MultiLevelFlow(config.channels, **kw)
 
@@ -46,7 +51,8 @@ class IRAE(nn.Module):
         return all(bool(a.initialized) for f in (self.encoder, self.decoder) for a in f.actnorms())
 
     @torch.no_grad()
-    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor, *, start: str = "data") -> None:
+    def initialize(self, degraded: torch.Tensor, clean: torch.Tensor, *, start: str = "data",
+                   level: torch.Tensor | None = None) -> None:
         """Set every ActNorm from one batch of data, once.
 
         ``start="data"``: E from degraded, D from clean, each flow with its own random 1x1
@@ -59,25 +65,31 @@ class IRAE(nn.Module):
             raise ValueError(f"unknown start {start!r}; use one of {', '.join(INIT_STARTS)}")
         if self.is_initialized:
             raise RuntimeError("model is already initialised; initialise only once, before training")
-        self.encoder(self._prepare(degraded)[0], init=True)
+        cond = self._cond(level, degraded)
+        self.encoder(self._prepare(degraded)[0], init=True, cond=cond)
         if start == "identity":
             self.decoder.load_state_dict(self.encoder.state_dict())
         else:
-            self.decoder(self._prepare(clean)[0], init=True)
+            self.decoder(self._prepare(clean)[0], init=True, cond=cond)
 
     def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x, hw = pad_to_multiple(x, self.size_multiple)
         return x - 0.5, hw
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Restore: degraded -> clean."""
-        y, (h, w) = self._prepare(y)
-        return (self.decoder.inverse(self.encoder(y)) + 0.5)[..., :h, :w]
+    def _cond(self, level, x: torch.Tensor) -> torch.Tensor | None:
+        return scaled(check_level(self.config.condition, level, x.shape[0]))
 
-    def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        """Degrade: clean -> degraded, the exact inverse of ``forward`` on padded sizes."""
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore: degraded -> clean."""
+        cond = self._cond(level, y)
+        y, (h, w) = self._prepare(y)
+        return (self.decoder.inverse(self.encoder(y, cond=cond), cond) + 0.5)[..., :h, :w]
+
+    def inverse(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Degrade: clean -> degraded, the exact inverse of ``forward`` (at the same level) on padded sizes."""
+        cond = self._cond(level, x)
         x, (h, w) = self._prepare(x)
-        return (self.encoder.inverse(self.decoder(x)) + 0.5)[..., :h, :w]
+        return (self.encoder.inverse(self.decoder(x, cond=cond), cond) + 0.5)[..., :h, :w]
 
     @torch.no_grad()
     def condition_numbers(self) -> list[float]:

@@ -201,7 +201,8 @@ class _BatchRunner:
         try:
             x = _batch([it.x for it in items])
             masks = _batch([it.mask for it in items]) if self.needs_mask else None
-            y = restorer(x, masks)
+            levels = restorer.levels_for(x, self.opts.sigma) if getattr(restorer, "conditioned", False) else None
+            y = restorer(x, masks, levels)
         except Exception as e:  # noqa: BLE001 - a batch that fails is reported per file; the run goes on
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             for it in items:
@@ -211,7 +212,10 @@ class _BatchRunner:
         share = (time.perf_counter() - t0) / len(items)
         tiles = (stats.tiles - tiles0) // len(items)
         notes = stats.notes[notes0:]
-        for it, yi in zip(items, y):
+        for i, (it, yi) in enumerate(zip(items, y)):
+            if levels is not None:  # what a conditioned denoiser was told, and where it came from
+                it.extra.update(model_sigma=round(float(levels[i]), 3),
+                                model_sigma_source="estimated" if self.opts.sigma is None else "given")
             it.seconds += share
             it.tiles = tiles or 1
             it.notes = list(notes)

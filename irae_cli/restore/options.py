@@ -43,6 +43,7 @@ class RestoreOptions:
     backend: str = "auto"  # auto | torch | onnxruntime (irae_cli.backends)
     self_ensemble: bool = False  # the mean over the 8 flips and turns of each image (8x the model time)
     shard: str | None = None  # "K/N": restore part K of N (see shard.py); under torchrun, shared by its processes
+    sigma: float | None = None  # a conditioned denoiser's noise level for every image (None: each one's estimate)
 
 
 def check_options(opts: RestoreOptions) -> RestoreOptions:
@@ -65,6 +66,7 @@ def check_options(opts: RestoreOptions) -> RestoreOptions:
     if os.sep in opts.suffix or "/" in opts.suffix:
         raise IraeError(f"--suffix {opts.suffix!r} must not contain a path separator")
     _check_masks(opts, task)
+    _check_sigma(opts)
     check_backend(opts.backend, opts.device, opts.dtype, opts.compile)
     if opts.shard is not None:
         parse_shard(opts.shard)
@@ -88,6 +90,19 @@ def _check_numbers(opts: RestoreOptions) -> None:
         raise IraeError(f"--quality must be 1-100, not {opts.quality}")
     if not 0 <= opts.png_level <= 9:
         raise IraeError(f"--png-level must be 0-9, not {opts.png_level}")
+
+
+def _check_sigma(opts: RestoreOptions) -> None:
+    """--sigma's range and task; whether the weights take it is checked once they are known (plan)."""
+    from ..model.condition import SIGMA_MAX
+
+    if opts.sigma is None:
+        return
+    if opts.task != "denoise":
+        raise IraeError(f"--sigma is the noise level of a conditioned denoiser: it goes with --task denoise, "
+                        f"not {opts.task}")
+    if not 0 <= opts.sigma <= SIGMA_MAX:
+        raise IraeError(f"--sigma {opts.sigma:g} is out of range: give the noise sigma on the 0-255 scale")
 
 
 def _check_auto(opts: RestoreOptions) -> None:

@@ -90,6 +90,7 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
     The plan carries the checked, normalised options (``plan.options``); ``opts`` is not changed.
     """
     opts = check_options(opts)
+    check_sigma_weights(opts)
     input, output = Path(input), Path(output)
     if not input.exists():
         raise IraeError(f"{input}: no such file or folder")
@@ -112,6 +113,18 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
                                           {os.path.realpath(s.path) for s in sources})
     plan.folder_problems = _folder_problems(plan.jobs) + _guarded_folder_problems(input, output, opts, plan.entries)
     return plan
+
+
+def check_sigma_weights(opts: RestoreOptions) -> None:
+    """Before any work: --sigma needs weights conditioned on the noise level (read from their metadata)."""
+    from ..weights import read_model_config, require_default_weights
+
+    if opts.sigma is None:
+        return
+    name = opts.weights or require_default_weights(opts.task)
+    if read_model_config(name).get("condition", "none") == "none":
+        raise IraeError(f"--sigma: the weights {name} are blind (not conditioned on the noise level); leave "
+                        f"--sigma out, or pass weights trained with 'irae train --condition sigma'")
 
 
 def _qualities(sources: list[Source], opts: RestoreOptions) -> list[int | None]:

@@ -173,16 +173,26 @@ def read_run_id(path: Path) -> str | None:
 
 
 def load_init_weights(config: TrainConfig) -> tuple[dict, dict]:
-    """(what they were, state dict) of --init-from's weights, which must be of the run's preset."""
-    from ..model import config_to_json, create_model
+    """(what they were, state dict) of --init-from's weights, which must be of the run's preset; blind weights
+    of it start a conditioned run widened (``widen_for_condition``: the same function until trained)."""
+    from ..model import config_to_json, resolve_config, widen_for_condition
     from ..weights import load_weights
 
-    model = create_model(config.arch)
+    wanted = config.model_config()
     try:
         loaded = load_weights(config.init_from)
     except Exception as e:  # WeightsError or a missing file: one line naming the file
         raise IraeError(f"--init-from: {e}") from None
-    if config_to_json(loaded.model.config) != config_to_json(model.config):
+    held = loaded.model.config
+    widen = config.condition != "none" and getattr(held, "condition", None) == "none"
+    if widen:
+        held = resolve_config(held, condition=config.condition)
+    had = getattr(held, "condition", None)
+    if had not in (None, config.condition) and config_to_json(resolve_config(held, condition=config.condition)) \
+            == config_to_json(wanted):
+        raise IraeError(f"--init-from {config.init_from}: holds a model conditioned on {had}; add --condition {had} "
+                        f"(a conditioned model cannot be made blind)")
+    if config_to_json(held) != config_to_json(wanted):
         was = (loaded.training or {}).get("arch") or "another"
         raise IraeError(f"--init-from {config.init_from}: holds a {was} model, not --arch {config.arch}; "
                         f"pass weights of the {config.arch} preset, or --arch {was}")
@@ -190,6 +200,9 @@ def load_init_weights(config: TrainConfig) -> tuple[dict, dict]:
     record = {"path": str(config.init_from), "sha256": loaded.sha256, "task": loaded.task,
               "arch": training.get("arch"), "patches_seen": training.get("patches_seen"),
               "minutes": training.get("minutes"), "device": training.get("device")}
+    if widen:
+        record["widened_to"] = config.condition
+        return record, widen_for_condition(loaded.model.state_dict(), config.condition)
     return record, loaded.model.state_dict()
 
 

@@ -70,6 +70,9 @@ class TrainConfig:
     # denoise: weight each patch's loss by 1/max(sigma, this) (0 = off, every patch alike).  A blind
     # model's L1 grows with sigma, so heavy noise dominates the gradient; this evens out the levels.
     low_sigma_floor: float = 0.0
+    # denoise: "sigma" tells every coupling net the true noise level of its patch (model/condition.py);
+    # checkpoints made before the option trained blind models ("none").
+    condition: str = "none"
 
     def __post_init__(self) -> None:
         # One vocabulary: checkpoints written before it say "paper" for what is now "float".
@@ -78,6 +81,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def model_config(self):
+        """The model this run trains: the ``arch`` preset, conditioned as ``condition`` says."""
+        from ..model import resolve_config
+
+        return resolve_config(self.arch, condition=self.condition) if self.condition != "none" \
+            else resolve_config(self.arch)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -194,8 +204,13 @@ def _optimisation_problem(c: TrainConfig) -> str | None:
 
 def _model_problem(c: TrainConfig) -> str | None:
     from ..model import model_info
+    from ..model.config import CONDITIONS
 
     info = model_info(c.arch)
+    if c.condition not in CONDITIONS:
+        return f"--condition must be one of {', '.join(CONDITIONS)}, not {c.condition!r}"
+    if c.condition != "none" and (c.task != "denoise" or not info.invertible):
+        return f"--condition {c.condition} is for --task denoise with an IRAE preset, not {c.task} with {c.arch}"
     if c.patch < 8 or c.patch % info.size_multiple:
         return f"--patch {c.patch} must be at least 8 and a multiple of {info.size_multiple} for --arch {c.arch}"
     try:  # the task says which models it can run

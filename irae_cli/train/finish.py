@@ -17,11 +17,11 @@ def final_validation(evaluate, clock, val_log: list, step: int) -> dict | None:
     return scores
 
 
-def final_model(arch: str, state: dict) -> torch.nn.Module:
-    """A fresh model of the preset holding ``state`` (the EMA's weights when on)."""
+def final_model(config, state: dict) -> torch.nn.Module:
+    """A fresh model of ``config`` (the trained model's) holding ``state`` (the EMA's weights when on)."""
     from ..model import create_model
 
-    final = create_model(arch)
+    final = create_model(config)
     final.load_state_dict(state)
     return final
 

@@ -69,7 +69,7 @@ def check_output_space(out: Path, ckpt: Path, log: Path, config: TrainConfig, mo
 def _bytes_needed(out: Path, ckpt: Path, log: Path, config: TrainConfig, model_config: dict | None) -> dict:
     from ..model import config_from_dict, create_model
 
-    model = create_model(config_from_dict(model_config) if model_config else config.arch)
+    model = create_model(config_from_dict(model_config) if model_config else config.model_config())
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     # Tensors only (metadata adds a few KB): weights = the model; checkpoint = model, EMA, Adam's two moments.

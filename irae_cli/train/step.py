@@ -13,6 +13,7 @@ interval (``Trainer``).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 
@@ -28,17 +29,38 @@ class TrainStep:
         self.model, self.optimizer, self.ema, self.precision = model, optimizer, ema, precision
         self.config, self.task, self.task_params = config, task, task_params
         self.step_weights = batched_invconv_weights if model.invertible else (lambda m: nullcontext())
+        self.conditioned = getattr(model.config, "condition", "none") != "none"
         self.params = [p for p in model.parameters() if p.requires_grad]
         device = self.params[0].device
         self.lr = torch.zeros((), device=device)
         self.ema_weight = torch.zeros((), device=device)
         self.state: dict[str, list[torch.Tensor]] | None = None  # Adam's, from ``take_adam_state``
 
+    def level(self, sigma: torch.Tensor | None) -> torch.Tensor | None:
+        """What the model is told of each patch: its true sigma when it is conditioned on it, else nothing."""
+        if not self.conditioned:
+            return None
+        if sigma is None:
+            raise ValueError("a model conditioned on the noise level trains on --task denoise only")
+        return sigma
+
+    def initialize(self, inp: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor | None) -> None:
+        """The model's one ActNorm initialisation, from the run's first batch (a blind model takes no level)."""
+        level = self.level(sigma)
+        extra = {} if level is None else {"level": level}
+        self.model.initialize(inp, clean, start=self.config.init_start, **extra)
+
     def objective(self, forward, inverse, inp, clean, holes, sigma, direction, loss_fn=training_loss,
                   penalty_fn=inverse_gain_penalty) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, what to minimise): the loss plus, when the probe's ``direction`` (or the generator to draw
-        it from) is given, the inverse-gain penalty.  Call it inside ``step_weights(model)``."""
+        it from) is given, the inverse-gain penalty.  Call it inside ``step_weights(model)``.
+
+        A conditioned model gets each patch's true sigma in both directions: the probe measures the gain
+        of the inverse at the level the forward pass restored at."""
         c = self.config
+        level = self.level(sigma)
+        if level is not None:
+            forward, inverse = partial(forward, level=level), partial(inverse, level=level)
         with self.precision.autocast():
             restored = forward(inp)
         weight = low_sigma_weight(sigma, c.low_sigma_floor) if c.low_sigma_floor else None

@@ -96,7 +96,7 @@ class Trainer:
 
         self.state, self.guard = RunState(), DivergenceGuard()
         if self.ckpt is None:
-            self.model = create_model(self.config.arch)
+            self.model = create_model(self.config.model_config())
             if self.init_state is not None:
                 self.model.load_state_dict(self.init_state)
         else:
@@ -269,7 +269,7 @@ class Trainer:
             self.initialized = True
             self.precision.detach()
             if self.dist.main and self.init_state is None:
-                self.model.initialize(inp, clean, start=self.config.init_start)
+                self.train_step.initialize(inp, clean, self.degrader.last_sigma)
             if self.dist.active:
                 collectives.broadcast_module(self.model)
             self.precision.attach()
@@ -445,7 +445,7 @@ class Trainer:
             final_val = final_validation(self.evaluate, self.clock, self.log["val"], st.step)
             summary = self._summary(final_val, minutes)
             state = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
-            sha = files.write_weights(final_model(c.arch, state), c, self.task_params, summary)
+            sha = files.write_weights(final_model(self.model.config, state), c, self.task_params, summary)
         if self.dist.active:
             end_process_group(self.drop_ddp)
         files.raise_if_any_failed(st.step)

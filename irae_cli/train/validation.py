@@ -51,7 +51,8 @@ class Validator:
 
     def _degraded(self, rel: str, clean: torch.Tensor, level: Level) -> dict:
         y, mask = level.stored(clean, generator_for(self.seed, rel, level.name))
-        return {"rel": rel, "level": level.name, "clean": clean, "degraded": y, "mask": mask}
+        return {"rel": rel, "level": level.name, "clean": clean, "degraded": y, "mask": mask,
+                "sigma": _true_sigma(level, clean, generator_for(self.seed, rel, level.name))}
 
     def _score(self, outputs: list[torch.Tensor]) -> dict:
         from ..metrics import psnr
@@ -65,11 +66,16 @@ class Validator:
         return {name: {key: _mean_psnr(values) for key, values in entry.items() if values}
                 for name, entry in per.items()}
 
-    def __call__(self, restorer) -> dict:
+    def __call__(self, restorer, known_sigma: bool = False) -> dict:
+        """Scores per level; a conditioned model restores at each image's estimated sigma (the restorer's
+        default, what restore does), or with ``known_sigma`` at the sigma it was degraded with."""
         outputs = []
         for it in self.items:
             mask = None if it["mask"] is None else it["mask"][None]
-            outputs.append(restorer(it["degraded"][None], mask)[0])
+            if known_sigma:
+                outputs.append(restorer(it["degraded"][None], mask, torch.tensor([it["sigma"]]))[0])
+            else:
+                outputs.append(restorer(it["degraded"][None], mask)[0])
         scores = self._score(outputs)
         for name, entry in scores.items():
             for key, value in self.input_psnr[name].items():
@@ -88,13 +94,28 @@ class TrainingValidation:
 
         self.validator = Validator(root, task, task_params, crop=crop, seed=seed,
                                    noise_protocol=config.noise_protocol, subsampling=config.subsampling, echo=echo)
-        self.model = create_model(config.arch)
+        self.model = create_model(config.model_config())
         self.restorer = Restorer(self.model, task, task_params=task_params, device=device, dtype="fp32",
                                  folded=False)
+        self.sigma_estimates: dict[str, float] = {}
+        if self.restorer.conditioned:
+            for name in {it["level"] for it in self.validator.items}:
+                estimates = [float(self.restorer.levels_for(it["degraded"][None])[0])
+                             for it in self.validator.items if it["level"] == name]
+                self.sigma_estimates[name] = round(sum(estimates) / len(estimates), 3)
 
     def __call__(self, weights: dict) -> dict:
+        """Scores per level; for a model conditioned on sigma also ``psnr_rgb_u8_known_sigma`` (restored at
+        the true sigma) beside the main figure (at the estimated one) and the mean ``sigma_estimate``."""
         self.model.load_state_dict(weights)
-        return self.validator(self.restorer)
+        scores = self.validator(self.restorer)
+        if not self.restorer.conditioned:
+            return scores
+        known = self.validator(self.restorer, known_sigma=True)
+        for name, entry in scores.items():
+            entry["psnr_rgb_u8_known_sigma"] = known[name]["psnr_rgb_u8"]
+            entry["sigma_estimate"] = self.sigma_estimates[name]
+        return scores
 
 
 def _centre_crops(root: Path, crop: int, echo):
@@ -118,6 +139,16 @@ def _centre_crops(root: Path, crop: int, echo):
         ch, cw = min(h, crop), min(w, crop)
         top, left = (h - ch) // 2, (w - cw) // 2
         yield src.rel.as_posix(), x[:, top:top + ch, left:left + cw].contiguous()
+
+
+def _true_sigma(level: Level, clean: torch.Tensor, g: torch.Generator) -> float | None:
+    """The sigma a denoise level degraded this image with (drawn again from the same generator when the
+    level is a range); None for other tasks."""
+    if level.task != "denoise":
+        return None
+    if "sigma" in level.params:
+        return float(level.params["sigma"])
+    return float(level.draw(clean, g)[2]["sigma"])
 
 
 def _mean_psnr(values: list[float]) -> float:

@@ -6,6 +6,7 @@ Per weights file: the inverse's gain ||inverse(r + d) - inverse(r)|| / ||d|| (rm
 pixel per unit rms step (max), for random steps d of size 1e-3 down to 1e-7 around the restored
 crops r; and the round trip's error (8-bit levels) when only the restored image is rounded to fp32
 (everything else float64) -- the part of the fp32 round trip that a gain bound is meant to control.
+A model conditioned on the noise level goes both ways at each crop's estimated sigma, as restore does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from irae_cli.degradations.estimate import estimate_sigma
+from irae_cli.model import conditioned
 from irae_cli.weights import load_weights
 
 SIZES = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
@@ -47,17 +50,18 @@ def main() -> None:
     for w in args.weights:
         g = torch.Generator().manual_seed(1)
         m = copy.deepcopy(load_weights(w).model).eval().double()
+        level = estimate_sigma(y.float()).double() if conditioned(m.config) else None
         cells = []
         with torch.no_grad():
-            r = m(y)
-            base = m.inverse(r)
+            r = m(y, level)
+            base = m.inverse(r, level)
             for s in SIZES:
                 d = torch.randn(r.shape, generator=g, dtype=torch.float64) * s
-                e = (m.inverse(r + d) - base).flatten(1)
+                e = (m.inverse(r + d, level) - base).flatten(1)
                 rms = (e.norm(dim=1) / d.flatten(1).norm(dim=1)).mean().item()
                 worst = (e.abs().max(1).values / d.flatten(1).pow(2).mean(1).sqrt()).mean().item()
                 cells.append(f"{s:g}: rms {rms:.0f} max {worst:.0f}")
-            rounded = (m.inverse(r.float().double()) - y).abs().max().item() * 255
+            rounded = (m.inverse(r.float().double(), level) - y).abs().max().item() * 255
         print(f"{w}\n  {' | '.join(cells)}\n  output rounded to fp32 only: max {rounded:.3f} levels")
 
 
