@@ -10,9 +10,9 @@ import dataclasses
 from torch import nn
 
 from .cnn import ResidualCNN
-from .condition import conditioned, widen_for_condition
+from .condition import conditioned
 from .config import CNNConfig, IRAEConfig, ModelInfo, config_from_dict, config_to_json
-from .irae import IRAE
+from .irae import IRAE, widen_for_condition
 
 PRESETS = {
     # The paper's denoising model: width 64, K = 16, 2 levels (~1.31 M parameters).

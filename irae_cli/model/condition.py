@@ -14,8 +14,6 @@ moves them: ``widen_for_condition`` turns blind weights into conditioned ones th
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -103,24 +101,6 @@ def _taps(state: dict, v_key: str) -> int:
     prefix = v_key[: v_key.index(".parametrizations.")]
     weight = state[f"{prefix}.parametrizations.weight.original"]
     return weight.shape[2] * weight.shape[3]
-
-
-def widen_for_condition(source, condition: str = "sigma"):
-    """A blind IRAE (model) -> a new model conditioned on ``condition`` that computes the same function at
-    any level until trained; a state dict -> its widened state dict (``widen_state_dict``)."""
-    if isinstance(source, dict):
-        return widen_state_dict(source, condition)
-    from .irae import IRAE
-
-    if not isinstance(source, IRAE):
-        raise TypeError(f"only an IRAE model can be conditioned, not {type(source).__name__}")
-    if source.config.condition != "none":
-        raise ValueError(f"the model is already conditioned (condition {source.config.condition!r})")
-    widened = IRAE(dataclasses.replace(source.config, condition=condition))
-    param = next(source.parameters())
-    widened.to(device=param.device, dtype=param.dtype)
-    widened.load_state_dict(widen_state_dict(source.state_dict(), condition))
-    return widened.train(source.training)
 
 
 def conditioned(config) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .condition import check_level, condition_channels, scaled
+from .condition import check_level, condition_channels, scaled, widen_state_dict
 from .config import IRAEConfig, ModelInfo
 from .flows import MultiLevelFlow
 
@@ -94,3 +96,19 @@ class IRAE(nn.Module):
     @torch.no_grad()
     def condition_numbers(self) -> list[float]:
         return [c.condition_number() for f in (self.encoder, self.decoder) for c in f.invconvs()]
+
+
+def widen_for_condition(source, condition: str = "sigma"):
+    """A blind IRAE (model) -> a new model conditioned on ``condition`` that computes the same function at
+    any level until trained; a state dict -> its widened state dict (``widen_state_dict``)."""
+    if isinstance(source, dict):
+        return widen_state_dict(source, condition)
+    if not isinstance(source, IRAE):
+        raise TypeError(f"only an IRAE model can be conditioned, not {type(source).__name__}")
+    if source.config.condition != "none":
+        raise ValueError(f"the model is already conditioned (condition {source.config.condition!r})")
+    widened = IRAE(dataclasses.replace(source.config, condition=condition))
+    param = next(source.parameters())
+    widened.to(device=param.device, dtype=param.dtype)
+    widened.load_state_dict(widen_state_dict(source.state_dict(), condition))
+    return widened.train(source.training)
