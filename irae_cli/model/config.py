@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 # What the coupling nets may be told besides the image: nothing (blind), or the noise level (model/condition.py).
 CONDITIONS = ("none", "sigma")
+# The coupling net's middle convolution: 1x1 (the published design) or 3x3 (a 7x7 receptive field per
+# coupling net instead of 5x5, for the same MACs at a smaller width; docs/model.md).
+MID_KERNELS = (1, 3)
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,13 @@ class IRAEConfig:
     spectral_norm: bool = False  # spectral-normalise the coupling nets' hidden convs
     seed: int = 0  # fixes the 1x1 convs' initial rotations
     condition: str = "none"  # "sigma": every coupling net also sees the noise level (model/condition.py)
+    mid_kernel: int = 1  # kernel size of the coupling nets' middle convolution (MID_KERNELS)
 
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
             raise ValueError(f"unknown condition {self.condition!r}; known: {', '.join(CONDITIONS)}")
+        if type(self.mid_kernel) is not int or self.mid_kernel not in MID_KERNELS:
+            raise ValueError(f"mid_kernel must be one of {', '.join(map(str, MID_KERNELS))}, not {self.mid_kernel!r}")
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,17 @@ class ModelInfo:
         raise TypeError(f"no model info for {type(config).__name__}")
 
 
+_IMPLIED = {"condition": "none", "mid_kernel": 1}
+
+
 def config_to_json(config) -> str:
     d = dataclasses.asdict(config)
-    # A blind model's description stays what it was before conditioning existed: its files (and the
-    # comparisons of descriptions, e.g. --init-from's) are unchanged, and older irae versions still read them.
-    if d.get("condition") == "none":
-        del d["condition"]
+    # A field at the value every model had before it existed is left out: the description of such a model
+    # stays what it was (its files, and comparisons of descriptions such as --init-from's, are unchanged),
+    # and older irae versions still read it. Reading fills the default back in.
+    for key, old in _IMPLIED.items():
+        if key in d and d[key] == old:
+            del d[key]
     return json.dumps(d, sort_keys=True)
 
 

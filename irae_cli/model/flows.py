@@ -146,17 +146,18 @@ def _sn(conv: nn.Conv2d, enabled: bool) -> nn.Module:
 
 
 class CouplingNet(nn.Module):
-    """3x3 conv -> ActNorm -> ReLU -> 1x1 conv -> ActNorm -> ReLU -> zero 3x3 conv.
+    """3x3 conv -> ActNorm -> ReLU -> kxk conv -> ActNorm -> ReLU -> zero 3x3 conv, k = ``mid_kernel`` (1 or 3).
 
     ``cond_ch`` more input channels (the level map, last) with zero initial weights."""
 
-    def __init__(self, in_ch: int, out_ch: int, width: int, spectral: bool, cond_ch: int = 0) -> None:
+    def __init__(self, in_ch: int, out_ch: int, width: int, spectral: bool, cond_ch: int = 0,
+                 mid_kernel: int = 1) -> None:
         super().__init__()
         conv1 = nn.Conv2d(in_ch + cond_ch, width, 3, padding=1)
         zero_condition_weights(conv1, cond_ch)
         self.conv1 = _sn(conv1, spectral)
         self.norm1 = ActNorm(width)
-        self.conv2 = _sn(nn.Conv2d(width, width, 1), spectral)
+        self.conv2 = _sn(nn.Conv2d(width, width, mid_kernel, padding=mid_kernel // 2), spectral)
         self.norm2 = ActNorm(width)
         self.conv3 = nn.Conv2d(width, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv3.weight)
@@ -205,11 +206,12 @@ class AffineCoupling(nn.Module):
     ``clamp`` = 0 gives an additive (volume-preserving) coupling.
     """
 
-    def __init__(self, channels: int, width: int, clamp: float, spectral: bool, cond_ch: int = 0) -> None:
+    def __init__(self, channels: int, width: int, clamp: float, spectral: bool, cond_ch: int = 0,
+                 mid_kernel: int = 1) -> None:
         super().__init__()
         self.half = channels // 2
         self.clamp = float(clamp)
-        self.net = CouplingNet(channels - self.half, 2 * self.half, width, spectral, cond_ch)
+        self.net = CouplingNet(channels - self.half, 2 * self.half, width, spectral, cond_ch, mid_kernel)
 
     def _shift_logscale(self, x_b: torch.Tensor, init: bool = False,
                         cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,11 +232,11 @@ class FlowStep(nn.Module):
     """``cond``: the scaled level of each image for the coupling net (model/condition.py), or None (blind)."""
 
     def __init__(self, channels: int, width: int, clamp: float, spectral: bool, generator=None,
-                 cond_ch: int = 0) -> None:
+                 cond_ch: int = 0, mid_kernel: int = 1) -> None:
         super().__init__()
         self.actnorm = ActNorm(channels)
         self.invconv = InvConv1x1(channels, generator)
-        self.coupling = AffineCoupling(channels, width, clamp, spectral, cond_ch)
+        self.coupling = AffineCoupling(channels, width, clamp, spectral, cond_ch, mid_kernel)
 
     def forward(self, x: torch.Tensor, init: bool = False, cond: torch.Tensor | None = None) -> torch.Tensor:
         if init:
@@ -261,14 +263,15 @@ class MultiLevelFlow(nn.Module):
     """
 
     def __init__(self, in_channels: int, width: int, depth: int, levels: int, clamp: float,
-                 spectral: bool, generator: torch.Generator | None = None, cond_ch: int = 0) -> None:
+                 spectral: bool, generator: torch.Generator | None = None, cond_ch: int = 0,
+                 mid_kernel: int = 1) -> None:
         super().__init__()
         self.levels = nn.ModuleList()
         ch = in_channels
         for level in range(levels):
             ch *= 4
             self.levels.append(nn.ModuleList(
-                FlowStep(ch, width, clamp, spectral, generator, cond_ch) for _ in range(depth)))
+                FlowStep(ch, width, clamp, spectral, generator, cond_ch, mid_kernel) for _ in range(depth)))
             if level < levels - 1:
                 ch -= ch // 2
 

@@ -56,6 +56,7 @@ class FoldedCoupling(nn.Module):
             b3[self.half:] /= self.clamp
         self.w1, self.b1 = _param(w1), _param(b1)
         self.w2, self.b2 = _param(w2), _param(b2)
+        self.pad2 = w2.shape[-1] // 2  # 0 for the 1x1 middle convolution, 1 for a 3x3 (``mid_kernel``)
         self.w3, self.b3 = _param(w3), _param(b3)
 
     @staticmethod
@@ -67,7 +68,7 @@ class FoldedCoupling(nn.Module):
 
     def _shift_logscale(self, x_b: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         h = F.relu(F.conv2d(with_level(x_b, cond).to(self.w1.dtype), self.w1, self.b1, padding=1))
-        h = F.relu(F.conv2d(h, self.w2, self.b2))
+        h = F.relu(F.conv2d(h, self.w2, self.b2, padding=self.pad2))
         h = F.conv2d(h, self.w3, self.b3, padding=1).to(x_b.dtype)
         shift, raw = h[:, : self.half], h[:, self.half :]
         if self.clamp <= 0:

@@ -40,7 +40,7 @@ class IRAE(nn.Module):
         g = torch.Generator().manual_seed(config.seed)
         kw = dict(width=config.width, depth=config.depth, levels=config.levels,
                   clamp=config.clamp, spectral=config.spectral_norm, generator=g,
-                  cond_ch=condition_channels(config.condition))
+                  cond_ch=condition_channels(config.condition), mid_kernel=config.mid_kernel)
         self.encoder = MultiLevelFlow(config.channels, **kw)
         self.decoder = MultiLevelFlow(config.channels, **kw)
 
