@@ -1,8 +1,9 @@
 """The coupling net's shape (``IRAEConfig.mid_kernel``) and the presets at medium's cost: a 3x3 middle
 convolution keeps every invariant a 1x1 one has (bijection, folded runner, weights files, conditioning,
-spectral norm, ONNX, the compiled training step)."""
+spectral norm, ONNX, the compiled training step), and the shape presets cost what medium costs."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import irae_cli.train as tr
+from irae_cli.benchmark.speed import macs_per_pixel
 from irae_cli.model import PRESETS, IRAEConfig, config_from_dict, config_to_json, create_model, widen_for_condition
 from irae_cli.model.flows import CouplingNet
 from irae_cli.model.folded import fold
@@ -170,3 +172,28 @@ def test_the_whole_step_of_a_3x3_middle_is_one_graph(tmp_path, photo_dir, condit
         level = t.degrader.last_sigma if condition == "sigma" else None
         assert torch.isfinite(run_whole_step(fn, torch.device("cpu"), inp, clean, None, level, d))
     assert graph_breaks() - before == 0
+
+
+# ------------------------------------------------------------------ the presets at medium's cost
+
+
+def _macs(name: str) -> float:
+    """As ``irae benchmark speed`` counts them: of an initialised model (its 1x1 weights cached)."""
+    model = create_model(name)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.initialize(x, x)
+    return macs_per_pixel(model.eval(), 3, model.size_multiple)
+
+
+@pytest.mark.slow
+def test_the_shape_presets_cost_what_medium_costs_and_the_docs_say_so():
+    medium = _macs("medium")
+    doc = (ROOT / "docs" / "model.md").read_text()
+    rows = dict(re.findall(r"^\| `(medium(?:-rf|-l3)?)` \|[^|\n]*\|[^|\n]*\| ([\d,]+) \|", doc, flags=re.M))
+    assert set(rows) == {"medium", "medium-rf", "medium-l3"}
+    for name in rows:
+        macs = _macs(name)
+        assert abs(macs / medium - 1) <= 0.03, name
+        assert int(rows[name].replace(",", "")) == round(macs), name
+    assert PRESETS["medium-rf"].mid_kernel == 3 and PRESETS["medium-l3"].levels == 3
+    assert PRESETS["medium-l3"].depth >= 4

@@ -25,6 +25,12 @@ PRESETS = {
     "small": IRAEConfig(width=32, depth=4, levels=2),
     # Between small and paper-denoise (~3x small's work per pixel, ~1/3 of the paper's).
     "medium": IRAEConfig(width=48, depth=8, levels=2),
+    # The coupling net's shape at medium's cost (docs/model.md, "Shape at equal cost"), for an A/B from
+    # scratch. medium-rf: a 3x3 middle conv (7x7 receptive field per coupling net), width 27 to pay for it:
+    # 60,201 MACs per pixel, medium's 59,328 + 1.5 %.
+    "medium-rf": IRAEConfig(width=27, depth=8, levels=2, mid_kernel=3),
+    # medium-l3: a third level at medium's K = 8, width 42 to pay for it: 58,617 MACs per pixel, medium - 1.2 %.
+    "medium-l3": IRAEConfig(width=42, depth=8, levels=3),
     # Three levels give holes a larger receptive field, as paper-inpaint does.
     "small-inpaint": IRAEConfig(width=32, depth=4, levels=3),
     "medium-inpaint": IRAEConfig(width=48, depth=8, levels=3),
