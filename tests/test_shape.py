@@ -18,7 +18,7 @@ from irae_cli.model.folded import fold
 from irae_cli.train.compiled import graph_breaks, run_whole_step
 from irae_cli.train.loss import probe_direction
 from irae_cli.train.trainer import Trainer
-from irae_cli.weights import load_weights, save_weights
+from irae_cli.weights import load_weights, read_model_config, save_weights
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +56,8 @@ def test_the_default_shape_leaves_the_description_unchanged_and_old_descriptions
     assert json.loads(config_to_json(create_model("tiny", **RF).config))["mid_kernel"] == 3
     old = json.loads(config_to_json(create_model("tiny").config))
     assert config_from_dict(old).mid_kernel == 1
+    assert "mid_kernel" not in read_model_config("irae-denoise-small")  # a file from before the field
+    assert load_weights("irae-denoise-small").model.config.mid_kernel == 1
 
 
 def test_the_middle_convolution_has_the_kernel_and_the_receptive_field_grows_to_7x7():
