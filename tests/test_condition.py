@@ -344,7 +344,8 @@ def test_a_conditioned_export_takes_the_level_and_restores_like_torch(tmp_path, 
     model = load_weights(cond_weights).model.eval()
     x = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert (runner(x, LEVELS) - fold(model)(x, LEVELS)).abs().max() < 1e-5
+        # fp32 rounding of differently ordered kernels on outputs of magnitude ~4: far below 1/255
+        assert (runner(x, LEVELS) - fold(model)(x, LEVELS)).abs().max() < 1e-4
     outs = {}
     for backend in ("torch", "onnxruntime"):
         r = irae("restore", "--task", "denoise", DATA / "coffee_128.png", tmp_path / f"{backend}.png", "--weights",

@@ -499,8 +499,10 @@ def test_every_file_written_before_ctrl_c_has_its_report_line(weights, tmp_path)
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(40):  # noise compresses slowly at PNG level 9: writes are still in flight at Ctrl-C
-        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:02d}.png")
+    # Noise compresses slowly at PNG level 9: writes are still in flight at Ctrl-C; enough images that the
+    # run outlasts a poll a loaded machine delays by seconds (40 finished before such a poll once).
+    for i in range(160):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
     out, report = tmp_path / "out", tmp_path / "r.jsonl"
     p = subprocess.Popen([sys.executable, "-m", "irae_cli", "restore", "--task", "denoise", "--weights",
                           str(weights["denoise"]), str(src), str(out), "--report", str(report), "--png-level", "9",
@@ -707,8 +709,9 @@ def test_degrade_stopped_by_ctrl_c_describes_what_it_finished_and_resumes(tmp_pa
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:02d}.png")
+    n = 160  # the run must outlast a poll a loaded machine delays by seconds (40 finished first once)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
     out = tmp_path / "set"
     args = [sys.executable, "-m", "irae_cli", "degrade", "--task", "denoise", "--sigma", "15,25,50", str(src), str(out)]
     p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
@@ -720,7 +723,7 @@ def test_degrade_stopped_by_ctrl_c_describes_what_it_finished_and_resumes(tmp_pa
     assert p.returncode == 130 and "Traceback" not in err, err
     assert "--skip-existing" in err.splitlines()[-1], err
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    assert 1 <= len(lines) < 40 * 3
+    assert 1 <= len(lines) < n * 3
     r = subprocess.run(args + ["--skip-existing"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert len((out / "manifest.jsonl").read_text().splitlines()) == 40 * 3
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == n * 3
