@@ -15,6 +15,10 @@ RGB_NAMES = ["astronaut_128.png", "coffee_128.png", "chelsea_128.png"]
 # (leaves a GPU visible and pins its own --device). Asking once here, before anything changes
 # the environment, fixes this process's real answer.
 HAS_CUDA = torch.cuda.is_available()
+# Under pytest-xdist (`-n auto`: one worker per core) each worker computes on one thread: workers with
+# torch's default of one thread per core would oversubscribe the machine many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 _real_is_available = torch.cuda.is_available
 _ORIGINAL_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
 
@@ -67,3 +71,14 @@ def load_rgb(name: str) -> torch.Tensor:
 def photos() -> torch.Tensor:
     """The three 128x128 RGB test photos as a (3, 3, 128, 128) float batch in [0, 1]."""
     return torch.stack([load_rgb(n) for n in RGB_NAMES])
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """A folder of four 128x128 test photos (three RGB, one grayscale) to train on; read it, never write."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("photo_folder")
+    for name in (*RGB_NAMES, "camera_128_gray.png"):
+        shutil.copy(DATA / name, root / name)
+    return root

@@ -2,77 +2,46 @@
 as one graph with no break and no host sync, making the updates an eager run makes."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 import irae_cli.train as tr
-from irae_cli.train.compiled import graph_breaks, run_whole_step
 from irae_cli.train.divergence import DivergenceGuard
 from irae_cli.train.loss import probe_direction
 from irae_cli.train.trainer import Trainer
+from util import whole_step_graph_breaks
 
-DATA = Path(__file__).parent / "data"
 FAST = {"arch": "tiny", "patch": 16, "batch_size": 4}
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut_128.png", "coffee_128.png", "chelsea_128.png", "camera_128_gray.png"):
-        shutil.copy(DATA / name, root / name)
-    return root
-
-
-def _trainer(tmp_path, photos, given, dtype="fp32") -> Trainer:
-    s = tr.Session(data=photos, out=tmp_path / "w.safetensors", quiet=True, compile="off", dtype=dtype)
+def _trainer(tmp_path, photo_folder: Path, given, dtype="fp32") -> Trainer:
+    s = tr.Session(data=photo_folder, out=tmp_path / "w.safetensors", quiet=True, compile="off", dtype=dtype)
     t = Trainer(s, {**FAST, "steps": 50, **given})
     assert t._step()  # one eager step: the ActNorm initialisation, Adam's state
     return t
-
-
-def _call(t: Trainer, fn, probe: bool):
-    inp, clean = t.degrader(t.sampler.sample(t.config.batch_size))
-    d = probe_direction(inp.shape, t.data_gen, inp.device) if probe else None
-    t.train_step.lr.fill_(1e-3)
-    t.train_step.ema_weight.fill_(0.01)
-    return run_whole_step(fn, torch.device("cpu"), inp, clean, None, t.degrader.last_sigma, d)
-
-
-def _breaks_of_whole_step(t: Trainer) -> int:
-    """Dynamo's graph breaks over the whole step, with and without the probe (backend 'eager': the
-    breaks are dynamo's, whatever compiles the graph after it)."""
-    torch._dynamo.reset()
-    t.train_step.take_adam_state()
-    fn = torch.compile(t.train_step.__call__, fullgraph=True, backend="eager", dynamic=False)
-    before = graph_breaks()
-    for probe in (True, False):
-        loss = _call(t, fn, probe)
-        assert torch.isfinite(loss)
-    return graph_breaks() - before
 
 
 @pytest.mark.parametrize("given,dtype", [({"inverse_gain": 50.0}, "fp32"),
                                          ({"inverse_gain": 50.0, "inverse_probe": 1e-5}, "bf16"),
                                          ({"low_sigma_floor": 10.0, "clip": 0.5}, "fp32")],
                          ids=["probe", "fine-probe-bf16", "low-sigma-weight"])
-def test_the_whole_step_is_one_graph(tmp_path, photos, given, dtype):
-    assert _breaks_of_whole_step(_trainer(tmp_path, photos, given, dtype)) == 0
+def test_the_whole_step_is_one_graph(tmp_path, photo_folder, given, dtype):
+    assert whole_step_graph_breaks(_trainer(tmp_path, photo_folder, given, dtype)) == 0
 
 
 @pytest.mark.slow
-def test_the_medium_step_is_one_graph(tmp_path, photos):
-    assert _breaks_of_whole_step(_trainer(tmp_path, photos, {"arch": "medium", "batch_size": 2,
+def test_the_medium_step_is_one_graph(tmp_path, photo_folder):
+    assert whole_step_graph_breaks(_trainer(tmp_path, photo_folder, {"arch": "medium", "batch_size": 2,
                                                               "inverse_gain": 50.0}, "bf16")) == 0
 
 
-def test_the_whole_step_makes_the_eager_update(tmp_path, photos):
+def test_the_whole_step_makes_the_eager_update(tmp_path, photo_folder):
     """Same batch, same state: the uncompiled whole step and the trainer's eager update agree (the low-sigma
     weight and clipping included), and the EMA moved."""
     given = {"low_sigma_floor": 10.0, "clip": 0.05, "inverse_gain": 50.0}
-    a, b = _trainer(tmp_path / "a", photos, given), _trainer(tmp_path / "b", photos, given)
+    a, b = _trainer(tmp_path / "a", photo_folder, given), _trainer(tmp_path / "b", photo_folder, given)
     b.train_step.take_adam_state()
     ema_before = {k: v.clone() for k, v in b.ema.state_dict().items()}
     torch.manual_seed(0)
@@ -113,14 +82,14 @@ def test_the_guard_reads_a_compiled_interval():
 
 
 @pytest.mark.slow
-def test_compiled_training_follows_the_eager_losses(tmp_path, photos):
+def test_compiled_training_follows_the_eager_losses(tmp_path, photo_folder):
     """--compile on, 23 steps: eager for the 3 timed ones, then 20 compiled (inductor on the CPU), the
     probe every other step; the losses and the saved weights match an eager run to float tolerance, and
     the run records 0 graph breaks."""
     given = {**FAST, "steps": 23, "inverse_gain": 50.0, "inverse_gain_every": 2}
 
     def run(name, compile):
-        s = tr.Session(data=photos, out=tmp_path / f"{name}.safetensors", quiet=True, dtype="fp32",
+        s = tr.Session(data=photo_folder, out=tmp_path / f"{name}.safetensors", quiet=True, dtype="fp32",
                        compile=compile, log_every=1)
         result = tr.train(s, given)
         log = json.loads((tmp_path / f"{name}.log.json").read_text())
@@ -141,8 +110,8 @@ def test_compiled_training_follows_the_eager_losses(tmp_path, photos):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_whole_step_is_captured_without_host_syncs(tmp_path, photos):
-    s = tr.Session(data=photos, out=tmp_path / "w.safetensors", quiet=True, device="cuda", compile="on",
+def test_cuda_whole_step_is_captured_without_host_syncs(tmp_path, photo_folder):
+    s = tr.Session(data=photo_folder, out=tmp_path / "w.safetensors", quiet=True, device="cuda", compile="on",
                    log_every=5)
     result = tr.train(s, {**FAST, "steps": 12})
     assert result.summary["compiled"] == {"graph_breaks": 0, "host_syncs_per_step": 0}
@@ -174,7 +143,7 @@ def test_benchmark_times_eager_and_compiled_training_in_one_run():
     assert compiled["patches_per_s"] > 0 and compiled["compile_s"] > 0
 
 
-def test_a_compiled_interval_that_diverged_is_rolled_back(tmp_path, photos, monkeypatch):
+def test_a_compiled_interval_that_diverged_is_rolled_back(tmp_path, photo_folder, monkeypatch):
     """The guard sees compiled steps at the log: a non-finite loss among them rolls the run back to its
     last snapshot, the learning rate halves, and the run goes on (the step run uncompiled here)."""
     import irae_cli.train.compiled as compiled_module
@@ -190,7 +159,7 @@ def test_a_compiled_interval_that_diverged_is_rolled_back(tmp_path, photos, monk
 
     monkeypatch.setattr(compiled_module, "compile_whole_step", fake_compile)
     notes = []
-    s = tr.Session(data=photos, out=tmp_path / "w.safetensors", quiet=True, dtype="fp32", compile="on",
+    s = tr.Session(data=photo_folder, out=tmp_path / "w.safetensors", quiet=True, dtype="fp32", compile="on",
                    log_every=2, echo=notes.append)
     result = tr.train(s, {**FAST, "steps": 12})
     log = json.loads((tmp_path / "w.log.json").read_text())

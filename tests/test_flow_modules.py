@@ -6,19 +6,11 @@ import torch
 from irae_cli.model import PRESETS, create_model, model_info
 from irae_cli.model.flows import ActNorm, AffineCoupling, InvConv1x1
 from irae_cli.weights import load_weights, save_weights
+from util import randomised
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
-
-
-def _randomised(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
-    """Random values in every parameter: a module at rest (zero couplings, unit ActNorm) inverts trivially."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return module
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -28,7 +20,7 @@ def test_every_preset_saves_loads_and_round_trips(preset, tmp_path):
     x = torch.rand(2, c, 16, 16, generator=torch.Generator().manual_seed(1))
     if hasattr(model, "initialize"):
         model.initialize(x, x)
-    _randomised(model, scale=0.01)  # small: a deep untrained flow amplifies fp32 rounding
+    randomised(model, scale=0.01)  # small: a deep untrained flow amplifies fp32 rounding
     path = tmp_path / "w.safetensors"
     save_weights(model, path, task="inpaint" if c == 4 else "denoise")
     loaded = load_weights(path).model.eval()
@@ -40,7 +32,7 @@ def test_every_preset_saves_loads_and_round_trips(preset, tmp_path):
 
 
 def test_actnorm_inverts():
-    m = _randomised(ActNorm(6)).double()
+    m = randomised(ActNorm(6)).double()
     x = torch.randn(3, 6, 5, 7, dtype=torch.float64)
     with torch.no_grad():
         assert _rel(m(x), x) > 1e-3
@@ -48,7 +40,7 @@ def test_actnorm_inverts():
 
 
 def test_invertible_1x1_convolution_inverts():
-    m = _randomised(InvConv1x1(8)).double()
+    m = randomised(InvConv1x1(8)).double()
     x = torch.randn(3, 8, 5, 7, dtype=torch.float64)
     with torch.no_grad():
         assert _rel(m(x), x) > 1e-3  # a real rotation, not the identity
@@ -57,7 +49,7 @@ def test_invertible_1x1_convolution_inverts():
 
 @pytest.mark.parametrize("clamp", [0.0, 0.5])
 def test_affine_coupling_inverts(clamp):
-    m = _randomised(AffineCoupling(8, 16, clamp, spectral=False)).double()
+    m = randomised(AffineCoupling(8, 16, clamp, spectral=False)).double()
     x = torch.randn(3, 8, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         assert _rel(m(x), x) > 1e-3

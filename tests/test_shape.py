@@ -4,7 +4,6 @@ spectral norm, ONNX, the compiled training step), and the shape presets cost wha
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,10 @@ from irae_cli.benchmark.speed import macs_per_pixel
 from irae_cli.model import PRESETS, IRAEConfig, config_from_dict, config_to_json, create_model, widen_for_condition
 from irae_cli.model.flows import CouplingNet
 from irae_cli.model.folded import fold
-from irae_cli.train.compiled import graph_breaks, run_whole_step
-from irae_cli.train.loss import probe_direction
 from irae_cli.train.trainer import Trainer
 from irae_cli.weights import load_weights, read_model_config, save_weights
+from util import whole_step_graph_breaks
 
-DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = torch.tensor([5.0, 50.0, 25.0])
 RF = {"mid_kernel": 3}
@@ -146,34 +143,20 @@ def test_the_onnx_export_of_a_3x3_middle_restores_like_torch(photos):
 
 
 @pytest.fixture()
-def photo_dir(tmp_path_factory, monkeypatch) -> Path:
-    """The test photos, with a tiny 3x3-middle preset that training accepts for this test only."""
+def tiny_rf(monkeypatch) -> str:
+    """A tiny 3x3-middle preset that training accepts for this test only."""
     monkeypatch.setitem(PRESETS, "tiny-rf", IRAEConfig(width=16, depth=2, levels=2, mid_kernel=3))
-    root = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut_128.png", "coffee_128.png", "chelsea_128.png"):
-        shutil.copy(DATA / name, root / name)
-    return root
+    return "tiny-rf"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("condition", ["none", "sigma"])
-def test_the_whole_step_of_a_3x3_middle_is_one_graph(tmp_path, photo_dir, condition):
-    s = tr.Session(data=photo_dir, out=tmp_path / "w.safetensors", quiet=True, compile="off", dtype="fp32")
-    t = Trainer(s, {"arch": "tiny-rf", "patch": 16, "batch_size": 4, "steps": 50, "inverse_gain": 50.0,
+def test_the_whole_step_of_a_3x3_middle_is_one_graph(tmp_path, photo_folder, tiny_rf, condition):
+    s = tr.Session(data=photo_folder, out=tmp_path / "w.safetensors", quiet=True, compile="off", dtype="fp32")
+    t = Trainer(s, {"arch": tiny_rf, "patch": 16, "batch_size": 4, "steps": 50, "inverse_gain": 50.0,
                     "condition": condition})
     assert t._step() and t.model.config.mid_kernel == 3
-    torch._dynamo.reset()
-    t.train_step.take_adam_state()
-    fn = torch.compile(t.train_step.__call__, fullgraph=True, backend="eager", dynamic=False)
-    before = graph_breaks()
-    for probe in (True, False):
-        inp, clean = t.degrader(t.sampler.sample(t.config.batch_size))
-        d = probe_direction(inp.shape, t.data_gen, inp.device) if probe else None
-        t.train_step.lr.fill_(1e-3)
-        t.train_step.ema_weight.fill_(0.01)
-        level = t.degrader.last_sigma if condition == "sigma" else None
-        assert torch.isfinite(run_whole_step(fn, torch.device("cpu"), inp, clean, None, level, d))
-    assert graph_breaks() - before == 0
+    assert whole_step_graph_breaks(t) == 0
 
 
 # ------------------------------------------------------------------ the presets at medium's cost
