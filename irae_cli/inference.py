@@ -119,6 +119,19 @@ def casts_coupling_nets(model_or_config) -> bool:
     return model_info(config).low_precision == COUPLING_NETS
 
 
+
+def restore_levels(config, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
+    """The (N,) sigmas a sigma-conditioned model restores ``images`` (N, C, H, W) at: ``given``, else each
+    image's estimate (``estimate_sigma``), on the CPU; None for a blind model. Every caller asks here."""
+    from .degradations.estimate import estimate_sigma
+    from .model import conditioned
+
+    if not conditioned(config):
+        return None
+    if given is not None:
+        return torch.full((images.shape[0],), float(given))
+    return estimate_sigma(images.float().cpu()).float()
+
 class LowPrecision:
     """Where ``model`` leaves float32 at ``dtype``, by its ``ModelInfo.low_precision`` rule.
 
@@ -463,15 +476,8 @@ class Restorer:
         return conditioned(self.model.config)
 
     def levels_for(self, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
-        """The (N,) noise levels a conditioned model restores ``images`` at: ``given`` for each, else each
-        image's estimated sigma (``estimate_sigma``, the one estimator); None for a blind model."""
-        from .degradations.estimate import estimate_sigma
-
-        if not self.conditioned:
-            return None
-        if given is not None:
-            return torch.full((images.shape[0],), float(given))
-        return estimate_sigma(images.float().cpu()).float()
+        """The (N,) noise levels this model restores ``images`` at (``restore_levels``)."""
+        return restore_levels(self.model.config, images, given)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None,
                  levels: torch.Tensor | None = None) -> torch.Tensor:

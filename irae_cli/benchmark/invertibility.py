@@ -11,8 +11,8 @@ from .. import degradations as dg
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..imageio import read_image
-from ..inference import LowPrecision, device_and_dtype
-from ..model import conditioned, create_model
+from ..inference import LowPrecision, device_and_dtype, restore_levels
+from ..model import create_model
 from ..tasks import with_mask_channel
 from .common import INVERTIBILITY_SCHEMA
 from ..environment import versions
@@ -163,9 +163,8 @@ def round_trip(model: torch.nn.Module, y: torch.Tensor, dtype: str, dev: torch.d
     """The errors of ``inverse(forward(y))`` for one fitted (C,H,W) model input, computed in float64.
     bf16 casts what restore and training cast (``LowPrecision``: the coupling nets), nothing more; a model
     conditioned on the noise level goes both ways at the image's estimated sigma (what restore tells it)."""
-    from ..degradations.estimate import estimate_sigma
-
-    level = estimate_sigma(y[None].float()).to(dev) if conditioned(model.config) else None
+    level = restore_levels(model.config, y[None])
+    level = None if level is None else level.to(dev)
     y = y[None].to(dev, INVERT_DTYPES[dtype] if dtype == "fp64" else torch.float32)
     precision = LowPrecision(model, dev, INVERT_DTYPES[dtype]).attach()
     try:

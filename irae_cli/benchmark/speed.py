@@ -20,7 +20,8 @@ import torch
 from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..backends import check_backend, resolve_backend
-from ..inference import LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype
+from ..inference import (LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype,
+                         restore_levels)
 from ..model import parameter_count
 from ..onnx_export import export_source
 from ..pixels import planes_from_u8, to_u8
@@ -442,16 +443,15 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
     restore's scope (``LowPrecision``: an IRAE's coupling nets only, else the whole model)."""
     from PIL import Image
 
-    from ..degradations.estimate import estimate_sigma
     from ..imageio import open_image
-    from ..model import conditioned
 
     precision = LowPrecision(model, dev, dt).attach()
     try:
         for s in sources:
             with open_image(s.path, load=False) as img:
                 x = torch.from_numpy(planes_from_u8(np.asarray(img.convert("RGB"))))[None]
-            level = (estimate_sigma(x).to(dev),) if conditioned(model.config) else ()  # as restore does, per image
+            levels = restore_levels(model.config, x)  # as restore does, per image
+            level = () if levels is None else (levels.to(dev),)
             x = x.to(dev)
             with torch.inference_mode(), precision.autocast():
                 y = to_u8(model(x, *level).float()[0])
