@@ -235,6 +235,26 @@ def test_resume_continues_exactly_and_never_reinitialises(tmp_path, photos, monk
     assert resumed.summary["sessions"] == 2
 
 
+def test_a_resume_validates_as_the_run_did(tmp_path, photos, val_dir):
+    """--resume without --val goes on validating on the run's folder, crop and interval; a folder gone since
+    is said and training goes on without it."""
+    given = {"steps": 4}
+    part = run_train(tmp_path, "v", photos, given, val=val_dir, val_every=2, val_crop=64, stop_at=2)
+    resumed = tr.train(tr.Session(resume=part.checkpoint, out=part.out, quiet=True), {})
+    assert resumed.val and set(resumed.val) == {"sigma15", "sigma25", "sigma50"}
+    log = json.loads(resumed.log.read_text())
+    assert log["val"][-1]["step"] == 4  # the resumed session validated (the stopped one did at step 2)
+    moved = tmp_path / "gone"
+    part = run_train(tmp_path / "b", "v", photos, given, val=shutil.copytree(val_dir, moved), stop_at=2)
+    shutil.rmtree(moved)
+    from irae_cli.train.checkpoint import load_checkpoint
+    from irae_cli.train.setup import resume_validation
+
+    s, notes = tr.Session(resume=part.checkpoint, out=part.out, quiet=True), []
+    resume_validation(s, load_checkpoint(part.checkpoint)["meta"]["validation"], notes.append)
+    assert s.val is None and "not there now" in notes[0] and "--val" in notes[0]
+
+
 def test_init_from_starts_from_trained_weights_without_reinitialising(tmp_path, photos, monkeypatch):
     from irae_cli.model import IRAE
 

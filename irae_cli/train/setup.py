@@ -23,11 +23,35 @@ def run_config(s: Session, given: dict, device: torch.device, note) -> tuple[dic
     if s.resume:
         ckpt = load_checkpoint(Path(s.resume))
         meta = ckpt["meta"]
+        resume_validation(s, meta.get("validation"), note)
         return ckpt, merge_resumed_config(TrainConfig.from_dict(meta["config"]), given, note), meta["run_id"]
     config = build_config(given, device)
     if config.steps is None and s.minutes is None:
         raise IraeError("give --steps N and/or --minutes M (the run needs an end)")
     return None, config, uuid.uuid4().hex
+
+
+def validation_record(s: Session) -> dict:
+    """How a run validates, kept in its checkpoint so that --resume goes on validating the same way."""
+    return {"val": None if s.val is None else str(s.val), "every": s.val_every, "crop": s.val_crop,
+            "seed": s.val_seed}
+
+
+def resume_validation(s: Session, record: dict | None, note) -> None:
+    """A resume without --val validates as the run did (its folder, crop, seed and interval, where the
+    options leave them open); --val given takes over. A folder gone since is said, not silently dropped."""
+    if not record or record.get("val") is None:
+        return
+    if s.val_every is None:
+        s.val_every = record.get("every")
+    if s.val is not None:
+        return
+    if not Path(record["val"]).is_dir():
+        note(f"irae: note: the run validated on {record['val']}, which is not there now; this session trains "
+             f"without validation (give --val FOLDER to validate)")
+        return
+    s.val, s.val_crop, s.val_seed = Path(record["val"]), int(record["crop"]), int(record["seed"])
+    note(f"irae: note: validating on {record['val']} as the run did (--val to change)")
 
 
 def run_files(s: Session, config: TrainConfig, ckpt: dict | None, run_id: str, main: bool, note):

@@ -34,7 +34,7 @@ from .finish import end_process_group, final_model, final_validation, run_result
 from .loss import inverse_gain_penalty, probe_direction, training_loss
 from .precision import EMA, compute_dtype
 from .runlog import RunState, TrainResult, open_log, run_summary, session_record
-from .setup import check_resumable, resume_counters, run_config, run_files, training_inputs
+from .setup import check_resumable, resume_counters, run_config, run_files, training_inputs, validation_record
 from .step import TrainStep
 from .validation import TrainingValidation, summarize_val
 
@@ -490,7 +490,7 @@ class Trainer:
                 "train_seconds": st.train_seconds + (self.clock() - self.t_run),
                 "run_id": self.run_id, "data": self.data.description, "world_size": self.dist.world,
                 "sessions": st.sessions, "divergence_guard": self.guard.state(), "init_from": self.init_from_record,
-                "task_params": self.task_params}
+                "task_params": self.task_params, "validation": validation_record(self.session)}
         self.files.write_checkpoint(model=self.model, ema=self.ema, optimizer=self.optimizer, rng=rng, meta=meta)
 
 
