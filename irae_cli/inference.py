@@ -18,7 +18,7 @@ import torch
 from . import environment
 from .defaults import check_compile_mode
 from .errors import IraeError
-from .model import model_info
+from .model import level_args, model_info
 from .model.config import COUPLING_NETS
 from .model.flows import CouplingNet
 from .model.folded import FoldedIRAE, fold
@@ -131,6 +131,7 @@ def restore_levels(config, images: torch.Tensor, given: float | None = None) -> 
     if given is not None:
         return torch.full((images.shape[0],), float(given))
     return estimate_sigma(images.float().cpu()).float()
+
 
 class LowPrecision:
     """Where ``model`` leaves float32 at ``dtype``, by its ``ModelInfo.low_precision`` rule.
@@ -355,10 +356,9 @@ class Restorer:
             self._maybe_compile(0.0, 0.0)
         eager_probe = self.compile == "auto" and not self.compiled
         t0 = time.perf_counter()
-        args = () if levels is None else (levels.to(self.device, torch.float32),)
         try:
             with torch.inference_mode(), self.autocast():
-                y = self.runner(part.to(self.device, non_blocking=True), *args).float()
+                y = self.runner(part.to(self.device, non_blocking=True), *level_args(levels, self.device)).float()
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - compile errors surface at the first compiled call

@@ -22,7 +22,7 @@ from ..files import discover, no_images_message
 from ..backends import check_backend, resolve_backend
 from ..inference import (LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype,
                          restore_levels)
-from ..model import parameter_count
+from ..model import level_args, parameter_count
 from ..onnx_export import export_source
 from ..pixels import planes_from_u8, to_u8
 from ..tasks import get_task
@@ -206,9 +206,9 @@ TIMING_SIGMA = 25.0
 
 def timing_level(model: torch.nn.Module, n: int, device) -> tuple:
     """The level argument a timed call passes: none for a blind model."""
-    from ..model import conditioned
+    from ..model import conditioned, level_args
 
-    return (torch.full((n,), TIMING_SIGMA, device=device),) if conditioned(model.config) else ()
+    return level_args(torch.full((n,), TIMING_SIGMA) if conditioned(model.config) else None, device)
 
 
 def _time_calls(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -451,7 +451,7 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
             with open_image(s.path, load=False) as img:
                 x = torch.from_numpy(planes_from_u8(np.asarray(img.convert("RGB"))))[None]
             levels = restore_levels(model.config, x)  # as restore does, per image
-            level = () if levels is None else (levels.to(dev),)
+            level = level_args(levels, dev)
             x = x.to(dev)
             with torch.inference_mode(), precision.autocast():
                 y = to_u8(model(x, *level).float()[0])

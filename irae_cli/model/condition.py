@@ -106,3 +106,9 @@ def _taps(state: dict, v_key: str) -> int:
 def conditioned(config) -> bool:
     """Whether a model of ``config`` needs a level (any other config, e.g. the CNN's, is blind)."""
     return isinstance(config, IRAEConfig) and config.condition != "none"
+
+
+def level_args(levels: torch.Tensor | None, device) -> tuple:
+    """The trailing arguments of a model call for ``levels`` (N,) on ``device``: none for a blind model
+    (``levels`` None), so every caller writes ``model(x, *level_args(levels, device))``."""
+    return () if levels is None else (levels.to(device, torch.float32),)

@@ -3,6 +3,7 @@ files, its training pixels with the sampler and degrader that draw from them, an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from pathlib import Path
@@ -18,17 +19,19 @@ from .degrader import Degrader
 from .outputs import RunFiles, check_output_space, derived_paths, refuse_foreign_outputs
 
 
-def run_config(s: Session, given: dict, device: torch.device, note) -> tuple[dict | None, TrainConfig, str]:
-    """(checkpoint or None, config, run id): a resume's, with the options given on top, or a fresh run's."""
+def run_config(s: Session, given: dict, device: torch.device,
+               note) -> tuple[dict | None, TrainConfig, str, Session]:
+    """(checkpoint or None, config, run id, session): a resume's, with the options given on top and its
+    validation carried on, or a fresh run's with the session as given."""
     if s.resume:
         ckpt = load_checkpoint(Path(s.resume))
         meta = ckpt["meta"]
-        resume_validation(s, meta.get("validation"), note)
-        return ckpt, merge_resumed_config(TrainConfig.from_dict(meta["config"]), given, note), meta["run_id"]
+        config = merge_resumed_config(TrainConfig.from_dict(meta["config"]), given, note)
+        return ckpt, config, meta["run_id"], resume_validation(s, meta.get("validation"), note)
     config = build_config(given, device)
     if config.steps is None and s.minutes is None:
         raise IraeError("give --steps N and/or --minutes M (the run needs an end)")
-    return None, config, uuid.uuid4().hex
+    return None, config, uuid.uuid4().hex, s
 
 
 def validation_record(s: Session) -> dict:
@@ -37,21 +40,23 @@ def validation_record(s: Session) -> dict:
             "seed": s.val_seed}
 
 
-def resume_validation(s: Session, record: dict | None, note) -> None:
-    """A resume without --val validates as the run did (its folder, crop, seed and interval, where the
-    options leave them open); --val given takes over. A folder gone since is said, not silently dropped."""
+def resume_validation(s: Session, record: dict | None, note) -> Session:
+    """The session a resume runs: without --val it validates as the run did (its folder, crop, seed and
+    interval, where the options leave them open); --val given takes over. A folder gone since is said,
+    not silently dropped."""
     if not record or record.get("val") is None:
-        return
+        return s
     if s.val_every is None:
-        s.val_every = record.get("every")
+        s = dataclasses.replace(s, val_every=record.get("every"))
     if s.val is not None:
-        return
+        return s
     if not Path(record["val"]).is_dir():
         note(f"irae: note: the run validated on {record['val']}, which is not there now; this session trains "
              f"without validation (give --val FOLDER to validate)")
-        return
-    s.val, s.val_crop, s.val_seed = Path(record["val"]), int(record["crop"]), int(record["seed"])
+        return s
     note(f"irae: note: validating on {record['val']} as the run did (--val to change)")
+    return dataclasses.replace(s, val=Path(record["val"]), val_crop=int(record["crop"]),
+                               val_seed=int(record["seed"]))
 
 
 def run_files(s: Session, config: TrainConfig, ckpt: dict | None, run_id: str, main: bool, note):

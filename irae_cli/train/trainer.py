@@ -87,7 +87,8 @@ class Trainer:
     def _setup_config(self) -> None:
         from ..model import model_info
 
-        self.ckpt, self.config, self.run_id = run_config(self.session, self.given, self.device, self.note)
+        self.ckpt, self.config, self.run_id, self.session = run_config(self.session, self.given, self.device,
+                                                                      self.note)
         self.task = get_task(self.config.task)
         self.task_params = self.task.default_task_params(model_info(self.config.arch).channels)
 
