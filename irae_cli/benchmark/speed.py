@@ -22,7 +22,7 @@ from ..files import discover, no_images_message
 from ..backends import check_backend, resolve_backend
 from ..inference import (LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype,
                          restore_levels)
-from ..model import level_args, parameter_count
+from ..model import conditioned, level_args, parameter_count
 from ..onnx_export import export_source
 from ..pixels import planes_from_u8, to_u8
 from ..tasks import get_task
@@ -206,8 +206,6 @@ TIMING_SIGMA = 25.0
 
 def timing_level(model: torch.nn.Module, n: int, device) -> tuple:
     """The level argument a timed call passes: none for a blind model."""
-    from ..model import conditioned, level_args
-
     return level_args(torch.full((n,), TIMING_SIGMA) if conditioned(model.config) else None, device)
 
 
