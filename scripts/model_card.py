@@ -68,7 +68,7 @@ def main() -> None:
                 + (" (JPEG files above `max_quality` are kept as they are)" if "max_quality" in lw.task_params
                    else "")] if lw.task_params else []),
              f"- **Run:** {t.get('steps')} steps ({t.get('steps_planned')} planned, stopped: {t.get('stopped')}), "
-             f"{t.get('patches_seen', 0):,} patches seen, {t.get('minutes')} min on {t.get('device')} "
+             f"{t.get('patches_seen', 0):,} patches seen, {t.get('minutes')} min wall-clock on {t.get('device')} "
              f"({t.get('dtype')}), torch {t.get('torch')}, irae {t.get('irae_version')}, seed {t.get('seed')}, "
              f"lr {t.get('lr')}, EMA {t.get('ema')}",
              ]
