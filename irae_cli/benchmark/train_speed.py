@@ -9,8 +9,6 @@ reports the compile time apart, dynamo's graph breaks, and on CUDA the synchroni
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..errors import IraeError
@@ -58,7 +56,7 @@ def train_speed(*, arch: str, patch: int, batch_size: int, dtype: str, dev: torc
         out["patches_per_s"] = batch_size / out["median_s"] if out["median_s"] > 0 else None
         return out
 
-    from ..train.compiled import compile_whole_step, count_host_syncs, graph_breaks, run_whole_step
+    from ..train.compiled import compile_whole_step, count_host_syncs, graph_breaks, run_timed, run_whole_step
 
     if patch < 16 or steps < 1:
         raise IraeError("--train: --size (the patch side) must be >= 16 and --repeats >= 1")
@@ -69,11 +67,7 @@ def train_speed(*, arch: str, patch: int, batch_size: int, dtype: str, dev: torc
     torch._dynamo.reset()
     before = graph_breaks()
     fn = compile_whole_step(step, dev)
-    t0 = time.perf_counter()
-    run_whole_step(fn, dev, *args)  # compiles
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    compile_s = time.perf_counter() - t0
+    _, compile_s = run_timed(fn, dev, *args)  # compiles
     times = time_calls(lambda: run_whole_step(fn, dev, *args), dev, warmup, steps)
     _, syncs = count_host_syncs(lambda: run_whole_step(fn, dev, *args), dev)
     rows.append(row("train compiled", times, compile_s=round(compile_s, 1),

@@ -67,6 +67,15 @@ def run_whole_step(fn, device: torch.device, *args) -> torch.Tensor:
         return fn(*args)
 
 
+def run_timed(fn, device: torch.device, *args) -> tuple[torch.Tensor, float]:
+    """``run_whole_step`` and its wall time (synchronised on CUDA): on the first call, what compiling cost."""
+    t0 = time.perf_counter()
+    loss = run_whole_step(fn, device, *args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loss, time.perf_counter() - t0
+
+
 class StepCompile:
     """When and whether a session's training is compiled, and what to call: ``whole`` (the compiled
     ``TrainStep``, one process) or ``forward``/``inverse`` (the passes, under torchrun)."""
@@ -141,12 +150,9 @@ class StepCompile:
         self.step.ema_weight.fill_(ema_weight)
         device = self.model_device
         self.calls += 1
-        if self.calls == 1:  # the call that compiles: its wall time is what compiling cost
-            t0 = time.perf_counter()
-            loss = run_whole_step(self.whole, device, *args)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.record["compile_s"] = round(time.perf_counter() - t0, 1)
+        if self.calls == 1:  # the call that compiles
+            loss, seconds = run_timed(self.whole, device, *args)
+            self.record["compile_s"] = round(seconds, 1)
         elif self.calls == SYNC_COUNT_CALL:
             loss, syncs = count_host_syncs(lambda: run_whole_step(self.whole, device, *args), device)
             self.record["host_syncs_per_step"] = syncs
