@@ -64,7 +64,11 @@ RUNS = [
      "lr 5e-5, the same bound and precision, probed every 4th step, compiled; its length re-set from its speed"),
     ("Denoise, `medium`, photos with texture (from the first texture schedule, `training/levers/texture-photos.*`)",
      "training/denoise/texture-cpu2.log.json", 1_185_824,
-     "lr 5e-5, 42 photos, the same bound and precision, compiled; shipped as `irae-denoise-medium`"),
+     "lr 5e-5, 42 photos, the same bound and precision, compiled; the default before the run below"),
+    ("Denoise, `medium`, a third schedule on the texture photos (from the run above)",
+     "training/denoise/texture-cpu3.log.json", 1_337_824,
+     "lr 5e-5, 42 photos, the same bound and precision, compiled, two `--resume` chunks; "
+     "shipped as `irae-denoise-medium`"),
     ("Denoise, CNN `cnn-medium` fresh, CPU (the comparator at equal CPU minutes, first chunk)",
      "training/cmp/cnn-medium-cpu.log.json", 0,
      "lr 5e-4, batch 16 of 64², one CPU thread, compiled; 512 px validation crops"),
