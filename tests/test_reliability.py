@@ -494,6 +494,13 @@ def test_multi_frame_files_are_refused_per_file_never_cut_silently(weights, tmp_
 
 # --------------------------------------------------------------------------- 13: Ctrl-C and the report
 
+def _ctrl_c_reaches_it() -> None:
+    # A job a script starts in the background inherits SIGINT ignored, and so would the irae it
+    # runs (a test run launched that way once saw every "Ctrl-C" run finish all its files): give the
+    # child the default disposition a terminal gives it, so Python turns SIGINT into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_every_file_written_before_ctrl_c_has_its_report_line(weights, tmp_path):
     src = tmp_path / "in"
@@ -506,7 +513,8 @@ def test_every_file_written_before_ctrl_c_has_its_report_line(weights, tmp_path)
     out, report = tmp_path / "out", tmp_path / "r.jsonl"
     p = subprocess.Popen([sys.executable, "-m", "irae_cli", "restore", "--task", "denoise", "--weights",
                           str(weights["denoise"]), str(src), str(out), "--report", str(report), "--png-level", "9",
-                          "-j", "2", "-b", "1"], stderr=subprocess.PIPE, text=True)
+                          "-j", "2", "-b", "1"], stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_ctrl_c_reaches_it)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.is_dir() or len(list(out.glob("*.png"))) < 6):
         time.sleep(0.01)
@@ -714,7 +722,7 @@ def test_degrade_stopped_by_ctrl_c_describes_what_it_finished_and_resumes(tmp_pa
         Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
     out = tmp_path / "set"
     args = [sys.executable, "-m", "irae_cli", "degrade", "--task", "denoise", "--sigma", "15,25,50", str(src), str(out)]
-    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_reaches_it)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not (out / "sigma50").is_dir() or len(list(out.glob("sigma50/*"))) < 4):
         time.sleep(0.01)
