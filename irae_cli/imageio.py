@@ -80,11 +80,15 @@ def open_image(path: Path, load: bool = True, warn_pillow: bool = True) -> Image
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             img = Image.open(path)
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"{path}: {img.width}x{img.height} is larger than {MAX_PIXELS // 10**6} MP; "
-                                 f"refusing to decode (possible decompression bomb)")
-            if load:
-                load_pixels(img, path)
+            try:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {img.width}x{img.height} is larger than {MAX_PIXELS // 10**6} MP; "
+                                     f"refusing to decode (possible decompression bomb)")
+                if load:
+                    load_pixels(img, path)
+            except BaseException:
+                img.close()  # else the collector closes it later, warning in the middle of another file's read
+                raise
         if warn_pillow:
             _say_pillow_warnings(caught, path)
         return img
@@ -125,6 +129,8 @@ def _say_pillow_warnings(caught: list, path: Path) -> None:
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):
             continue  # our own size check is the limit; Pillow's warning threshold is lower
+        if issubclass(w.category, ResourceWarning):
+            continue  # the collector closing some earlier object, not a flaw of this file
         text = str(w.message).splitlines()[0].strip().rstrip(".") if str(w.message).strip() else "a warning"
         exif = "TiffImagePlugin" in (w.filename or "")
         warn(f"{path}: {'damaged EXIF data' if exif else 'Pillow'} ({text}); "
