@@ -121,15 +121,20 @@ def casts_coupling_nets(model_or_config) -> bool:
 
 
 def restore_levels(config, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
-    """The (N,) sigmas a sigma-conditioned model restores ``images`` (N, C, H, W) at: ``given``, else each
-    image's estimate (``estimate_sigma``), on the CPU; None for a blind model. Every caller asks here."""
+    """The (N,) levels a conditioned model restores ``images`` (N, C, H, W) at, on the CPU: ``given``,
+    else for a sigma-conditioned model each image's estimate (``estimate_sigma``); None for a blind model.
+    A quality-conditioned model has no estimate from pixels: its caller gives the quality each file's
+    header holds. Every caller asks here."""
     from .degradations.estimate import estimate_sigma
-    from .model import conditioned
+    from .model import condition_of
 
-    if not conditioned(config):
+    condition = condition_of(config)
+    if condition == "none":
         return None
     if given is not None:
         return torch.full((images.shape[0],), float(given))
+    if condition == "quality":
+        raise ValueError("a model conditioned on the JPEG quality needs the quality each image was saved at")
     return estimate_sigma(images.float().cpu()).float()
 
 
@@ -470,10 +475,17 @@ class Restorer:
 
     @property
     def conditioned(self) -> bool:
-        """Whether the model needs each image's noise level (``model/condition.py``)."""
+        """Whether the model needs each image's level: noise sigma or JPEG quality (``model/condition.py``)."""
         from .model import conditioned
 
         return conditioned(self.model.config)
+
+    @property
+    def needs_given_level(self) -> bool:
+        """Whether the model's level must be given (the JPEG quality): it has no estimate from the pixels."""
+        from .model import condition_of
+
+        return condition_of(self.model.config) == "quality"
 
     def levels_for(self, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
         """The (N,) noise levels this model restores ``images`` at (``restore_levels``)."""
@@ -482,7 +494,8 @@ class Restorer:
     def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None,
                  levels: torch.Tensor | None = None) -> torch.Tensor:
         """Restore a batch (N, C, H, W) of equal-sized images in [0, 1]; returns float32 on the CPU.
-        ``levels``: a conditioned model's (N,) noise levels (sigma, 0-255 scale); left out, estimated."""
+        ``levels``: a conditioned model's (N,) levels (sigma on the 0-255 scale, or JPEG quality); a
+        sigma left out is estimated."""
         images = images.float().cpu()
         if self.conditioned and levels is None:
             levels = self.levels_for(images)

@@ -13,9 +13,10 @@ in ``Task`` and ``Restorer`` and hold for both backends alike:
   filled, then for a mask-channel model the mask as a 4th channel, 1 = missing)
   and gives as many channels back, of which the first three are the image;
 * a JPEG model's ``max_quality`` is metadata only: a JPEG above it is kept as it is;
-* a denoiser conditioned on the noise level (metadata ``condition`` "sigma") takes a
-  second input ``level``: float32, one sigma per image on the 0-255 scale (shape
-  ``[batch]``), e.g. the image's estimated noise.
+* a conditioned model (metadata ``condition`` "sigma" or "quality") takes a second
+  input ``level``: float32, one per image (shape ``[batch]``): for a denoiser the
+  noise sigma on the 0-255 scale (e.g. the image's estimated noise), for a JPEG
+  model the quality 1-100 the file was saved at (its quantisation tables say).
 
 Exported files are cached per weights file, named by the weights' sha256, so a
 restore exports once; every file is written atomically (temp file + rename).
@@ -36,6 +37,7 @@ from . import __version__
 from .errors import io_reason
 from .files import replace_atomically
 from .model import conditioned, config_to_json
+from .model.condition import LEVEL_MEANINGS, TYPICAL_LEVELS
 from .model.folded import fold
 from .onnx_extra import EXTRA_HINT, onnx_installed
 
@@ -79,7 +81,7 @@ def export_metadata(model: torch.nn.Module, task: str, task_params: dict, source
         "input": f"{INPUT}: float32 NCHW in [0, 1], H and W multiples of size_multiple; inpainting: pre-filled, "
                  f"mask as the 4th channel where channels is 4",
         "output": f"{OUTPUT}: float32 NCHW, same shape, not clamped; the image is its first 3 channels",
-        **({"level": f"{LEVEL}: float32 [batch], the noise sigma of each image on the 0-255 scale"}
+        **({"level": f"{LEVEL}: float32 [batch], {LEVEL_MEANINGS[model.config.condition]}"}
            if conditioned(model.config) else {}),
     }
 
@@ -98,7 +100,8 @@ def export_onnx(model: torch.nn.Module, task: str, task_params: dict, source: di
     example = torch.rand(1, int(model.config.channels), side, side, generator=torch.Generator().manual_seed(0))
     inputs, names, axes = (example,), [INPUT], {INPUT: _DYNAMIC, OUTPUT: _DYNAMIC}
     if conditioned(model.config):
-        inputs, names, axes = (example, torch.full((1,), 25.0)), [INPUT, LEVEL], {**axes, LEVEL: {0: "batch"}}
+        level = torch.full((1,), TYPICAL_LEVELS[model.config.condition])
+        inputs, names, axes = (example, level), [INPUT, LEVEL], {**axes, LEVEL: {0: "batch"}}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and that shapes are traced; neither is the

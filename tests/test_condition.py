@@ -57,14 +57,14 @@ def test_the_conditioned_model_is_a_bijection_at_each_level_and_uses_it(photos):
 
 def test_a_level_is_required_of_a_conditioned_model_and_refused_by_a_blind_one(photos):
     model = create_model("tiny", condition="sigma")
-    with pytest.raises(ValueError, match="conditioned on the noise level"):
+    with pytest.raises(ValueError, match="the noise sigma of each image"):
         model(photos)
     with pytest.raises(ValueError, match="one sigma per image"):
         model(photos, torch.tensor([5.0, 6.0]))
     with pytest.raises(ValueError, match="blind"):
         create_model("tiny")(photos, LEVELS)
     with pytest.raises(ValueError, match="unknown condition"):
-        create_model("tiny", condition="quality")
+        create_model("tiny", condition="noise-map")
 
 
 def test_the_extra_input_starts_at_zero():
@@ -148,7 +148,8 @@ def test_the_conditioned_whole_step_is_one_graph(tmp_path, photo_folder, given, 
 
 def test_training_refuses_a_condition_it_cannot_give(tmp_path, photo_folder):
     for given, match in (({"task": "jpeg"}, "for --task denoise"), ({"arch": "cnn-tiny"}, "IRAE preset"),
-                         ({"condition": "quality"}, "--condition must be one of")):
+                         ({"condition": "quality"}, "for --task jpeg"),
+                         ({"condition": "noise-map"}, "--condition must be one of")):
         with pytest.raises(IraeError, match=match):
             Trainer(tr.Session(data=photo_folder, out=tmp_path / "x.safetensors", quiet=True), {**FAST, "steps": 2,
                                                                                             **given})
@@ -252,7 +253,7 @@ def test_restore_tells_the_model_each_image_s_estimated_sigma_or_the_given_one(t
 
 
 def test_restore_sigma_usage_errors_exit_2_before_any_work(tmp_path, cond_weights, blind_weights):
-    for weights, args, match in ((blind_weights, ("--sigma", "25"), "are blind"),
+    for weights, args, match in ((blind_weights, ("--sigma", "25"), "not conditioned on the noise level"),
                                  (cond_weights, ("--sigma", "300"), "out of range"),
                                  (cond_weights, ("--sigma", "-1"), "out of range"),
                                  (cond_weights, ("--task", "jpeg", "--sigma", "5"), "--task denoise")):
@@ -279,7 +280,7 @@ def test_benchmark_uses_the_estimated_sigma_unless_told_the_known_one(tmp_path, 
     assert psnr(results["est"]) != psnr(results["known"])
     r = irae("benchmark", "quality", "--task", "denoise", "--sigma", "25", DATA, "--weights", blind_weights,
              "--classical", "none", "--known-sigma")
-    assert r.returncode == 2 and "blind" in r.stderr
+    assert r.returncode == 2 and "--known-sigma is for weights conditioned on the noise level" in r.stderr
 
 
 def test_the_round_trip_of_a_conditioned_model_goes_both_ways_at_one_level(cond_weights, monkeypatch):

@@ -56,6 +56,6 @@ def whole_step_graph_breaks(trainer) -> int:
         d = probe_direction(inp.shape, t.data_gen, inp.device) if probe else None
         t.train_step.lr.fill_(1e-3)
         t.train_step.ema_weight.fill_(0.01)
-        loss = run_whole_step(fn, torch.device("cpu"), inp, clean, None, t.degrader.last_sigma, d)
+        loss = run_whole_step(fn, torch.device("cpu"), inp, clean, None, t.degrader.last_level, d)
         assert torch.isfinite(loss)
     return graph_breaks() - before

@@ -12,6 +12,7 @@ from ..errors import ImageError, IraeError
 from ..files import discover, no_images_message
 from ..imageio import read_image
 from ..inference import LowPrecision, device_and_dtype, restore_levels
+from ..model.condition import stand_in_level
 from ..model import create_model
 from ..tasks import with_mask_channel
 from .common import INVERTIBILITY_SCHEMA
@@ -162,8 +163,9 @@ def as_model_input(x: torch.Tensor, channels: int, rel: str) -> torch.Tensor:
 def round_trip(model: torch.nn.Module, y: torch.Tensor, dtype: str, dev: torch.device) -> dict:
     """The errors of ``inverse(forward(y))`` for one fitted (C,H,W) model input, computed in float64.
     bf16 casts what restore and training cast (``LowPrecision``: the coupling nets), nothing more; a model
-    conditioned on the noise level goes both ways at the image's estimated sigma (what restore tells it)."""
-    level = restore_levels(model.config, y[None])
+    conditioned on the noise level goes both ways at the image's estimated sigma (what restore tells it), one
+    conditioned on the JPEG quality at a typical quality (``stand_in_level``)."""
+    level = restore_levels(model.config, y[None], stand_in_level(model.config))
     level = None if level is None else level.to(dev)
     y = y[None].to(dev, INVERT_DTYPES[dtype] if dtype == "fp64" else torch.float32)
     precision = LowPrecision(model, dev, INVERT_DTYPES[dtype]).attach()

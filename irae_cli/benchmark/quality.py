@@ -117,13 +117,33 @@ def _restorers(loaded, t, settings: dict, *, device, dtype, tile, batch_size, se
 
 
 def _model_sigma_setting(restorers: list, known_sigma: bool, settings: dict) -> None:
-    """Where the conditioned networks' noise levels come from, in the settings; --known-sigma needs one."""
-    if not any(r.conditioned for _, r in restorers):
+    """Where the conditioned networks' levels come from, in the settings; --known-sigma needs a network
+    conditioned on sigma (a quality-conditioned one always reads each file's quality, as restore does)."""
+    if any(r.needs_given_level for _, r in restorers):
+        settings["model_quality"] = "read from each file's quantisation tables"
+    if not any(r.conditioned and not r.needs_given_level for _, r in restorers):
         if known_sigma:
             raise IraeError("--known-sigma is for weights conditioned on the noise level (irae train --condition "
-                            "sigma); these are blind")
+                            "sigma); these are not")
         return
     settings["model_sigma"] = "known" if known_sigma else "estimated"
+
+
+def file_qualities(unit: Unit) -> torch.Tensor:
+    """The JPEG quality of each level of ``unit`` as restore reads it from the file: a quality-conditioned
+    network's levels."""
+    if any(q is None for q in unit.source_quality) or len(unit.source_quality) != len(unit.levels):
+        raise IraeError(f"{unit.image}: no JPEG quality in the degraded file's tables, which weights conditioned "
+                        f"on the JPEG quality need; benchmark a clean folder or a set of JPEG files")
+    return torch.tensor([float(q) for q in unit.source_quality])
+
+
+def _levels_of(unit: Unit, restorer, known_sigma: bool) -> torch.Tensor | None:
+    """What a network is told of each level of ``unit``: nothing (blind, or a sigma it estimates), the
+    true sigma (``known_sigma``), or the file's JPEG quality (a quality-conditioned network)."""
+    if restorer.needs_given_level:
+        return file_qualities(unit)
+    return known_levels(unit) if known_sigma and restorer.conditioned else None
 
 
 def known_levels(unit: Unit) -> torch.Tensor:
@@ -206,7 +226,8 @@ def scorable(units, failures: list[dict]):
 def restore_unit(unit: Unit, t: Task, classical_outputs: dict[str, torch.Tensor], restorers: list,
                  failures: list[dict], known_sigma: bool = False) -> dict[str, torch.Tensor] | None:
     """Every row's (L,C,H,W) output for one unit; None (and a failure recorded) when a network cannot run.
-    A conditioned network is told each level's estimated sigma, or with ``known_sigma`` its true one."""
+    A sigma-conditioned network is told each level's estimated sigma, or with ``known_sigma`` its true one;
+    a quality-conditioned one each level's JPEG quality as its file holds it."""
     outputs: dict[str, torch.Tensor] = {}
     if t.needs_mask:  # the input row shows the holes as the model receives them, filled with the task's value
         fill_value = float(t.default_task_params().get("fill", 0.5))
@@ -216,7 +237,7 @@ def restore_unit(unit: Unit, t: Task, classical_outputs: dict[str, torch.Tensor]
     outputs.update(classical_outputs)
     try:
         for name, restorer in restorers:
-            levels = known_levels(unit) if known_sigma and restorer.conditioned else None
+            levels = _levels_of(unit, restorer, known_sigma)
             outputs[name] = _kept_where_passed_through(restorer(unit.degraded, unit.masks, levels), unit, t,
                                                        restorer)
     except IraeError as e:

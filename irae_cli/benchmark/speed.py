@@ -22,7 +22,8 @@ from ..files import discover, no_images_message
 from ..backends import check_backend, resolve_backend
 from ..inference import (LowPrecision, Restorer, casts_coupling_nets, compiled, device_and_dtype, pick_dtype,
                          restore_levels)
-from ..model import conditioned, level_args, parameter_count
+from ..model import condition_of, level_args, parameter_count
+from ..model.condition import TYPICAL_LEVELS, stand_in_level
 from ..onnx_export import export_source
 from ..pixels import planes_from_u8, to_u8
 from ..tasks import get_task
@@ -200,13 +201,11 @@ def macs_per_pixel(model: torch.nn.Module, channels: int, multiple: int) -> floa
     return counter.get_total_flops() / 2 / (side * side)
 
 
-# What a model conditioned on the noise level is told while it is timed: the time does not depend on it.
-TIMING_SIGMA = 25.0
-
-
 def timing_level(model: torch.nn.Module, n: int, device) -> tuple:
-    """The level argument a timed call passes: none for a blind model."""
-    return level_args(torch.full((n,), TIMING_SIGMA) if conditioned(model.config) else None, device)
+    """The level argument a timed call passes: none for a blind model, else a typical one (the time does
+    not depend on it)."""
+    condition = condition_of(model.config)
+    return level_args(torch.full((n,), TYPICAL_LEVELS[condition]) if condition != "none" else None, device)
 
 
 def _time_calls(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -448,7 +447,8 @@ def _naive_loop(sources, dest: Path, model: torch.nn.Module, dev: torch.device, 
         for s in sources:
             with open_image(s.path, load=False) as img:
                 x = torch.from_numpy(planes_from_u8(np.asarray(img.convert("RGB"))))[None]
-            levels = restore_levels(model.config, x)  # as restore does, per image
+            # as restore does, per image (a JPEG quality, which restore reads from a file, at a typical one)
+            levels = restore_levels(model.config, x, stand_in_level(model.config))
             level = level_args(levels, dev)
             x = x.to(dev)
             with torch.inference_mode(), precision.autocast():

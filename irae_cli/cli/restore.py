@@ -35,6 +35,10 @@ _Output = Annotated[Path, typer.Argument(help="Output folder (mirrors INPUT's tr
 _SIGMA = typer.Option(None, "--sigma", help="denoise, weights trained with --condition sigma: the noise "
                       "sigma (0-255 scale) to restore every image at (default: each image's estimated sigma).",
                       show_default=False)
+_INPUT_QUALITY = typer.Option(None, "--input-quality", help="jpeg, weights trained with --condition quality: "
+                              "the JPEG quality (1-100) every input was saved at (default: each JPEG file's "
+                              "own, read from its quantisation tables; files without them need this).",
+                              show_default=False)
 _MASKS = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
                       "relative paths, any image extension; 255 = missing.")
 _MASK_FROM = typer.Option(None, "--mask-from", help="inpaint: 'alpha' takes the holes from transparent pixels.")
@@ -66,6 +70,7 @@ def register(app: typer.Typer) -> None:
         task: Task,
         weights: Weights = None,
         sigma: Optional[float] = _SIGMA,
+        input_quality: Optional[int] = _INPUT_QUALITY,
         recursive: Recursive = True,
         include: Include = None,
         exclude: Exclude = None,
@@ -107,7 +112,8 @@ def register(app: typer.Typer) -> None:
                 include=list(include or ()), exclude=list(exclude or ()), skip_existing=skip_existing,
                 overwrite=overwrite,
                 report=report, dry_run=dry_run, masks=masks, mask_from=mask_from, compile=compile_mode, shard=shard,
-                self_ensemble=self_ensemble, backend=backend, sigma=sigma)
+                self_ensemble=self_ensemble, backend=backend, sigma=sigma,
+                input_quality=input_quality)
             summary = restore(input, output, opts, progress=sys.stderr.isatty(), quiet=quiet)
         raise typer.Exit(summary.exit_code)
 

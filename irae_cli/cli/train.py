@@ -61,9 +61,10 @@ _LOSS = typer.Option(None, "--loss", help="l1 (the paper's) or l2 (squared error
 _LOW_SIGMA_WEIGHT = typer.Option(None, "--low-sigma-weight", help="denoise: weight each patch's loss by "
                                  "1/max(sigma, S0) so low noise counts as much as heavy noise (S0 on the "
                                  "0-255 scale, e.g. 5; default: off).")
-_CONDITION = typer.Option(None, "--condition", help="denoise, IRAE: none (blind) or sigma (every coupling net "
+_CONDITION = typer.Option(None, "--condition", help="IRAE: none (blind); sigma (denoise: every coupling net "
                           "also sees the noise level; training gives it the true sigma of each patch, restore "
-                          "an estimate). With --init-from blind weights, they are widened (default: none).")
+                          "an estimate); quality (jpeg: the JPEG quality; restore reads it from each file). "
+                          "With --init-from blind weights, they are widened (default: none).")
 _EMA = typer.Option(None, "--ema", help="EMA decay of the saved weights, 0 = off (default: 0.999).")
 _SEED = typer.Option(None, "--seed", help="Seed of every random draw (default: 0).")
 _SIGMA = typer.Option(None, "--sigma", help=f"denoise: noise sigma range on the 0-255 scale (default: {TRAIN_SIGMA}).")

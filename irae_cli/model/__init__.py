@@ -10,7 +10,7 @@ import dataclasses
 from torch import nn
 
 from .cnn import ResidualCNN
-from .condition import conditioned, level_args
+from .condition import condition_of, conditioned, level_args
 from .config import CNNConfig, IRAEConfig, ModelInfo, config_from_dict, config_to_json
 from .irae import IRAE, widen_for_condition
 
@@ -79,4 +79,4 @@ def parameter_count(model: nn.Module) -> int:
 
 __all__ = ["IRAE", "ResidualCNN", "IRAEConfig", "CNNConfig", "PRESETS", "create_model", "list_models",
            "resolve_config", "parameter_count", "ModelInfo", "model_info", "config_to_json", "config_from_dict",
-           "conditioned", "level_args", "widen_for_condition"]
+           "condition_of", "conditioned", "level_args", "widen_for_condition"]

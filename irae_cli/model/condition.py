@@ -1,9 +1,11 @@
 """Conditioning the coupling nets on the degradation level (``IRAEConfig.condition``).
 
-A blind denoiser has to read the noise level off the image in every coupling net.  Conditioned
-(``condition="sigma"``), each coupling net gets one more input channel to its first convolution: a
-constant map of ``sigma / SIGMA_SCALE`` (sigma on the 0-255 scale), appended after the half ``x_b`` it
-computes the shift and scale from.  The map depends on the sample only, never on the halves a coupling
+A blind model has to read the degradation's strength off the image in every coupling net.  Conditioned,
+each coupling net gets one more input channel to its first convolution: a constant map of the image's
+level divided by its scale (``LEVEL_SCALES``), appended after the half ``x_b`` it computes the shift and
+scale from.  The level is the noise sigma on the 0-255 scale for a denoiser (``condition="sigma"``), the
+JPEG quality 1-100 for a JPEG model (``condition="quality"``: restore reads it from the file's
+quantisation tables).  The map depends on the sample only, never on the halves a coupling
 transforms, so each coupling keeps its exact inverse: the inverse sees the same ``x_b`` and the same map.
 The restore direction ``D^-1(E(y; s); s)`` and the degrade direction are therefore both bijections for a
 given level ``s``.
@@ -19,9 +21,17 @@ from torch import nn
 
 from .config import CONDITIONS, IRAEConfig
 
-# sigma / 50: the usual 0-50 range of noise levels maps onto 0-1, the scale of the image halves beside it.
+# sigma / 50: the usual 0-50 range of noise levels maps onto 0-1, the scale of the image halves beside it;
+# quality / 100 does the same for JPEG qualities.
 SIGMA_SCALE = 50.0
 SIGMA_MAX = 255.0  # a level is a sigma on the 0-255 scale
+LEVEL_SCALES = {"sigma": SIGMA_SCALE, "quality": 100.0}
+# A level where none is known and the figure does not depend on it much (timing, the round-trip check on
+# photos that are not JPEG files): a middling noise level, a middling JPEG quality.
+TYPICAL_LEVELS = {"sigma": 25.0, "quality": 30.0}
+# What a level is, per condition: what the caller passes (messages, the ONNX graph's description).
+LEVEL_MEANINGS = {"sigma": "the noise sigma of each image on the 0-255 scale",
+                  "quality": "the JPEG quality (1-100) each image was saved at"}
 
 
 def condition_channels(condition: str) -> int:
@@ -42,19 +52,19 @@ def check_level(condition: str, level, batch: int) -> torch.Tensor | None:
             raise ValueError("this model is blind (condition 'none'): it takes no level")
         return None
     if level is None:
-        raise ValueError(f"this model is conditioned on the noise level (condition {condition!r}): pass level, "
-                         f"the sigma of each image on the 0-255 scale, e.g. model(y, level)")
+        raise ValueError(f"this model is conditioned on the degradation (condition {condition!r}): pass level, "
+                         f"{LEVEL_MEANINGS[condition]}, e.g. model(y, level)")
     level = torch.as_tensor(level)
     if level.ndim == 0:
         return level.expand(batch)
     if level.shape != (batch,):
-        raise ValueError(f"level must hold one sigma per image ({batch}), not shape {tuple(level.shape)}")
+        raise ValueError(f"level must hold one {condition} per image ({batch}), not shape {tuple(level.shape)}")
     return level
 
 
-def scaled(level: torch.Tensor | None) -> torch.Tensor | None:
-    """What the coupling nets are given: the checked level divided by SIGMA_SCALE (None stays None)."""
-    return None if level is None else level / SIGMA_SCALE
+def scaled(level: torch.Tensor | None, condition: str) -> torch.Tensor | None:
+    """What the coupling nets are given: the checked level divided by its condition's scale (None stays None)."""
+    return None if level is None else level / LEVEL_SCALES[condition]
 
 
 def with_level(x_b: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -106,6 +116,18 @@ def _taps(state: dict, v_key: str) -> int:
 def conditioned(config) -> bool:
     """Whether a model of ``config`` needs a level (any other config, e.g. the CNN's, is blind)."""
     return isinstance(config, IRAEConfig) and config.condition != "none"
+
+
+def condition_of(config) -> str:
+    """``config``'s condition: "none" for a blind model or any other architecture."""
+    return config.condition if isinstance(config, IRAEConfig) else "none"
+
+
+def stand_in_level(config) -> float | None:
+    """The level given to a model by callers with no file to read it from (timing, the round-trip check):
+    a typical JPEG quality for a quality-conditioned model, which has no estimate from pixels; None for
+    any other (a sigma-conditioned model estimates its level, a blind one takes none)."""
+    return TYPICAL_LEVELS["quality"] if condition_of(config) == "quality" else None
 
 
 def level_args(levels: torch.Tensor | None, device) -> tuple:

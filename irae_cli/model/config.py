@@ -6,8 +6,11 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-# What the coupling nets may be told besides the image: nothing (blind), or the noise level (model/condition.py).
-CONDITIONS = ("none", "sigma")
+# What the coupling nets may be told besides the image: nothing (blind), the noise level, or the JPEG
+# quality (model/condition.py).
+CONDITIONS = ("none", "sigma", "quality")
+# The task each level belongs to.
+CONDITION_TASKS = {"sigma": "denoise", "quality": "jpeg"}
 # The coupling net's middle convolution: 1x1 (the published design) or 3x3 (a 7x7 receptive field per
 # coupling net instead of 5x5, for the same MACs at a smaller width; docs/model.md).
 MID_KERNELS = (1, 3)
@@ -23,7 +26,7 @@ class IRAEConfig:
     clamp: float = 0.5  # coupling log-scale bound c; 0 = additive coupling
     spectral_norm: bool = False  # spectral-normalise the coupling nets' hidden convs
     seed: int = 0  # fixes the 1x1 convs' initial rotations
-    condition: str = "none"  # "sigma": every coupling net also sees the noise level (model/condition.py)
+    condition: str = "none"  # "sigma"/"quality": every coupling net also sees that level (model/condition.py)
     mid_kernel: int = 1  # kernel size of the coupling nets' middle convolution (MID_KERNELS)
 
     def __post_init__(self) -> None:
@@ -61,7 +64,7 @@ class ModelInfo:
     invertible: bool  # has an exact inverse (the clean -> degraded direction)
     channels: int  # input (and output) channels: 3, or 4 for an inpainting model that sees its mask
     low_precision: str  # COUPLING_NETS or WHOLE: what runs in bf16/fp16 (restore, train and benchmark alike)
-    condition: str = "none"  # "sigma": restoring needs the noise level of each image besides the image
+    condition: str = "none"  # "sigma"/"quality": restoring needs that level of each image besides the image
 
     @classmethod
     def of(cls, config) -> "ModelInfo":

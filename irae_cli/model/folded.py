@@ -172,7 +172,7 @@ class FoldedIRAE(nn.Module):
 
     def restore_padded(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` for sizes already a multiple of ``size_multiple``: no padding, no crop (the ONNX graph)."""
-        cond = scaled(check_level(self.config.condition, level, y.shape[0]))
+        cond = scaled(check_level(self.config.condition, level, y.shape[0]), self.config.condition)
         return self._decode(self._encode(y - 0.5, cond), cond) + 0.5
 
     def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,8 +27,9 @@ INIT_STARTS = ("data", "identity")
 
 
 class IRAE(nn.Module):
-    """``level``: for a model conditioned on the noise level (``config.condition`` "sigma"), the sigma of
-    each image on the 0-255 scale, a (B,) tensor (model/condition.py); a blind model takes none."""
+    """``level``: for a conditioned model, a (B,) tensor of each image's level (model/condition.py): the
+    noise sigma on the 0-255 scale (``config.condition`` "sigma") or the JPEG quality ("quality"); a
+    blind model takes none."""
 
     invertible = True
 
@@ -79,7 +80,7 @@ class IRAE(nn.Module):
         return x - 0.5, hw
 
     def _cond(self, level, x: torch.Tensor) -> torch.Tensor | None:
-        return scaled(check_level(self.config.condition, level, x.shape[0]))
+        return scaled(check_level(self.config.condition, level, x.shape[0]), self.config.condition)
 
     def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         """Restore: degraded -> clean."""

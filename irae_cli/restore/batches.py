@@ -136,7 +136,7 @@ class _BatchRunner:
         if self.router is not None:
             if not self._routed(item):
                 return
-        elif self._passed_through(item):
+        elif self._passed_through(item) or self._lacks_quality(item):
             return
         key = (item.route.task if item.route else None, *item.x.shape)
         bucket = self.buckets[key]
@@ -156,6 +156,35 @@ class _BatchRunner:
                           f"the highest these weights improve")
         self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
         return True
+
+    def _lacks_quality(self, item: Item) -> bool:
+        """Weights conditioned on the JPEG quality need each file's: a file whose header has none, with no
+        --input-quality, fails with what to do."""
+        if not self.restorer.needs_given_level or self.opts.input_quality is not None \
+                or item.meta.jpeg_quality is not None:
+            return False
+        item.error = (f"{item.job.source.path}: no JPEG quality in its header, and these weights are "
+                      f"conditioned on it; pass --input-quality Q, the quality it was saved at")
+        self.reporter.done(item)
+        return True
+
+    def _levels(self, restorer, x: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
+        """A conditioned model's level for each image: the quality in each file's header (or
+        --input-quality), or the sigma given (--sigma) or estimated."""
+        if not getattr(restorer, "conditioned", False):
+            return None
+        if restorer.needs_given_level:
+            given = self.opts.input_quality
+            return torch.tensor([float(given if given is not None else it.meta.jpeg_quality) for it in items])
+        return restorer.levels_for(x, self.opts.sigma)
+
+    def _told(self, restorer, level: float) -> dict:
+        """The report's fields for what a conditioned model was told of one file."""
+        if restorer.needs_given_level:
+            return {"model_quality": int(level),
+                    "model_quality_source": "header" if self.opts.input_quality is None else "given"}
+        return {"model_sigma": round(level, 3), "model_sigma_source": "estimated" if self.opts.sigma is None
+                else "given"}
 
     def _routed(self, item: Item) -> bool:
         """--task auto: route the file; True when it goes on to a model, False when it is copied (or its
@@ -201,7 +230,7 @@ class _BatchRunner:
         try:
             x = _batch([it.x for it in items])
             masks = _batch([it.mask for it in items]) if self.needs_mask else None
-            levels = restorer.levels_for(x, self.opts.sigma) if getattr(restorer, "conditioned", False) else None
+            levels = self._levels(restorer, x, items)
             y = restorer(x, masks, levels)
         except Exception as e:  # noqa: BLE001 - a batch that fails is reported per file; the run goes on
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -213,9 +242,8 @@ class _BatchRunner:
         tiles = (stats.tiles - tiles0) // len(items)
         notes = stats.notes[notes0:]
         for i, (it, yi) in enumerate(zip(items, y)):
-            if levels is not None:  # what a conditioned denoiser was told, and where it came from
-                it.extra.update(model_sigma=round(float(levels[i]), 3),
-                                model_sigma_source="estimated" if self.opts.sigma is None else "given")
+            if levels is not None:  # what a conditioned model was told, and where it came from
+                it.extra.update(self._told(restorer, float(levels[i])))
             it.seconds += share
             it.tiles = tiles or 1
             it.notes = list(notes)

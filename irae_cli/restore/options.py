@@ -44,6 +44,7 @@ class RestoreOptions:
     self_ensemble: bool = False  # the mean over the 8 flips and turns of each image (8x the model time)
     shard: str | None = None  # "K/N": restore part K of N (see shard.py); under torchrun, shared by its processes
     sigma: float | None = None  # a conditioned denoiser's noise level for every image (None: each one's estimate)
+    input_quality: int | None = None  # a quality-conditioned JPEG model's level for every image (None: each header's)
 
 
 def check_options(opts: RestoreOptions) -> RestoreOptions:
@@ -67,6 +68,7 @@ def check_options(opts: RestoreOptions) -> RestoreOptions:
         raise IraeError(f"--suffix {opts.suffix!r} must not contain a path separator")
     _check_masks(opts, task)
     _check_sigma(opts)
+    _check_input_quality(opts)
     check_backend(opts.backend, opts.device, opts.dtype, opts.compile)
     if opts.shard is not None:
         parse_shard(opts.shard)
@@ -103,6 +105,17 @@ def _check_sigma(opts: RestoreOptions) -> None:
                         f"not {opts.task}")
     if not 0 <= opts.sigma <= SIGMA_MAX:
         raise IraeError(f"--sigma {opts.sigma:g} is out of range: give the noise sigma on the 0-255 scale")
+
+
+def _check_input_quality(opts: RestoreOptions) -> None:
+    """--input-quality's range and task; whether the weights take it is checked once they are known (plan)."""
+    if opts.input_quality is None:
+        return
+    if opts.task != "jpeg":
+        raise IraeError(f"--input-quality is the JPEG quality a quality-conditioned JPEG model is told: it goes "
+                        f"with --task jpeg, not {opts.task}")
+    if not 1 <= opts.input_quality <= 100:
+        raise IraeError(f"--input-quality {opts.input_quality} is out of range: give a JPEG quality 1-100")
 
 
 def _check_auto(opts: RestoreOptions) -> None:

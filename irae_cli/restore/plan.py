@@ -116,15 +116,18 @@ def plan_restore(input: str | Path, output: str | Path, opts: RestoreOptions) ->
 
 
 def check_sigma_weights(opts: RestoreOptions) -> None:
-    """Before any work: --sigma needs weights conditioned on the noise level (read from their metadata)."""
+    """Before any work: --sigma needs weights conditioned on the noise level, --input-quality weights
+    conditioned on the JPEG quality (read from their metadata)."""
     from ..weights import read_model_config, require_default_weights
 
-    if opts.sigma is None:
-        return
-    name = opts.weights or require_default_weights(opts.task)
-    if read_model_config(name).get("condition", "none") == "none":
-        raise IraeError(f"--sigma: the weights {name} are blind (not conditioned on the noise level); leave "
-                        f"--sigma out, or pass weights trained with 'irae train --condition sigma'")
+    for flag, value, condition, what in (("--sigma", opts.sigma, "sigma", "the noise level"),
+                                         ("--input-quality", opts.input_quality, "quality", "the JPEG quality")):
+        if value is None:
+            continue
+        name = opts.weights or require_default_weights(opts.task)
+        if read_model_config(name).get("condition", "none") != condition:
+            raise IraeError(f"{flag}: the weights {name} are not conditioned on {what}; leave {flag} out, or "
+                            f"pass weights trained with 'irae train --condition {condition}'")
 
 
 def _qualities(sources: list[Source], opts: RestoreOptions) -> list[int | None]:

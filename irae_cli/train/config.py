@@ -70,8 +70,8 @@ class TrainConfig:
     # denoise: weight each patch's loss by 1/max(sigma, this) (0 = off, every patch alike).  A blind
     # model's L1 grows with sigma, so heavy noise dominates the gradient; this evens out the levels.
     low_sigma_floor: float = 0.0
-    # denoise: "sigma" tells every coupling net the true noise level of its patch (model/condition.py);
-    # checkpoints made before the option trained blind models ("none").
+    # "sigma" (denoise) / "quality" (jpeg) tells every coupling net the true noise level / JPEG quality of
+    # its patch (model/condition.py); checkpoints made before the option trained blind models ("none").
     condition: str = "none"
 
     def __post_init__(self) -> None:
@@ -204,13 +204,14 @@ def _optimisation_problem(c: TrainConfig) -> str | None:
 
 def _model_problem(c: TrainConfig) -> str | None:
     from ..model import model_info
-    from ..model.config import CONDITIONS
+    from ..model.config import CONDITION_TASKS, CONDITIONS
 
     info = model_info(c.arch)
     if c.condition not in CONDITIONS:
         return f"--condition must be one of {', '.join(CONDITIONS)}, not {c.condition!r}"
-    if c.condition != "none" and (c.task != "denoise" or not info.invertible):
-        return f"--condition {c.condition} is for --task denoise with an IRAE preset, not {c.task} with {c.arch}"
+    if c.condition != "none" and (c.task != CONDITION_TASKS[c.condition] or not info.invertible):
+        return (f"--condition {c.condition} is for --task {CONDITION_TASKS[c.condition]} with an IRAE preset, "
+                f"not {c.task} with {c.arch}")
     if c.patch < 8 or c.patch % info.size_multiple:
         return f"--patch {c.patch} must be at least 8 and a multiple of {info.size_multiple} for --arch {c.arch}"
     try:  # the task says which models it can run

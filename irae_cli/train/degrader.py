@@ -46,6 +46,7 @@ class Degrader:
         self.masks = None
         self.last_mask: torch.Tensor | None = None  # the holes of the last inpainting batch (for the loss)
         self.last_sigma: torch.Tensor | None = None  # the sigma of each patch of the last denoise batch
+        self.last_quality: torch.Tensor | None = None  # the JPEG quality of each patch of the last jpeg batch
         self._gen_on_device: torch.Generator | None = None
         self._noise_state: torch.Tensor | None = None  # from a checkpoint, for when that generator is made
         if task.name == "jpeg":
@@ -63,6 +64,12 @@ class Degrader:
         if self.task.name != "jpeg":
             return None
         return "nvjpeg (torchvision, 4:4:4)" if self.nvjpeg else f"Pillow {Image.__version__} (libjpeg)"
+
+    @property
+    def last_level(self) -> torch.Tensor | None:
+        """The degradation level of each patch of the last batch: its sigma (denoise), its JPEG quality
+        (jpeg), or None (inpaint). What a conditioned model is told, and what the loss may be weighted by."""
+        return self.last_quality if self.task.name == "jpeg" else self.last_sigma
 
     def rng_state(self) -> dict:
         """{"data", "host"[, "noise"]}: the states of every generator this degrader draws from."""
@@ -106,7 +113,9 @@ class Degrader:
 
     def _compressed(self, clean_u8: torch.Tensor) -> torch.Tensor:
         c = self.c
-        qualities = torch.randint(c.quality[0], c.quality[1] + 1, (clean_u8.shape[0],), generator=self.host).tolist()
+        drawn = torch.randint(c.quality[0], c.quality[1] + 1, (clean_u8.shape[0],), generator=self.host)
+        self.last_quality = drawn.to(self.device, torch.float32, non_blocking=True)
+        qualities = drawn.tolist()
         if self.nvjpeg:
             y = jpeg_batch_cuda(clean_u8.to(self.device), qualities)
         else:

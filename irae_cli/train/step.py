@@ -36,34 +36,37 @@ class TrainStep:
         self.ema_weight = torch.zeros((), device=device)
         self.state: dict[str, list[torch.Tensor]] | None = None  # Adam's, from ``take_adam_state``
 
-    def level(self, sigma: torch.Tensor | None) -> torch.Tensor | None:
-        """What the model is told of each patch: its true sigma when it is conditioned on it, else nothing."""
+    def level(self, level: torch.Tensor | None) -> torch.Tensor | None:
+        """What the model is told of each patch: its true level (sigma or JPEG quality, ``Degrader.last_level``)
+        when it is conditioned on it, else nothing."""
         if not self.conditioned:
             return None
-        if sigma is None:
-            raise ValueError("a model conditioned on the noise level trains on --task denoise only")
-        return sigma
+        if level is None:
+            raise ValueError("a conditioned model trains on the task of its level only (sigma: denoise, "
+                             "quality: jpeg)")
+        return level
 
-    def initialize(self, inp: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor | None) -> None:
+    def initialize(self, inp: torch.Tensor, clean: torch.Tensor, level: torch.Tensor | None) -> None:
         """The model's one ActNorm initialisation, from the run's first batch (a blind model takes no level)."""
-        level = self.level(sigma)
+        level = self.level(level)
         extra = {} if level is None else {"level": level}
         self.model.initialize(inp, clean, start=self.config.init_start, **extra)
 
-    def objective(self, forward, inverse, inp, clean, holes, sigma, direction, loss_fn=training_loss,
+    def objective(self, forward, inverse, inp, clean, holes, level, direction, loss_fn=training_loss,
                   penalty_fn=inverse_gain_penalty) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, what to minimise): the loss plus, when the probe's ``direction`` (or the generator to draw
         it from) is given, the inverse-gain penalty.  Call it inside ``step_weights(model)``.
 
-        A conditioned model gets each patch's true sigma in both directions: the probe measures the gain
-        of the inverse at the level the forward pass restored at."""
+        ``level``: each patch's sigma (denoise) or JPEG quality (jpeg), or None. A conditioned model gets
+        it in both directions: the probe measures the gain of the inverse at the level the forward pass
+        restored at. The low-sigma weight (denoise only) reads it as the sigma."""
         c = self.config
-        level = self.level(sigma)
-        if level is not None:
-            forward, inverse = partial(forward, level=level), partial(inverse, level=level)
+        told = self.level(level)
+        if told is not None:
+            forward, inverse = partial(forward, level=told), partial(inverse, level=told)
         with self.precision.autocast():
             restored = forward(inp)
-        weight = low_sigma_weight(sigma, c.low_sigma_floor) if c.low_sigma_floor else None
+        weight = low_sigma_weight(level, c.low_sigma_floor) if c.low_sigma_floor else None
         loss = loss_fn(self.task.model_output(restored, self.task_params), clean, holes, c.loss, weight)
         if direction is None:
             return loss, loss
@@ -74,12 +77,12 @@ class TrainStep:
             penalty = penalty_fn(inverse, restored, inp, c.inverse_gain, direction, c.inverse_probe)
         return loss, loss + c.inverse_gain_every * penalty
 
-    def __call__(self, inp, clean, holes, sigma, direction) -> torch.Tensor:
+    def __call__(self, inp, clean, holes, level, direction) -> torch.Tensor:
         """The whole step on the model, Adam's state and the EMA, in place; the loss (before the update).
         ``direction``: the probe's, drawn by the caller (``probe_direction``), or None on steps without it."""
         model = self.model
         with self.step_weights(model):
-            loss, objective = self.objective(model, getattr(model, "inverse", None), inp, clean, holes, sigma,
+            loss, objective = self.objective(model, getattr(model, "inverse", None), inp, clean, holes, level,
                                              direction)
             grads = list(torch.autograd.grad(objective, self.params))
         with torch.no_grad():

@@ -246,7 +246,7 @@ class Trainer:
         st, c = self.state, self.config
         direction = probe_direction(inp.shape, self.data_gen, inp.device) if self._probe_now() else None
         ema_weight = 1.0 - ema_decay_at(st.step, c.ema) if self.ema is not None else 0.0
-        loss = self.compiled.run(st.lr, ema_weight, inp, clean, self._holes(), self.degrader.last_sigma, direction)
+        loss = self.compiled.run(st.lr, ema_weight, inp, clean, self._holes(), self.degrader.last_level, direction)
         torch.maximum(st.loss_max, loss, out=st.loss_max)
         st.unchecked += 1
         return loss
@@ -270,7 +270,7 @@ class Trainer:
             self.initialized = True
             self.precision.detach()
             if self.dist.main and self.init_state is None:
-                self.train_step.initialize(inp, clean, self.degrader.last_sigma)
+                self.train_step.initialize(inp, clean, self.degrader.last_level)
             if self.dist.active:
                 collectives.broadcast_module(self.model)
             self.precision.attach()
@@ -301,7 +301,7 @@ class Trainer:
         # the 1x1 weights of this step, built once (batched) for forward, probe and backward
         with step.step_weights(model):
             loss, objective = step.objective(self.compiled.forward, self.compiled.inverse, inp, clean, self._holes(),
-                                             self.degrader.last_sigma, self.data_gen if self._probe_now() else None,
+                                             self.degrader.last_level, self.data_gen if self._probe_now() else None,
                                              training_loss, inverse_gain_penalty)
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()

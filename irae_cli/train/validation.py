@@ -52,7 +52,7 @@ class Validator:
     def _degraded(self, rel: str, clean: torch.Tensor, level: Level) -> dict:
         y, mask = level.stored(clean, generator_for(self.seed, rel, level.name))
         return {"rel": rel, "level": level.name, "clean": clean, "degraded": y, "mask": mask,
-                "sigma": _true_sigma(level, clean, generator_for(self.seed, rel, level.name))}
+                "true_level": _true_level(level, clean, generator_for(self.seed, rel, level.name))}
 
     def _score(self, outputs: list[torch.Tensor]) -> dict:
         from ..metrics import psnr
@@ -66,14 +66,16 @@ class Validator:
         return {name: {key: _mean_psnr(values) for key, values in entry.items() if values}
                 for name, entry in per.items()}
 
-    def __call__(self, restorer, known_sigma: bool = False) -> dict:
-        """Scores per level; a conditioned model restores at each image's estimated sigma (the restorer's
-        default, what restore does), or with ``known_sigma`` at the sigma it was degraded with."""
+    def __call__(self, restorer, known_level: bool = False) -> dict:
+        """Scores per level; a sigma-conditioned model restores at each image's estimated sigma (the
+        restorer's default, what restore does), or with ``known_level`` at the sigma it was degraded with;
+        a quality-conditioned one always at the quality it was saved at (what restore reads from a file)."""
         outputs = []
+        known_level = known_level or restorer.needs_given_level
         for it in self.items:
             mask = None if it["mask"] is None else it["mask"][None]
-            if known_sigma:
-                outputs.append(restorer(it["degraded"][None], mask, torch.tensor([it["sigma"]]))[0])
+            if known_level:
+                outputs.append(restorer(it["degraded"][None], mask, torch.tensor([it["true_level"]]))[0])
             else:
                 outputs.append(restorer(it["degraded"][None], mask)[0])
         scores = self._score(outputs)
@@ -98,7 +100,7 @@ class TrainingValidation:
         self.restorer = Restorer(self.model, task, task_params=task_params, device=device, dtype="fp32",
                                  folded=False)
         self.sigma_estimates: dict[str, float] = {}
-        if self.restorer.conditioned:
+        if self.restorer.conditioned and not self.restorer.needs_given_level:
             for name in {it["level"] for it in self.validator.items}:
                 estimates = [float(self.restorer.levels_for(it["degraded"][None])[0])
                              for it in self.validator.items if it["level"] == name]
@@ -106,12 +108,13 @@ class TrainingValidation:
 
     def __call__(self, weights: dict) -> dict:
         """Scores per level; for a model conditioned on sigma also ``psnr_rgb_u8_known_sigma`` (restored at
-        the true sigma) beside the main figure (at the estimated one) and the mean ``sigma_estimate``."""
+        the true sigma) beside the main figure (at the estimated one) and the mean ``sigma_estimate`` (a
+        quality-conditioned model is scored at the true quality only: restore reads it exactly)."""
         self.model.load_state_dict(weights)
         scores = self.validator(self.restorer)
-        if not self.restorer.conditioned:
+        if not self.restorer.conditioned or self.restorer.needs_given_level:
             return scores
-        known = self.validator(self.restorer, known_sigma=True)
+        known = self.validator(self.restorer, known_level=True)
         for name, entry in scores.items():
             entry["psnr_rgb_u8_known_sigma"] = known[name]["psnr_rgb_u8"]
             entry["sigma_estimate"] = self.sigma_estimates[name]
@@ -141,9 +144,12 @@ def _centre_crops(root: Path, crop: int, echo):
         yield src.rel.as_posix(), x[:, top:top + ch, left:left + cw].contiguous()
 
 
-def _true_sigma(level: Level, clean: torch.Tensor, g: torch.Generator) -> float | None:
+def _true_level(level: Level, clean: torch.Tensor, g: torch.Generator) -> float | None:
     """The sigma a denoise level degraded this image with (drawn again from the same generator when the
-    level is a range); None for other tasks."""
+    level is a range), the quality a JPEG level saved it at (the last one, as the file's header says);
+    None for inpainting."""
+    if level.task == "jpeg":
+        return float(level.params["quality"])
     if level.task != "denoise":
         return None
     if "sigma" in level.params:

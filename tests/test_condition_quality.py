@@ -1,0 +1,207 @@
+"""A JPEG model conditioned on the quality (``--condition quality``): a bijection at each quality, trained
+on the true quality of each patch, and told each file's quality as its quantisation tables hold it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import irae_cli.train as tr
+from irae_cli.errors import IraeError
+from irae_cli.model import create_model
+from irae_cli.model.condition import LEVEL_SCALES
+from irae_cli.train.trainer import Trainer
+from irae_cli.weights import load_weights, save_weights
+
+from util import irae, randomised, whole_step_graph_breaks
+
+DATA = Path(__file__).parent / "data"
+QUALITIES = torch.tensor([10.0, 40.0, 90.0])
+
+
+def _trained_like(photos: torch.Tensor) -> torch.nn.Module:
+    model = create_model("tiny", condition="quality").eval()
+    model.initialize(photos, photos, level=QUALITIES)
+    return randomised(model, scale=0.02)
+
+
+def test_the_quality_model_is_a_bijection_at_each_quality_and_uses_it(photos):
+    model = _trained_like(photos).double()
+    y = photos.double()
+    with torch.no_grad():
+        restored = model(y, QUALITIES.double())
+        back = model.inverse(restored, QUALITIES.double())
+        assert float((back - y).norm() / y.norm()) < 1e-10
+        other = model(y, torch.full((3,), 70.0, dtype=torch.float64))
+        assert float((other - restored).norm() / restored.norm()) > 1e-4
+    assert LEVEL_SCALES["quality"] == 100.0  # qualities 1-100 reach the coupling nets as 0.01-1
+    with pytest.raises(ValueError, match="the JPEG quality"):
+        model(y)
+
+
+# ------------------------------------------------------------------ training
+
+FAST = {"task": "jpeg", "arch": "tiny", "patch": 16, "batch_size": 4, "condition": "quality"}
+
+
+def _trainer(tmp_path, photo_folder, given) -> Trainer:
+    s = tr.Session(data=photo_folder, out=tmp_path / "w.safetensors", quiet=True, compile="off", dtype="fp32")
+    t = Trainer(s, {**FAST, "steps": 50, **given})
+    assert t._step()
+    return t
+
+
+def test_training_tells_the_model_each_patch_s_true_quality(tmp_path, photo_folder, monkeypatch):
+    t = _trainer(tmp_path, photo_folder, {"inverse_gain": 50.0, "inverse_gain_every": 1, "quality": (20, 30)})
+    seen = []
+    real = type(t.model).forward
+
+    def spy(model, y, level=None):
+        seen.append(level)
+        return real(model, y, level)
+
+    monkeypatch.setattr(type(t.model), "forward", spy)
+    assert t._step()
+    assert len(seen) == 1 and torch.equal(seen[0], t.degrader.last_quality)
+    assert t.degrader.last_level is t.degrader.last_quality and t.degrader.last_sigma is None
+    assert ((seen[0] >= 20) & (seen[0] <= 30)).all() and seen[0].dtype == torch.float32
+
+
+def test_the_quality_conditioned_whole_step_is_one_graph(tmp_path, photo_folder):
+    assert whole_step_graph_breaks(_trainer(tmp_path, photo_folder, {"inverse_gain": 50.0})) == 0
+
+
+def test_the_quality_condition_is_for_jpeg_only(tmp_path, photo_folder):
+    for given, match in (({"task": "denoise"}, "for --task jpeg"), ({"arch": "cnn-tiny"}, "IRAE preset")):
+        with pytest.raises(IraeError, match=match):
+            Trainer(tr.Session(data=photo_folder, out=tmp_path / "x.safetensors", quiet=True),
+                    {**FAST, "steps": 2, **given})
+
+
+@pytest.mark.slow
+def test_train_and_validate_a_quality_model_at_the_true_quality(tmp_path):
+    out = tmp_path / "q.safetensors"
+    r = irae("train", "--task", "jpeg", DATA, "--arch", "tiny", "--batch-size", "2", "--patch", "32",
+             "--compile", "off", "-q", "--steps", "3", "--condition", "quality", "--val", DATA, "--val-crop", "64",
+             "--out", out)
+    assert r.returncode == 0, r.stderr
+    final = json.loads((tmp_path / "q.log.json").read_text())["val"][-1]["levels"]
+    assert set(final) == {"q10", "q20", "q30", "q40"}
+    assert all(set(v) == {"psnr_rgb_u8", "input_psnr_rgb_u8"} for v in final.values())
+    assert load_weights(out).model.config.condition == "quality"
+
+
+# ------------------------------------------------------------------ restore, benchmark, export
+
+
+@pytest.fixture(scope="module")
+def quality_weights(tmp_path_factory) -> Path:
+    from conftest import load_rgb
+
+    photos = torch.stack([load_rgb(n) for n in ("astronaut_128.png", "coffee_128.png", "chelsea_128.png")])
+    path = tmp_path_factory.mktemp("weights") / "quality.safetensors"
+    save_weights(_trained_like(photos), path, task="jpeg")
+    return path
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory) -> Path:
+    """Two JPEGs saved at qualities 20 and 60, and a PNG, whose header holds no quality."""
+    root = tmp_path_factory.mktemp("jpegs")
+    Image.open(DATA / "astronaut_128.png").convert("RGB").save(root / "a.jpg", quality=20)
+    Image.open(DATA / "coffee_128.png").convert("RGB").save(root / "c.jpg", quality=60)
+    Image.open(DATA / "chelsea_128.png").convert("RGB").save(root / "p.png")
+    return root
+
+
+def _report(path: Path) -> dict:
+    return {Path(d["input"]).name: d for d in map(json.loads, path.read_text().splitlines())}
+
+
+def test_restore_tells_the_model_each_file_s_quality_and_fails_a_file_without_one(tmp_path, quality_weights,
+                                                                                 jpeg_folder):
+    r = irae("restore", "--task", "jpeg", jpeg_folder, tmp_path / "out", "--weights", quality_weights,
+             "--backend", "torch", "--report", tmp_path / "r.jsonl")
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if "p.png" in line]
+    assert len(lines) == 1 and "no JPEG quality in its header" in lines[0] and "--input-quality" in lines[0]
+    report = _report(tmp_path / "r.jsonl")
+    assert (report["a.jpg"]["model_quality"], report["c.jpg"]["model_quality"]) == (20, 60)
+    assert report["a.jpg"]["model_quality_source"] == "header"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+
+    r = irae("restore", "--task", "jpeg", jpeg_folder, tmp_path / "given", "--weights", quality_weights,
+             "--backend", "torch", "--input-quality", "60", "--report", tmp_path / "g.jsonl")
+    assert r.returncode == 0, r.stderr
+    given = _report(tmp_path / "g.jsonl")
+    assert {d["model_quality"] for d in given.values()} == {60}
+    assert {d["model_quality_source"] for d in given.values()} == {"given"}
+    a_header = Image.open(tmp_path / "out" / "a.png").tobytes()
+    assert a_header != Image.open(tmp_path / "given" / "a.png").tobytes()  # told 60, not 20: another output
+    assert Image.open(tmp_path / "out" / "c.png").tobytes() == Image.open(tmp_path / "given" / "c.png").tobytes()
+
+
+def test_input_quality_usage_errors_exit_2_before_any_work(tmp_path, quality_weights, jpeg_folder):
+    blind = tmp_path / "blind.safetensors"
+    from conftest import load_rgb
+
+    photos = torch.stack([load_rgb("astronaut_128.png")])
+    model = create_model("tiny").eval()
+    model.initialize(photos, photos)
+    save_weights(model, blind, task="jpeg")
+    for weights, args, match in ((blind, ("--input-quality", "30"), "not conditioned on the JPEG quality"),
+                                 (quality_weights, ("--input-quality", "0"), "out of range"),
+                                 (quality_weights, ("--input-quality", "101"), "out of range"),
+                                 (quality_weights, ("--sigma", "10"), "--task denoise"),
+                                 (quality_weights, ("--task", "denoise", "--input-quality", "30"), "--task jpeg")):
+        args = args if "--task" in args else ("--task", "jpeg", *args)
+        r = irae("restore", jpeg_folder, tmp_path / "out", "--weights", weights, *args)
+        assert r.returncode == 2 and match in r.stderr, r.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_tells_the_model_each_level_s_file_quality(quality_weights, monkeypatch):
+    from irae_cli.benchmark.quality import quality
+    from irae_cli.inference import Restorer
+
+    seen = []
+    real = Restorer.__call__
+
+    def spy(restorer, images, masks=None, levels=None):
+        seen.append(levels)
+        return real(restorer, images, masks, levels)
+
+    monkeypatch.setattr(Restorer, "__call__", spy)
+    result = quality(DATA, task="jpeg", weights=str(quality_weights), qualities=[10, 40], classical="none",
+                     device="cpu", backend="torch", dtype="fp32")
+    assert result["settings"]["model_quality"] == "read from each file's quantisation tables"
+    assert result["models"]["quality"]["condition"] == "quality"
+    assert seen and all(torch.equal(s.cpu(), torch.tensor([10.0, 40.0])) for s in seen)
+    assert all(torch.isfinite(torch.tensor(row["metrics"]["psnr_rgb_u8"])) for row in result["results"])
+
+
+def test_the_round_trip_of_a_quality_model_passes(quality_weights):
+    from irae_cli.benchmark.invertibility import invertibility
+
+    result = invertibility(weights=str(quality_weights), images=DATA, dtype="fp64", device="cpu")
+    assert result["summary"]["passed"]
+
+
+def test_a_quality_export_describes_its_level_and_restores_like_torch(tmp_path, quality_weights, monkeypatch):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from irae_cli.backends import OnnxRunner
+    from irae_cli.model.folded import fold
+    from irae_cli.onnx_export import LEVEL, read_metadata
+
+    monkeypatch.setenv("IRAE_CACHE_DIR", str(tmp_path / "cache"))
+    r = irae("export", quality_weights, "-o", tmp_path / "q.onnx")
+    assert r.returncode == 0, r.stderr
+    meta = read_metadata(tmp_path / "q.onnx")
+    assert meta["condition"] == "quality" and "JPEG quality" in meta[LEVEL]
+    model = load_weights(quality_weights).model.eval()
+    x = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (OnnxRunner(tmp_path / "q.onnx")(x, QUALITIES) - fold(model)(x, QUALITIES)).abs().max() < 1e-4
