@@ -1,6 +1,7 @@
 """A JPEG model conditioned on the quality (``--condition quality``): a bijection at each quality, trained
 on the true quality of each patch, and told each file's quality as its quantisation tables hold it."""
 
+import io
 import json
 from pathlib import Path
 
@@ -106,14 +107,51 @@ def quality_weights(tmp_path_factory) -> Path:
     return path
 
 
+def _decoded(name: str, quality: int) -> Image.Image:
+    return _decoded_image(Image.open(DATA / name), quality)
+
+
 @pytest.fixture(scope="module")
 def jpeg_folder(tmp_path_factory) -> Path:
-    """Two JPEGs saved at qualities 20 and 60, and a PNG, whose header holds no quality."""
+    """Two JPEGs saved at qualities 20 and 60, a PNG of a JPEG decoded from quality 30 (no header quality,
+    the pixels show it) and a PNG never compressed (neither shows one)."""
     root = tmp_path_factory.mktemp("jpegs")
     Image.open(DATA / "astronaut_128.png").convert("RGB").save(root / "a.jpg", quality=20)
     Image.open(DATA / "coffee_128.png").convert("RGB").save(root / "c.jpg", quality=60)
+    _decoded("coffee_128.png", 30).save(root / "d.png")
     Image.open(DATA / "chelsea_128.png").convert("RGB").save(root / "p.png")
     return root
+
+
+# ------------------------------------------------------------------ the quality from the pixels
+
+
+@pytest.mark.parametrize("name", ["astronaut_128.png", "chelsea_128.png", "camera_128_gray.png"])
+def test_the_pixels_of_a_decoded_jpeg_show_its_quality(name):
+    from irae_cli.degradations import estimate_quality_from_pixels
+    from irae_cli.pixels import from_pil
+
+    for quality in (10, 30, 60, 80):
+        estimate = estimate_quality_from_pixels(from_pil(_decoded(name, quality)))
+        assert estimate is not None and abs(estimate - quality) <= 1, (quality, estimate)
+    assert estimate_quality_from_pixels(from_pil(Image.open(DATA / name))) is None  # never compressed
+
+
+def test_pixels_that_do_not_show_a_quality_give_none():
+    from irae_cli.degradations import estimate_quality_from_pixels
+    from irae_cli.pixels import from_pil
+
+    flat = Image.new("RGB", (128, 128), (90, 140, 200))
+    assert estimate_quality_from_pixels(from_pil(_decoded_image(flat, 30))) is None  # nothing to tell by
+    shifted = from_pil(_decoded("astronaut_128.png", 30))[:, 3:, 5:]  # off the encoder's 8x8 grid
+    assert estimate_quality_from_pixels(shifted) is None
+    assert estimate_quality_from_pixels(torch.rand(3, 7, 7)) is None  # no whole block
+
+
+def _decoded_image(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue()))
 
 
 def _report(path: Path) -> dict:
@@ -126,11 +164,12 @@ def test_restore_tells_the_model_each_file_s_quality_and_fails_a_file_without_on
              "--backend", "torch", "--report", tmp_path / "r.jsonl")
     assert r.returncode == 1
     lines = [line for line in r.stderr.splitlines() if "p.png" in line]
-    assert len(lines) == 1 and "no JPEG quality in its header" in lines[0] and "--input-quality" in lines[0]
+    assert len(lines) == 1 and "neither its header nor its pixels" in lines[0] and "--input-quality" in lines[0]
     report = _report(tmp_path / "r.jsonl")
-    assert (report["a.jpg"]["model_quality"], report["c.jpg"]["model_quality"]) == (20, 60)
-    assert report["a.jpg"]["model_quality_source"] == "header"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    told = {name: (report[name]["model_quality"], report[name]["model_quality_source"])
+            for name in ("a.jpg", "c.jpg", "d.png")}
+    assert told == {"a.jpg": (20, "header"), "c.jpg": (60, "header"), "d.png": (30, "estimated")}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png", "d.png"]
 
     r = irae("restore", "--task", "jpeg", jpeg_folder, tmp_path / "given", "--weights", quality_weights,
              "--backend", "torch", "--input-quality", "60", "--report", tmp_path / "g.jsonl")

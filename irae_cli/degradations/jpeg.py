@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import math
 import warnings
 
 import numpy as np
@@ -122,3 +123,68 @@ def nvjpeg_problem(device: torch.device) -> str | None:
         return None
     except Exception as e:  # any build without nvJPEG, or a driver problem: Pillow it is
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+# The AC frequencies the pixel estimate reads (row-major indices): the first 15 after DC in zigzag order,
+# where even a low quality leaves values that are not all zero.  DC is left out: in a flat block the
+# 8-bit rounding of all 64 pixels moves it by up to 4 at once, as much as a fine step.
+_ZIGZAG_AC = (1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5)
+_MIN_MULTIPLES = 4  # a frequency counts when its kept values lie on this many different multiples
+_MIN_VALUES = 500  # values needed in all: a flat image gives too few to tell qualities apart
+_MIN_SCORE = 0.5  # the mean cosine of an image never JPEG-compressed stays near 0
+
+
+def estimate_quality_from_pixels(x: torch.Tensor) -> int | None:
+    """The IJG quality an image was last JPEG-compressed at, read from its 8-bit pixels alone (a PNG of a
+    decoded JPEG, say); None when they do not show it.  ``x``: (C, H, W) in [0, 1], grey or RGB.
+
+    Quantisation leaves each DCT coefficient of the luma's 8x8 blocks on a multiple of its table's step,
+    give or take the rounding of the decoded pixels to 8 bits.  For each quality the mean of
+    cos(2 pi c / step), over the coefficients that quantisation did not zero (|c| > step / 2), is near 1
+    for the quality's own table and near 0 for others; the best one is taken when its mean is at least
+    ``_MIN_SCORE``.  A constant value lies on a multiple of many steps, so a frequency counts only when
+    its kept values lie on several different multiples.  The blocks must be on the encoder's grid (an
+    image not cropped since), and very flat or very fine (quality above ~90) images are often None.
+    """
+    coeffs = _luma_block_ac(x)
+    if coeffs is None:
+        return None
+    seen: dict[tuple[int, int], tuple[float, int]] = {}  # (frequency, step) -> (sum of cosines, values)
+    best_q, best_score = None, _MIN_SCORE
+    for q in range(1, 101):
+        total, count = 0.0, 0
+        for i, k in enumerate(_ZIGZAG_AC):
+            step = int(_IJG_TABLES[q - 1, k])
+            if step < 2:  # every value is near a multiple of 1: no evidence either way
+                continue
+            if (i, step) not in seen:
+                seen[(i, step)] = _on_multiples(coeffs[:, i], step)
+            s, n = seen[(i, step)]
+            total, count = total + s, count + n
+        if count >= _MIN_VALUES and total / count > best_score:
+            best_q, best_score = q, total / count
+    return best_q
+
+
+def _luma_block_ac(x: torch.Tensor) -> torch.Tensor | None:
+    """(blocks, 15) float64: the ``_ZIGZAG_AC`` coefficients of the JPEG DCT of each whole 8x8 block of
+    the image's luma (0-255, level-shifted as JPEG does); None when the image has no whole block."""
+    u8 = (x.detach().double().clamp(0, 1) * 255).round()
+    y = u8[0] if u8.shape[0] == 1 else 0.299 * u8[0] + 0.587 * u8[1] + 0.114 * u8[2]
+    h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
+    if h == 0 or w == 0:
+        return None
+    blocks = (y[:h, :w] - 128.0).reshape(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3).reshape(-1, 8, 8)
+    n = torch.arange(8, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / 16) * math.sqrt(2 / 8)
+    basis[0] /= math.sqrt(2)  # the orthonormal DCT-II, which is JPEG's
+    return (basis @ blocks @ basis.T).reshape(-1, 64)[:, list(_ZIGZAG_AC)]
+
+
+def _on_multiples(values: torch.Tensor, step: int) -> tuple[float, int]:
+    """(sum of cos(2 pi v / step), how many) over the values quantisation at ``step`` did not zero;
+    (0, 0) when they lie on fewer than ``_MIN_MULTIPLES`` different multiples."""
+    kept = values[values.abs() > step / 2]
+    if torch.unique(torch.round(kept / step)).numel() < _MIN_MULTIPLES:
+        return 0.0, 0
+    return float(torch.cos(2 * torch.pi * kept / step).sum()), int(kept.numel())

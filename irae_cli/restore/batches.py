@@ -18,6 +18,7 @@ from typing import TextIO
 
 import torch
 
+from ..degradations import estimate_quality_from_pixels
 from ..errors import IraeError, one_line, set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
@@ -136,7 +137,12 @@ class _BatchRunner:
         if self.router is not None:
             if not self._routed(item):
                 return
-        elif self._passed_through(item) or self._lacks_quality(item):
+            restorer = self.router.restorer(item.route.task)
+        elif self._passed_through(item):
+            return
+        else:
+            restorer = self.restorer
+        if self._lacks_quality(item, restorer):
             return
         key = (item.route.task if item.route else None, *item.x.shape)
         bucket = self.buckets[key]
@@ -157,32 +163,39 @@ class _BatchRunner:
         self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
         return True
 
-    def _lacks_quality(self, item: Item) -> bool:
-        """Weights conditioned on the JPEG quality need each file's: a file whose header has none, with no
-        --input-quality, fails with what to do."""
-        if not self.restorer.needs_given_level or self.opts.input_quality is not None \
-                or item.meta.jpeg_quality is not None:
+    def _lacks_quality(self, item: Item, restorer) -> bool:
+        """Weights conditioned on the JPEG quality are told each file's: --input-quality, else its header's,
+        else the estimate from its pixels (a PNG of a decoded JPEG); a file with none fails with what to do."""
+        if not restorer.needs_given_level:
             return False
-        item.error = (f"{item.job.source.path}: no JPEG quality in its header, and these weights are "
-                      f"conditioned on it; pass --input-quality Q, the quality it was saved at")
-        self.reporter.done(item)
-        return True
+        given, header = self.opts.input_quality, item.meta.jpeg_quality
+        if given is not None:
+            quality, source = given, "given"
+        elif header is not None:
+            quality, source = header, "header"
+        else:
+            quality, source = estimate_quality_from_pixels(item.x), "estimated"
+        if quality is None:
+            item.error = (f"{item.job.source.path}: neither its header nor its pixels show the JPEG quality "
+                          f"these weights are conditioned on; pass --input-quality Q, the quality it was saved at")
+            self.reporter.done(item)
+            return True
+        item.extra.update(model_quality=int(quality), model_quality_source=source)
+        return False
 
     def _levels(self, restorer, x: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
         """A conditioned model's level for each image: the quality in each file's header (or
         --input-quality), or the sigma given (--sigma) or estimated."""
         if not getattr(restorer, "conditioned", False):
             return None
-        if restorer.needs_given_level:
-            given = self.opts.input_quality
-            return torch.tensor([float(given if given is not None else it.meta.jpeg_quality) for it in items])
+        if restorer.needs_given_level:  # each file's, decided as it arrived (_lacks_quality)
+            return torch.tensor([float(it.extra["model_quality"]) for it in items])
         return restorer.levels_for(x, self.opts.sigma)
 
     def _told(self, restorer, level: float) -> dict:
-        """The report's fields for what a conditioned model was told of one file."""
+        """The report's fields for what a conditioned model was told of one file (a quality's are in already)."""
         if restorer.needs_given_level:
-            return {"model_quality": int(level),
-                    "model_quality_source": "header" if self.opts.input_quality is None else "given"}
+            return {}
         return {"model_sigma": round(level, 3), "model_sigma_source": "estimated" if self.opts.sigma is None
                 else "given"}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ship a CPU JPEG run as irae-jpeg-medium: the ungated quality ladder (beside the weights it replaces),
-# the quality limit from it, the shipped benchmark (q 10-90, what restore writes) and the 1 MP round
-# trip. CPU, fp32.
+# the quality limit from it, the shipped benchmark (q 10-90, what restore writes) and the round trip at
+# 1 MP (the 16 validation crops) and 4 MP (one q-30 JPEG of each held-out photo). CPU, fp32.
 #   W=training/jpeg/medium-2.safetensors PREVIOUS=training/jpeg/previous.safetensors bash training/jpeg/ship.sh
 # PREVIOUS: a copy of the weights being replaced (default: the old irae-jpeg-small), for the same-run rows.
 set -eu
@@ -22,3 +22,8 @@ irae benchmark quality --task jpeg --quality 10,20,30,40,50,60,70,80,90 data/pho
   --json weights/jpeg-medium.quality.json --overwrite
 irae benchmark invertibility --weights weights/irae-jpeg-medium.safetensors data/photos/val --dtype fp32 --size 1024 \
   --device cpu --json weights/irae-jpeg-medium.invertibility.json --overwrite
+[ -d training/inv/four-q30 ] || bash -c 'mkdir -p training/inv/four && for p in coldripple eveningglow fallenleaf onestandsout; do
+  cp data/photos/val/p-${p}_r0c0.png training/inv/four/; done
+  irae degrade --task jpeg --quality 30 --seed 0 training/inv/four training/inv/four-q30 > /dev/null'
+irae benchmark invertibility --weights weights/irae-jpeg-medium.safetensors training/inv/four-q30/q30 --dtype fp32 \
+  --size 2048 --device cpu --json weights/irae-jpeg-medium-4mp.invertibility.json --overwrite
