@@ -123,8 +123,8 @@ def casts_coupling_nets(model_or_config) -> bool:
 def restore_levels(config, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
     """The (N,) levels a conditioned model restores ``images`` (N, C, H, W) at, on the CPU: ``given``,
     else for a sigma-conditioned model each image's estimate (``estimate_sigma``); None for a blind model.
-    A quality-conditioned model has no estimate from pixels: its caller gives the quality each file's
-    header holds. Every caller asks here."""
+    A quality-conditioned model's quality is a file's (its header, else ``estimate_quality_from_pixels``,
+    which can fail): its caller decides it per file and gives it. Every caller asks here."""
     from .degradations.estimate import estimate_sigma
     from .model import condition_of
 
@@ -482,7 +482,7 @@ class Restorer:
 
     @property
     def needs_given_level(self) -> bool:
-        """Whether the model's level must be given (the JPEG quality): it has no estimate from the pixels."""
+        """Whether the model's level must be given: the JPEG quality, which callers read per file."""
         from .model import condition_of
 
         return condition_of(self.model.config) == "quality"

@@ -184,8 +184,8 @@ class _BatchRunner:
         return False
 
     def _levels(self, restorer, x: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
-        """A conditioned model's level for each image: the quality in each file's header (or
-        --input-quality), or the sigma given (--sigma) or estimated."""
+        """A conditioned model's level for each image: the JPEG quality decided as the file arrived, or
+        the sigma given (--sigma) or estimated."""
         if not getattr(restorer, "conditioned", False):
             return None
         if restorer.needs_given_level:  # each file's, decided as it arrived (_lacks_quality)
