@@ -18,7 +18,8 @@ import torch
 from . import environment
 from .defaults import check_compile_mode
 from .errors import IraeError
-from .model import level_args, model_info
+from .model import condition_of, conditioned, level_args, model_info
+from .model.condition import restore_levels  # noqa: F401 - the one home of the levels; callers import it here
 from .model.config import COUPLING_NETS
 from .model.flows import CouplingNet
 from .model.folded import FoldedIRAE, fold
@@ -117,25 +118,6 @@ def casts_coupling_nets(model_or_config) -> bool:
     ``ModelInfo.low_precision``, read here for restore, train and both benchmarks alike."""
     config = getattr(model_or_config, "config", model_or_config)
     return model_info(config).low_precision == COUPLING_NETS
-
-
-
-def restore_levels(config, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
-    """The (N,) levels a conditioned model restores ``images`` (N, C, H, W) at, on the CPU: ``given``,
-    else for a sigma-conditioned model each image's estimate (``estimate_sigma``); None for a blind model.
-    A quality-conditioned model's quality is a file's (its header, else ``estimate_quality_from_pixels``,
-    which can fail): its caller decides it per file and gives it. Every caller asks here."""
-    from .degradations.estimate import estimate_sigma
-    from .model import condition_of
-
-    condition = condition_of(config)
-    if condition == "none":
-        return None
-    if given is not None:
-        return torch.full((images.shape[0],), float(given))
-    if condition == "quality":
-        raise ValueError("a model conditioned on the JPEG quality needs the quality each image was saved at")
-    return estimate_sigma(images.float().cpu()).float()
 
 
 class LowPrecision:
@@ -476,15 +458,11 @@ class Restorer:
     @property
     def conditioned(self) -> bool:
         """Whether the model needs each image's level: noise sigma or JPEG quality (``model/condition.py``)."""
-        from .model import conditioned
-
         return conditioned(self.model.config)
 
     @property
     def needs_given_level(self) -> bool:
         """Whether the model's level must be given: the JPEG quality, which callers read per file."""
-        from .model import condition_of
-
         return condition_of(self.model.config) == "quality"
 
     def levels_for(self, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:

@@ -123,6 +123,22 @@ def condition_of(config) -> str:
     return config.condition if isinstance(config, IRAEConfig) else "none"
 
 
+def restore_levels(config, images: torch.Tensor, given: float | None = None) -> torch.Tensor | None:
+    """The (N,) levels a conditioned model restores ``images`` (N, C, H, W) at, on the CPU: ``given``, else
+    a sigma-conditioned model's estimate per image; None for a blind model. A JPEG quality is a file's
+    (header, else its pixels'): the caller decides it per file and gives it. Every caller asks here."""
+    from ..degradations.estimate import estimate_sigma
+
+    condition = condition_of(config)
+    if condition == "none":
+        return None
+    if given is not None:
+        return torch.full((images.shape[0],), float(given))
+    if condition == "quality":
+        raise ValueError("a model conditioned on the JPEG quality needs the quality each image was saved at")
+    return estimate_sigma(images.float().cpu()).float()
+
+
 def stand_in_level(config) -> float | None:
     """The level given to a model by callers with no file to read it from (timing, the round-trip check):
     a typical JPEG quality for a quality-conditioned model, which has no estimate from pixels; None for
