@@ -36,7 +36,7 @@ import torch
 from . import __version__
 from .errors import io_reason
 from .files import replace_atomically
-from .model import conditioned, config_to_json
+from .model import condition_of, conditioned, config_to_json
 from .model.condition import LEVEL_MEANINGS, TYPICAL_LEVELS
 from .model.folded import fold
 from .onnx_extra import EXTRA_HINT, onnx_installed
@@ -75,7 +75,7 @@ def export_metadata(model: torch.nn.Module, task: str, task_params: dict, source
         "task_params": json.dumps(task_params or {}, sort_keys=True),
         "max_quality": "" if task_params.get("max_quality") is None else str(task_params["max_quality"]),
         "channels": str(int(model.config.channels)),
-        "condition": getattr(model.config, "condition", "none"),
+        "condition": condition_of(model.config),
         "size_multiple": str(int(getattr(model, "size_multiple", 1))),
         "source_sha256": source.get("sha256") or "",
         "input": f"{INPUT}: float32 NCHW in [0, 1], H and W multiples of size_multiple; inpainting: pre-filled, "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import IraeError
-from ..model import create_model, parameter_count
+from ..model import condition_of, create_model, parameter_count
 
 
 @dataclass
@@ -21,7 +21,7 @@ class LoadedModel:
     task_params: dict = field(default_factory=dict)
 
     def entry(self) -> dict:
-        condition = getattr(self.model.config, "condition", "none")
+        condition = condition_of(self.model.config)
         return {"weights": self.weights, "sha256": self.sha256, "arch": self.arch,
                 "params": parameter_count(self.model), **({"condition": condition} if condition != "none" else {})}
 

@@ -17,6 +17,7 @@ from functools import partial
 
 import torch
 
+from ..model import conditioned
 from .loss import SMALL_PROBE, inverse_gain_penalty, low_sigma_weight, training_loss
 
 
@@ -29,7 +30,7 @@ class TrainStep:
         self.model, self.optimizer, self.ema, self.precision = model, optimizer, ema, precision
         self.config, self.task, self.task_params = config, task, task_params
         self.step_weights = batched_invconv_weights if model.invertible else (lambda m: nullcontext())
-        self.conditioned = getattr(model.config, "condition", "none") != "none"
+        self.conditioned = conditioned(model.config)
         self.params = [p for p in model.parameters() if p.requires_grad]
         device = self.params[0].device
         self.lr = torch.zeros((), device=device)
