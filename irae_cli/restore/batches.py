@@ -95,6 +95,9 @@ class _BatchRunner:
         self.workers = io_threads(opts.workers)
         self.needs_mask = False if self.router else restorer.task.needs_mask
         self.gpu_jpeg = _gpu_jpeg_decode(restorer, self.needs_mask)
+        # a quality-conditioned model needs each header-less file's quality from its pixels: the readers find it
+        self.estimates_quality = self.restorer is not None and restorer.needs_given_level \
+            and opts.input_quality is None
         # JPEGs above the quality these weights improve are kept as they are (Task.passes_through)
         self.max_quality = restorer.task_params.get("max_quality") \
             if self.restorer is not None and restorer.task.name == "jpeg" else None
@@ -114,7 +117,8 @@ class _BatchRunner:
         todo = iter(jobs)
         while True:
             while len(self.reads) < ahead and (job := next(todo, None)) is not None:
-                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg))
+                self.reads.append(self.readers.submit(_read, job, self.needs_mask, self.opts, self.gpu_jpeg,
+                                                      self.estimates_quality))
             if not self.reads:
                 break
             if self.decodes:
@@ -173,8 +177,9 @@ class _BatchRunner:
             quality, source = given, "given"
         elif header is not None:
             quality, source = header, "header"
-        else:
-            quality, source = estimate_quality_from_pixels(item.x), "estimated"
+        else:  # found by the reader, or here for a file --task auto routed to these weights
+            quality = item.pixel_quality if item.estimated else estimate_quality_from_pixels(item.x)
+            source = "estimated"
         if quality is None:
             item.error = (f"{item.job.source.path}: neither its header nor its pixels show the JPEG quality "
                           f"these weights are conditioned on; pass --input-quality Q, the quality it was saved at")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..degradations import estimate_quality_from_pixels
 from ..errors import ImageError
 from ..files import OutputExists, atomic_write_bytes
 from ..gpu_jpeg import jpeg_for_gpu
@@ -39,9 +40,15 @@ class Item:
     skipped: str | None = None  # why it counts as skipped after all: its output appeared (--skip-existing)
     route: object = None  # --task auto: its routing.Route
     extra: dict = field(default_factory=dict)  # report keys of its own (--task auto: route, model)
+    # the JPEG quality read from the pixels of a header-less file, on the reader thread (estimated: it was tried)
+    pixel_quality: int | None = None
+    estimated: bool = False
 
 
-def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool) -> Item:
+def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool,
+          estimate_quality: bool = False) -> Item:
+    """Decode one file (and its mask); ``estimate_quality``: a file without JPEG tables also gets the quality
+    its pixels show, here beside the decode rather than on the thread that keeps the model busy."""
     item = Item(job)
     t0 = time.perf_counter()
     path = job.source.path
@@ -57,6 +64,8 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool)
         item.x, item.meta = read_image(path)
         if task_needs_mask:
             _read_mask(item, opts)
+        if estimate_quality and item.meta.jpeg_quality is None:
+            item.pixel_quality, item.estimated = estimate_quality_from_pixels(item.x), True
     except ImageError as e:
         item.error = str(e)
     except MemoryError:
