@@ -165,6 +165,9 @@ def test_restore_tells_the_model_each_file_s_quality_and_fails_a_file_without_on
     assert r.returncode == 1
     lines = [line for line in r.stderr.splitlines() if "p.png" in line]
     assert len(lines) == 1 and "neither its header nor its pixels" in lines[0] and "--input-quality" in lines[0]
+    blind = irae("restore", "--task", "jpeg", jpeg_folder / "p.png", tmp_path / "blind", "--backend", "torch",
+                 "--weights", "irae-jpeg-medium-blind")  # the way out the error names
+    assert blind.returncode == 0 and (tmp_path / "blind" / "p.png").is_file(), blind.stderr
     report = _report(tmp_path / "r.jsonl")
     told = {name: (report[name]["model_quality"], report[name]["model_quality_source"])
             for name in ("a.jpg", "c.jpg", "d.png")}

@@ -12,7 +12,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import torch
 
+from ..degradations import estimate_quality_from_pixels
 from ..degradations.estimate import estimate_sigma
 from ..environment import versions
 from ..errors import ImageError, IraeError
@@ -82,15 +84,28 @@ def _score(entry: dict, root: Path, restorers: dict, max_quality: int | None) ->
     quality = header_quality(file)
     sigma = estimate_sigma(x)
     got = route(quality, max_quality, sigma)
-    jpeg = restorers["jpeg"]
     outputs = {"input": x, "denoise": restorers["denoise"](x[None])[0]}
-    outputs["jpeg"] = x if jpeg.task.passes_through(jpeg.task_params, quality) else jpeg(x[None])[0]
+    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality)
     outputs["auto"] = x if got.task is None else outputs[got.task]
     metrics = {row: compute_all(outputs[row], clean, task="denoise") for row in ROWS}
     return {"id": entry["id"], "level": entry["level"], "task": entry["task"], "params": entry["params"],
             "route": got.name, "route_reason": got.describe(),
             "right_route": right_route(entry["task"], entry["params"], max_quality),
-            "sigma_estimate": round(sigma, 3), "jpeg_quality": quality, "metrics": metrics}
+            "sigma_estimate": round(sigma, 3), "jpeg_quality": quality, **jpeg_told, "metrics": metrics}
+
+
+def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None) -> tuple[torch.Tensor, dict]:
+    """What ``--task jpeg`` gives the file: above ``max_quality`` the file as it is; a quality-conditioned
+    model told the header's quality, else the pixels' (as a run tells it); a file that shows none, which
+    such a run fails, scores as it is (``jpeg_model_quality`` null)."""
+    if jpeg.task.passes_through(jpeg.task_params, quality):
+        return x, {}
+    if not jpeg.needs_given_level:
+        return jpeg(x[None])[0], {}
+    told = quality if quality is not None else estimate_quality_from_pixels(x)
+    if told is None:
+        return x, {"jpeg_model_quality": None}
+    return jpeg(x[None], levels=torch.tensor([float(told)]))[0], {"jpeg_model_quality": int(told)}
 
 
 def _levels(per_image: list[dict]) -> list[str]:

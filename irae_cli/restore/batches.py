@@ -182,7 +182,8 @@ class _BatchRunner:
             source = "estimated"
         if quality is None:
             item.error = (f"{item.job.source.path}: neither its header nor its pixels show the JPEG quality "
-                          f"these weights are conditioned on; pass --input-quality Q, the quality it was saved at")
+                          f"these weights are conditioned on; pass --input-quality Q, the quality it was saved "
+                          f"at, or restore it with blind weights (--weights irae-jpeg-medium-blind)")
             self.reporter.done(item)
             return True
         item.extra.update(model_quality=int(quality), model_quality_source=source)
