@@ -104,7 +104,7 @@ def test_a_jpeg_whose_header_claims_far_more_than_its_data_fails_as_damaged(tmp_
     src = tmp_path / "in"
     src.mkdir()
     (src / "claims.jpg").write_bytes(jpeg_claiming(13300, 13300))
-    noise_image(src / "good.png", 64, 4)
+    noise_image(src / "good.jpg", 64, 4, quality=40)  # a JPEG: the default model is told its quality
     report = tmp_path / "r.jsonl"
     r = irae("restore", "--task", "jpeg", src, tmp_path / "out", "--report", report,
              env={"IRAE_MEMORY_LIMIT": memory_limit}, timeout=120)
@@ -112,7 +112,7 @@ def test_a_jpeg_whose_header_claims_far_more_than_its_data_fails_as_damaged(tmp_
     assert "claims.jpg: damaged JPEG" in r.stderr and "13300x13300" in r.stderr, r.stderr
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "claims.png").exists()
     status = {Path(rec["input"]).name: rec["status"] for rec in map(json.loads, report.read_text().splitlines())}
-    assert status == {"claims.jpg": "failed", "good.png": "ok"}
+    assert status == {"claims.jpg": "failed", "good.jpg": "ok"}
 
 
 def test_the_damage_is_found_before_any_decoding(tmp_path, monkeypatch):

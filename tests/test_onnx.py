@@ -34,6 +34,7 @@ def ort(monkeypatch, tmp_path):
 def test_export_of_each_shipped_irae_model_passes_the_checker_and_runs_like_torch(ort, name):
     import onnx
 
+    from irae_cli.model.condition import TYPICAL_LEVELS, condition_of
     from irae_cli.model.folded import fold
     from irae_cli.onnx_export import export_onnx, export_source
     from irae_cli.tasks import get_task
@@ -50,10 +51,13 @@ def test_export_of_each_shipped_irae_model_passes_the_checker_and_runs_like_torc
     m = loaded.model.size_multiple
     # Sizes the export never saw: the graph's batch, height and width are dynamic.
     x = torch.rand(2, loaded.model.config.channels, 3 * m, 5 * m, generator=torch.Generator().manual_seed(1))
+    condition = condition_of(loaded.model.config)  # a conditioned model (the JPEG default) takes its level too
+    levels = None if condition == "none" else torch.full((2,), float(TYPICAL_LEVELS[condition]))
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    y = session.run(["restored"], {"image": x.numpy()})[0]
+    feed = {"image": x.numpy(), **({} if levels is None else {"level": levels.numpy()})}
+    y = session.run(["restored"], feed)[0]
     with torch.inference_mode():
-        ref = fold(loaded.model)(x)
+        ref = fold(loaded.model)(x, levels)
     assert y.shape == tuple(ref.shape) and np.abs(y - ref.numpy()).max() * 255 < 1e-2
 
 
