@@ -177,7 +177,7 @@ class _BatchRunner:
             quality, source = given, "given"
         elif header is not None:
             quality, source = header, "header"
-        else:  # found by the reader, or here for a file --task auto routed to these weights
+        else:  # found by the reader beside the decode; here only for a file it was not asked for
             quality = item.pixel_quality if item.estimated else estimate_quality_from_pixels(item.x)
             source = "estimated"
         if quality is None:
