@@ -68,6 +68,10 @@ RUNS = [
     ("Denoise, `medium`, a third schedule on the texture photos (from the run above)",
      "training/denoise/texture-cpu3.log.json", 1_337_824,
      "lr 5e-5, 42 photos, the same bound and precision, compiled, two `--resume` chunks; "
+     "the default before the run below"),
+    ("Denoise, `medium`, a fourth schedule on the texture photos (from the run above)",
+     "training/denoise/texture-cpu4.log.json", 1_489_824,
+     "lr 5e-5, 42 photos, the same bound and precision, compiled, three `--resume` chunks; "
      "shipped as `irae-denoise-medium`"),
     ("Denoise, CNN `cnn-medium` fresh, CPU (the comparator at equal CPU minutes, first chunk)",
      "training/cmp/cnn-medium-cpu.log.json", 0,
