@@ -177,8 +177,8 @@ class _BatchRunner:
             quality, source = given, "given"
         elif header is not None:
             quality, source = header, "header"
-        else:  # found by the reader beside the decode; here only for a file it was not asked for
-            quality = item.pixel_quality if item.estimated else estimate_quality_from_pixels(item.x)
+        else:  # the readers find it beside the decode when asked (estimates_quality); here for any other file
+            quality = item.pixel_quality if self.estimates_quality else estimate_quality_from_pixels(item.x)
             source = "estimated"
         if quality is None:
             item.error = (f"{item.job.source.path}: neither its header nor its pixels show the JPEG quality "

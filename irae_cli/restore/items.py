@@ -40,9 +40,8 @@ class Item:
     skipped: str | None = None  # why it counts as skipped after all: its output appeared (--skip-existing)
     route: object = None  # --task auto: its routing.Route
     extra: dict = field(default_factory=dict)  # report keys of its own (--task auto: route, model)
-    # the JPEG quality read from the pixels of a header-less file, on the reader thread (estimated: it was tried)
+    # the JPEG quality the pixels of a header-less file show, found on the reader thread when the run asks
     pixel_quality: int | None = None
-    estimated: bool = False
 
 
 def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool,
@@ -65,7 +64,7 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool,
         if task_needs_mask:
             _read_mask(item, opts)
         if estimate_quality and item.meta.jpeg_quality is None:
-            item.pixel_quality, item.estimated = estimate_quality_from_pixels(item.x), True
+            item.pixel_quality = estimate_quality_from_pixels(item.x)
     except ImageError as e:
         item.error = str(e)
     except MemoryError:
