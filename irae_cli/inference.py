@@ -469,6 +469,16 @@ class Restorer:
         """The (N,) noise levels this model restores ``images`` at (``restore_levels``)."""
         return restore_levels(self.model.config, images, given)
 
+    def _ensemble(self, x: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
+        """The mean of the restorations of every view.  The image is padded to the task's grid first (JPEG's
+        16-pixel blocks): a flip of a width off that grid would move the block edges to where the model never
+        saw them, and cost more than the views gain."""
+        h0, w0 = x.shape[-2:]
+        x, _ = pad_to_multiple(x, self.task.grid)
+        y = sum(undo_dihedral(self._restore_same_size(dihedral(x, k, mirror), levels), k, mirror)
+                for k, mirror in self.views) / len(self.views)
+        return y[..., :h0, :w0]
+
     def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None,
                  levels: torch.Tensor | None = None) -> torch.Tensor:
         """Restore a batch (N, C, H, W) of equal-sized images in [0, 1]; returns float32 on the CPU.
@@ -480,11 +490,7 @@ class Restorer:
         elif levels is not None:
             levels = torch.as_tensor(levels, dtype=torch.float32).reshape(-1).expand(images.shape[0])
         x = self._adapt_channels(self.task.model_input(images, masks, self.task_params))
-        if len(self.views) == 1:
-            y = self._restore_same_size(x, levels)
-        else:
-            y = sum(undo_dihedral(self._restore_same_size(dihedral(x, k, mirror), levels), k, mirror)
-                    for k, mirror in self.views) / len(self.views)
+        y = self._restore_same_size(x, levels) if len(self.views) == 1 else self._ensemble(x, levels)
         y = self.task.model_output(y, self.task_params)
         if images.shape[1] == 1 and y.shape[1] == 3:
             y = y.mean(dim=1, keepdim=True)

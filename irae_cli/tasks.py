@@ -43,6 +43,9 @@ class Task:
     default_arch: str = "paper-denoise"
     # Degradation ranges used by ``irae train`` when none are given.
     train_defaults: dict = field(default_factory=dict)
+    # The period of the grid the degradation is laid on (JPEG: 16, its 4:2:0 chroma blocks; 1: none).  A
+    # flipped or turned view of the image must keep that grid where the model learnt it, at the origin.
+    grid: int = 1
 
     def default_task_params(self, model_channels: int = 3) -> dict:
         """What a new model of ``model_channels`` input channels is trained (and later run) with."""
@@ -119,7 +122,7 @@ TASKS = {
     "denoise": Task("denoise", f"remove Gaussian noise (blind over sigma {_SIGMA} on the 0-255 scale)",
                     train_defaults={"sigma": DEFAULTS.sigma_range}),
     "jpeg": Task("jpeg", f"remove JPEG compression artefacts (blind over quality {_QUALITY}, {DEFAULTS.subsampling})",
-                 train_defaults={"quality": DEFAULTS.quality_range, "subsampling": DEFAULTS.subsampling}),
+                 train_defaults={"quality": DEFAULTS.quality_range, "subsampling": DEFAULTS.subsampling}, grid=16),
     "inpaint": Task("inpaint", "fill holes given by a mask (255 = missing)", needs_mask=True,
                     default_arch="paper-inpaint",
                     train_defaults={"masks": DEFAULTS.masks, "hole_range": DEFAULTS.hole_range}),

@@ -157,3 +157,26 @@ def test_oom_tile_halving_is_remembered(model, photos):
         assert y.shape == photos[:1].shape
     assert fake.failed == 1 and r.tile == 64 and r.stats.oom_retries == 1
     assert "tile halved to 64" in r.stats.notes[0]
+
+
+@pytest.mark.parametrize("task, grid", [("jpeg", 16), ("denoise", 1)])
+def test_self_ensemble_views_keep_the_task_grid_at_the_origin(model, photos, monkeypatch, task, grid):
+    y = photos[:1, :, :93, :117]  # off JPEG's 16-pixel grid both ways
+    seen = []
+
+    def identity(self, x, levels=None):
+        seen.append(x.clone())
+        return x
+
+    monkeypatch.setattr(Restorer, "_restore_same_size", identity)
+    got = Restorer(model, get_task(task), device="cpu", dtype="fp32", tile=0, self_ensemble=True)(y)
+    assert len(seen) == 8 and torch.allclose(got, y, atol=1e-6)
+    assert all(v.shape[-2] % grid == 0 and v.shape[-1] % grid == 0 for v in seen)
+    # Undoing a view's flip and turn gives back the image itself at the origin: its padding lies past the
+    # bottom-right edge, so every block edge of the original stays on the grid in every view.
+    k, mirror = 1, True
+    view = seen[2 * k + mirror]
+    back = torch.rot90(view.flip(3) if mirror else view, -k, (2, 3))
+    assert torch.equal(back[..., :93, :117], y)
+    if grid == 1:
+        assert seen[0].shape[-2:] == y.shape[-2:]
