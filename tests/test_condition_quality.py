@@ -247,3 +247,15 @@ def test_a_quality_export_describes_its_level_and_restores_like_torch(tmp_path, 
     x = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (OnnxRunner(tmp_path / "q.onnx")(x, QUALITIES) - fold(model)(x, QUALITIES)).abs().max() < 1e-4
+
+
+def test_the_quality_told_is_the_given_else_the_header_else_the_pixels():
+    from irae_cli.degradations import quality_to_tell
+
+    def pixels_must_not_be_read():
+        raise AssertionError("the pixel estimate is read only when neither --input-quality nor a header gives one")
+
+    assert quality_to_tell(30, 75, pixels_must_not_be_read) == (30, "given")
+    assert quality_to_tell(None, 75, pixels_must_not_be_read) == (75, "header")
+    assert quality_to_tell(None, None, lambda: 42) == (42, "estimated")
+    assert quality_to_tell(None, None, lambda: None) == (None, "estimated")

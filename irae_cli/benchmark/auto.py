@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..degradations import estimate_quality_from_pixels
+from ..degradations import estimate_quality_from_pixels, quality_to_tell
 from ..degradations.estimate import estimate_sigma
 from ..environment import versions
 from ..errors import ImageError, IraeError
@@ -102,7 +102,7 @@ def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None) -> tuple[tor
         return x, {}
     if not jpeg.needs_given_level:
         return jpeg(x[None])[0], {}
-    told = quality if quality is not None else estimate_quality_from_pixels(x)
+    told, _ = quality_to_tell(None, quality, lambda: estimate_quality_from_pixels(x))
     if told is None:
         return x, {"jpeg_model_quality": None}
     return jpeg(x[None], levels=torch.tensor([float(told)]))[0], {"jpeg_model_quality": int(told)}

@@ -13,6 +13,7 @@ import concurrent.futures
 import io
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -164,6 +165,18 @@ def estimate_quality_from_pixels(x: torch.Tensor) -> int | None:
         if count >= _MIN_VALUES and total / count > best_score:
             best_q, best_score = q, total / count
     return best_q
+
+
+def quality_to_tell(given: int | None, header: int | None,
+                    from_pixels: Callable[[], int | None]) -> tuple[int | None, str]:
+    """The JPEG quality a model conditioned on it is told about one file, and where it came from: the
+    user's (``given``), else the file's quantisation tables (``header``), else its pixels (``from_pixels``,
+    called only then: the estimate costs a DCT of the whole image).  ``(None, "estimated")`` when none shows."""
+    if given is not None:
+        return given, "given"
+    if header is not None:
+        return header, "header"
+    return from_pixels(), "estimated"
 
 
 def _luma_block_ac(x: torch.Tensor) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import torch
 
-from ..degradations import estimate_quality_from_pixels
+from ..degradations import estimate_quality_from_pixels, quality_to_tell
 from ..errors import IraeError, one_line, set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
@@ -172,14 +172,10 @@ class _BatchRunner:
         else the estimate from its pixels (a PNG of a decoded JPEG); a file with none fails with what to do."""
         if not restorer.needs_given_level:
             return False
-        given, header = self.opts.input_quality, item.meta.jpeg_quality
-        if given is not None:
-            quality, source = given, "given"
-        elif header is not None:
-            quality, source = header, "header"
-        else:  # the readers find it beside the decode when asked (estimates_quality); here for any other file
-            quality = item.pixel_quality if self.estimates_quality else estimate_quality_from_pixels(item.x)
-            source = "estimated"
+        # The readers estimate it beside the decode when asked (estimates_quality); here for any other file.
+        quality, source = quality_to_tell(
+            self.opts.input_quality, item.meta.jpeg_quality,
+            lambda: item.pixel_quality if self.estimates_quality else estimate_quality_from_pixels(item.x))
         if quality is None:
             item.error = (f"{item.job.source.path}: neither its header nor its pixels show the JPEG quality "
                           f"these weights are conditioned on; pass --input-quality Q, the quality it was saved "
