@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -143,9 +144,22 @@ def test_pixels_that_do_not_show_a_quality_give_none():
 
     flat = Image.new("RGB", (128, 128), (90, 140, 200))
     assert estimate_quality_from_pixels(from_pil(_decoded_image(flat, 30))) is None  # nothing to tell by
-    shifted = from_pil(_decoded("astronaut_128.png", 30))[:, 3:, 5:]  # off the encoder's 8x8 grid
-    assert estimate_quality_from_pixels(shifted) is None
     assert estimate_quality_from_pixels(torch.rand(3, 7, 7)) is None  # no whole block
+
+
+@pytest.mark.parametrize("top, left", [(3, 5), (0, 1), (7, 0), (0, 0)])
+def test_a_crop_of_a_decoded_jpeg_shows_its_quality_and_where_its_blocks_start(top, left):
+    from irae_cli.degradations import find_jpeg_grid
+    from irae_cli.pixels import from_pil
+
+    # (chelsea at quality 10 is left out: in the 225 whole blocks of a crop of this smooth photo too few
+    # values survive quantisation to tell 10 from the finer tables whose steps divide its own)
+    for name, quality in (("astronaut_128.png", 10), ("astronaut_128.png", 30), ("astronaut_128.png", 60),
+                          ("chelsea_128.png", 30), ("chelsea_128.png", 60)):
+        found, grid = find_jpeg_grid(from_pil(_decoded(name, quality))[:, top:, left:])
+        assert found is not None and abs(found - quality) <= 1, (name, quality, found)
+        assert grid == ((8 - top) % 8, (8 - left) % 8), (name, quality, grid)
+    assert find_jpeg_grid(from_pil(Image.open(DATA / "astronaut_128.png"))[:, top:, left:]) == (None, (0, 0))
 
 
 def _decoded_image(img: Image.Image, quality: int) -> Image.Image:
@@ -183,6 +197,28 @@ def test_restore_tells_the_model_each_file_s_quality_and_fails_a_file_without_on
     a_header = Image.open(tmp_path / "out" / "a.png").tobytes()
     assert a_header != Image.open(tmp_path / "given" / "a.png").tobytes()  # told 60, not 20: another output
     assert Image.open(tmp_path / "out" / "c.png").tobytes() == Image.open(tmp_path / "given" / "c.png").tobytes()
+
+
+def test_restore_aligns_a_crop_of_a_decoded_jpeg_to_its_blocks(tmp_path, quality_weights):
+    # The crop restores as its part of the whole decoded JPEG does: the same quality, found in its pixels,
+    # and the blocks at the same place on the model's grid.
+    whole, crop = tmp_path / "whole", tmp_path / "crop"
+    whole.mkdir(), crop.mkdir()
+    decoded = _decoded("coffee_128.png", 20).convert("RGB")
+    decoded.save(whole / "w.png")
+    decoded.crop((3, 5, 128, 128)).save(crop / "c.png")
+    outs = {}
+    for folder in (whole, crop):
+        r = irae("restore", "--task", "jpeg", folder, tmp_path / f"{folder.name}-out", "--weights", quality_weights,
+                 "--backend", "torch", "--dtype", "fp32", "--report", tmp_path / f"{folder.name}.jsonl")
+        assert r.returncode == 0, r.stderr
+        outs[folder.name] = np.asarray(Image.open(next((tmp_path / f"{folder.name}-out").iterdir())), dtype=int)
+    report = _report(tmp_path / "crop.jsonl")["c.png"]
+    assert (report["model_quality"], report["jpeg_grid"]) == (20, [3, 5])
+    assert "jpeg_grid" not in _report(tmp_path / "whole.jsonl")["w.png"]
+    assert outs["crop"].shape == (123, 125, 3)
+    inner = np.abs(outs["crop"] - outs["whole"][5:, 3:])[24:-24, 24:-24]
+    assert inner.max() <= 1 and (outs["whole"][5:, 3:] != np.asarray(decoded)[5:, 3:]).mean() > 0.1
 
 
 def test_input_quality_usage_errors_exit_2_before_any_work(tmp_path, quality_weights, jpeg_folder):

@@ -137,19 +137,58 @@ _MIN_SCORE = 0.5  # the mean cosine of an image never JPEG-compressed stays near
 
 def estimate_quality_from_pixels(x: torch.Tensor) -> int | None:
     """The IJG quality an image was last JPEG-compressed at, read from its 8-bit pixels alone (a PNG of a
-    decoded JPEG, say); None when they do not show it.  ``x``: (C, H, W) in [0, 1], grey or RGB.
+    decoded JPEG, say, cropped or not); None when they do not show it.  ``x``: (C, H, W) in [0, 1]."""
+    return find_jpeg_grid(x)[0]
+
+
+def find_jpeg_grid(x: torch.Tensor) -> tuple[int | None, tuple[int, int]]:
+    """(quality, (top, left)): the IJG quality an image was last JPEG-compressed at, and where its 8x8
+    blocks start (0-7 each), read from its 8-bit pixels; ``(None, (0, 0))`` when they do not show it.
+
+    The grid is tried where an uncropped JPEG has it, at the origin, and at the offset where the luma
+    steps most across rows and columns (``_block_edges``): a crop of a decoded JPEG keeps the encoder's
+    grid, shifted.  The one whose coefficients lie closer to a quality's multiples wins (a grid one
+    pixel off can still show the quality, less clearly); an offset that shows none is not reported.
+    """
+    best: tuple[int | None, tuple[int, int]] = (None, (0, 0))
+    best_score = _MIN_SCORE
+    for top, left in dict.fromkeys([(0, 0), _block_edges(x)]):
+        quality, score = _quality_on_grid(x[..., top:, left:])
+        if quality is not None and score > best_score:
+            best, best_score = (quality, (top, left)), score
+    return best
+
+
+def _block_edges(x: torch.Tensor) -> tuple[int, int]:
+    """The row and column offsets (0-7) where the luma's mean absolute step between neighbours is largest:
+    where blocks start, in an image that JPEG's 8x8 blocks left steps in."""
+    u8 = (x.detach().double().clamp(0, 1) * 255).round()
+    y = u8[0] if u8.shape[0] == 1 else 0.299 * u8[0] + 0.587 * u8[1] + 0.114 * u8[2]
+    offsets = []
+    for steps in ((y[1:, :] - y[:-1, :]).abs(), (y[:, 1:] - y[:, :-1]).abs().T):
+        if steps.shape[0] < 16:
+            offsets.append(0)
+            continue
+        # steps[i] lies between rows i and i + 1: an edge before row p is steps[p - 1], p = 1..8
+        means = torch.stack([steps[p - 1::8].mean() for p in range(1, 9)])
+        offsets.append((int(means.argmax()) + 1) % 8)
+    return offsets[0], offsets[1]
+
+
+def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
+    """(quality, its score) read with the 8x8 blocks taken from the image's origin.
 
     Quantisation leaves each DCT coefficient of the luma's 8x8 blocks on a multiple of its table's step,
     give or take the rounding of the decoded pixels to 8 bits.  For each quality the mean of
     cos(2 pi c / step), over the coefficients that quantisation did not zero (|c| > step / 2), is near 1
     for the quality's own table and near 0 for others; the best one is taken when its mean is at least
     ``_MIN_SCORE``.  A constant value lies on a multiple of many steps, so a frequency counts only when
-    its kept values lie on several different multiples.  The blocks must be on the encoder's grid (an
-    image not cropped since), and very flat or very fine (quality above ~90) images are often None.
+    its kept values lie on several different multiples.  Very flat or very fine (quality above ~90)
+    images are often None.
     """
     coeffs = _luma_block_ac(x)
     if coeffs is None:
-        return None
+        return None, 0.0
     seen: dict[tuple[int, int], tuple[float, int]] = {}  # (frequency, step) -> (sum of cosines, values)
     best_q, best_score = None, _MIN_SCORE
     for q in range(1, 101):
@@ -164,7 +203,7 @@ def estimate_quality_from_pixels(x: torch.Tensor) -> int | None:
             total, count = total + s, count + n
         if count >= _MIN_VALUES and total / count > best_score:
             best_q, best_score = q, total / count
-    return best_q
+    return best_q, best_score
 
 
 def quality_to_tell(given: int | None, header: int | None,

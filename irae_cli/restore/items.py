@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..degradations import estimate_quality_from_pixels
+from ..degradations import find_jpeg_grid
 from ..errors import ImageError
 from ..files import OutputExists, atomic_write_bytes
 from ..gpu_jpeg import jpeg_for_gpu
@@ -40,14 +40,17 @@ class Item:
     skipped: str | None = None  # why it counts as skipped after all: its output appeared (--skip-existing)
     route: object = None  # --task auto: its routing.Route
     extra: dict = field(default_factory=dict)  # report keys of its own (--task auto: route, model)
-    # the JPEG quality the pixels of a header-less file show, found on the reader thread when the run asks
-    pixel_quality: int | None = None
+    # (quality, (top, left)) of the JPEG grid the pixels of a header-less file show (find_jpeg_grid): found
+    # on the reader thread when the run asks; None until looked for
+    pixel_grid: tuple | None = None
+    pad: tuple[int, int] = (0, 0)  # rows and columns put before the image to align its JPEG blocks
 
 
 def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool,
-          estimate_quality: bool = False) -> Item:
-    """Decode one file (and its mask); ``estimate_quality``: a file without JPEG tables also gets the quality
-    its pixels show, here beside the decode rather than on the thread that keeps the model busy."""
+          find_grid: bool = False) -> Item:
+    """Decode one file (and its mask); ``find_grid``: a file without JPEG tables also gets the JPEG quality
+    and block grid its pixels show, here beside the decode rather than on the thread that keeps the model
+    busy."""
     item = Item(job)
     t0 = time.perf_counter()
     path = job.source.path
@@ -63,8 +66,8 @@ def _read(job: Job, task_needs_mask: bool, opts: RestoreOptions, gpu_jpeg: bool,
         item.x, item.meta = read_image(path)
         if task_needs_mask:
             _read_mask(item, opts)
-        if estimate_quality and item.meta.jpeg_quality is None:
-            item.pixel_quality = estimate_quality_from_pixels(item.x)
+        if find_grid and item.meta.jpeg_quality is None:
+            item.pixel_grid = find_jpeg_grid(item.x)
     except ImageError as e:
         item.error = str(e)
     except MemoryError:
