@@ -188,8 +188,8 @@ class _BatchRunner:
     def _align_blocks(item: Item, restorer) -> None:
         """A header-less file cut from a decoded JPEG off its 8x8 grid (a crop, a screenshot of part of one)
         is padded at the top and left so that its blocks start at the origin, as in every JPEG the model
-        learnt on (off it, 0.1-0.4 dB of the gain at quality 10-30 is lost); the rows and columns put
-        before it are cut off the result."""
+        learnt on (off it the default loses 0.21 dB at quality 10 on held-out photos, 0.06 at 40;
+        training/jpeg/offgrid.txt); the rows and columns put before it are cut off the result."""
         if restorer.task.grid == 1 or item.meta.jpeg_quality is not None:
             return
         top, left = _pixel_grid(item)[1]
