@@ -9,7 +9,8 @@
 #    with `--compile on` (the whole step compiled and captured in CUDA graphs after its 3 timed eager
 #    steps; ~1 minute of compiling, so the default 9 minutes give >= 8 at full speed):
 #    denoise   `medium` from DENOISE_INIT (the latest shipped weights), batch 128;
-#    jpeg      `medium` from JPEG_INIT, batch 128;
+#    jpeg      `medium` from JPEG_INIT, told each patch's quality (JPEG_CONDITION, as the default
+#              JPEG model is: a conditioned --init-from cannot train blind), batch 128;
 #    inpaint   `medium-inpaint` from INPAINT_INIT, 96 px patches (positions within the 128 px crops
 #              of the pack), batch 32;
 #    (an empty *_INIT starts that run fresh: identity start for inpaint, data start otherwise)
@@ -31,7 +32,7 @@
 #
 # Knobs (environment): TRAIN_MIN (9), CMP_STEPS (4000), JOB_LIMIT_S (600), DEADLINE (JOB_LIMIT_S - 25), DEVICE
 # (cuda), PACK, VAL, DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT
-# (weights/irae-jpeg-medium.safetensors), INPAINT_INIT (empty: a fresh identity start), SMOKE_S
+# (weights/irae-jpeg-medium.safetensors), JPEG_CONDITION (quality; none = blind), INPAINT_INIT (empty: a fresh identity start), SMOKE_S
 # (150), FOLDER_COPIES (25), OUT (out/job), WORK (/tmp/irae-job), PY. CPU rehearsal at tiny scale:
 #   DEVICE=cpu TRAIN_MIN=1 CMP_STEPS=40 DEADLINE=420 FOLDER_COPIES=1 SPEED_SIZE=128 SMALL=1 SMOKE_S=60 \
 #     DENOISE_INIT=TINY JPEG_INIT=TINY INPAINT_INIT= OUT=/tmp/job-rehearsal scripts/gpu_job.sh
@@ -46,6 +47,7 @@ PACK=${PACK:-data/packs/train-128.safetensors}
 VAL=${VAL:-data/photos/val}
 DENOISE_INIT=${DENOISE_INIT-weights/irae-denoise-medium.safetensors}
 JPEG_INIT=${JPEG_INIT-weights/irae-jpeg-medium.safetensors}
+JPEG_CONDITION=${JPEG_CONDITION:-quality}
 INPAINT_INIT=${INPAINT_INIT-}
 SMOKE_S=${SMOKE_S:-150}
 FOLDER_COPIES=${FOLDER_COPIES:-25}
@@ -101,7 +103,8 @@ rm -rf "$WORK" "$SCRATCH" && mkdir -p "$WORK" "$SCRATCH"
   if need "training" "$PACK" "$VAL" $DENOISE_INIT $JPEG_INIT $INPAINT_INIT; then
     train_bg denoise --task denoise --arch "$ARCH_A" $(init "$DENOISE_INIT") --batch-size "$B64" --patch "$P64" \
       --lr 5e-4 --val-every 500 --checkpoint-every 500 --out "$WORK/irae-denoise-medium.safetensors"
-    train_bg jpeg --task jpeg --arch "$ARCH_A" $(init "$JPEG_INIT") --batch-size "$B64" --patch "$P64" \
+    train_bg jpeg --task jpeg --arch "$ARCH_A" $(init "$JPEG_INIT") --condition "$JPEG_CONDITION" \
+      --batch-size "$B64" --patch "$P64" \
       --lr 5e-4 --val-every 500 --checkpoint-every 500 --out "$WORK/irae-jpeg-medium.safetensors"
     train_bg inpaint --task inpaint --arch "$ARCH_I" $(init "$INPAINT_INIT") --batch-size "$B32" --patch "$P128" \
       --lr 3e-4 --val-crop 256 --val-every 500 --checkpoint-every 500 --out "$WORK/irae-inpaint-medium.safetensors"
