@@ -156,3 +156,20 @@ def test_scripts_parse_and_document_their_carry(script):
         text = (SCRIPTS / script).read_text()
         assert 'inputs: ["data/packs/train-128.safetensors", "data/photos/val"]' in text
         assert not re.search(r"^set -[a-z]*e", text, re.M)  # one failed step must not end the run
+
+
+@pytest.mark.parametrize("task", ["denoise", "jpeg"])
+def test_the_job_s_training_starts_from_the_shipped_weights_it_names(tmp_path, task):
+    # The job's training flags with its default start: shipped weights change (the JPEG default became
+    # conditioned on the quality), and a run that stops at its first line costs a whole GPU lease.
+    text = (SCRIPTS / "gpu_job.sh").read_text()
+    init = re.search(rf"^{task.upper()}_INIT=\$\{{{task.upper()}_INIT-(\S+)\}}$", text, re.M).group(1)
+    line = re.search(rf"train_bg {task} (.*?)--out", text, re.S).group(1)
+    flags = ["--condition", re.search(r"^JPEG_CONDITION=\$\{JPEG_CONDITION:-(\w+)\}$", text, re.M).group(1)] \
+        if "--condition" in line else []
+    r = subprocess.run(["irae", "train", "--task", task, str(ROOT / "tests" / "data"), "--arch", "medium",
+                        "--init-from", str(ROOT / init), *flags, "--steps", "1", "--batch-size", "2", "--patch", "32",
+                        "--compile", "off", "--device", "cpu", "--checkpoint-every", "0",
+                        "--out", str(tmp_path / "w.safetensors"), "-q"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
