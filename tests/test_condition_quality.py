@@ -295,3 +295,18 @@ def test_the_quality_told_is_the_given_else_the_header_else_the_pixels():
     assert quality_to_tell(None, 75, pixels_must_not_be_read) == (75, "header")
     assert quality_to_tell(None, None, lambda: 42) == (42, "estimated")
     assert quality_to_tell(None, None, lambda: None) == (None, "estimated")
+
+
+def test_a_large_image_is_read_in_its_middle_on_its_own_grid():
+    from irae_cli.degradations import find_jpeg_grid
+    from irae_cli.pixels import from_pil
+
+    tile = Image.open(DATA / "astronaut_128.png").convert("RGB")
+    big = Image.new("RGB", (1280, 1152))
+    for y in range(0, 1152, 128):
+        for x in range(0, 1280, 128):
+            big.paste(tile.rotate(90 * ((x + y) // 128 % 4)), (x, y))
+    decoded = from_pil(_decoded_image(big, 30))
+    # the middle window is cut at multiples of 8 from the corner: the crop's blocks are where they are
+    assert find_jpeg_grid(decoded[:, 3:, 13:]) == (30, (5, 3))
+    assert find_jpeg_grid(decoded) == (30, (0, 0))
