@@ -51,6 +51,8 @@ class ImageMeta:
     exif: bytes | None = None
     format: str | None = None  # Pillow format name of the source
     jpeg_quality: int | None = None  # a JPEG source's quality, read from its quantisation tables
+    # where a JPEG source's 8x8 blocks start (rows, columns) once it is turned upright (jpeg_grid_upright)
+    jpeg_grid: tuple[int, int] = (0, 0)
 
     @property
     def gray(self) -> bool:
@@ -188,6 +190,14 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}
 
 
+def jpeg_grid_upright(orientation: int, width: int, height: int) -> tuple[int, int]:
+    """Where the 8x8 blocks of a stored ``width`` x ``height`` JPEG start (rows, columns) once its EXIF
+    ``orientation`` is applied: a flip or a turn moves a side's far edge to the corner, so the blocks
+    then start at that side's length modulo 8."""
+    w, h = width % 8, height % 8
+    return {2: (0, w), 3: (h, w), 4: (h, 0), 6: (0, h), 7: (w, h), 8: (w, 0)}.get(orientation, (0, 0))
+
+
 def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
     """Turn an image upright for an orientation from ``exif_orientation`` (as ImageOps.exif_transpose would)."""
     method = _TRANSPOSE.get(orientation)
@@ -308,6 +318,7 @@ def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
     quality = estimate_quality(img)  # None unless it has JPEG tables (JPEG, or a camera's MPO)
     icc = img.info.get("icc_profile")
     exif_bytes, orientation = exif_without_orientation(img, path)
+    grid = jpeg_grid_upright(orientation, *img.size) if quality is not None else (0, 0)
     img = apply_orientation(img, orientation)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         planes = np.clip(np.asarray(img).astype(np.float32), 0, 65535)[None] / 65535.0
@@ -316,7 +327,7 @@ def _read_image(path: Path) -> tuple[torch.Tensor, ImageMeta]:
         planes, mode, alpha, icc = _planes_8bit(img, icc, path)
         bits = 8
     meta = ImageMeta(mode=mode, bits=bits, alpha=alpha, icc_profile=icc, exif=exif_bytes, format=fmt,
-                     jpeg_quality=quality)
+                     jpeg_quality=quality, jpeg_grid=grid)
     return torch.from_numpy(np.ascontiguousarray(planes)), meta
 
 

@@ -310,3 +310,22 @@ def test_a_large_image_is_read_in_its_middle_on_its_own_grid():
     # the middle window is cut at multiples of 8 from the corner: the crop's blocks are where they are
     assert find_jpeg_grid(decoded[:, 3:, 13:]) == (30, (5, 3))
     assert find_jpeg_grid(decoded) == (30, (0, 0))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_turned_upright_knows_where_its_blocks_start(tmp_path, orientation):
+    # Its EXIF orientation flips or turns the decoded pixels: the blocks then start at a side's length
+    # modulo 8 (250 x 187 stored: 2 and 3), which the pixels confirm.
+    from irae_cli.degradations import find_jpeg_grid
+    from irae_cli.imageio import read_image
+
+    img = Image.open(DATA / "astronaut_128.png").convert("RGB").resize((250, 187), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(tmp_path / "o.jpg", quality=30, exif=exif.tobytes())
+    x, meta = read_image(tmp_path / "o.jpg")
+    transposed = orientation >= 5  # rows and columns swapped: the pixel estimate reads the stored way round
+    quality, grid = find_jpeg_grid(x.transpose(1, 2) if transposed else x)
+    grid = grid[::-1] if transposed else grid
+    assert meta.jpeg_quality == 30 and quality == 30 and meta.jpeg_grid == grid
+    assert (grid == (0, 0)) == (orientation in (1, 5))
