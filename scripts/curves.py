@@ -89,6 +89,12 @@ RUNS = [
      "lr 3e-4, batch 16 of 64², quality 10-90 blind, one CPU thread; 256 px validation crops"),
     ("JPEG, `medium`, CPU again (a new schedule from the shipped weights)", "training/jpeg/medium-2.log.json", 200_000,
      "lr 1e-4, batch 16 of 64², quality 10-90 blind, one CPU thread; 256 px validation crops"),
+    ("JPEG, `medium`, told the quality (a second schedule, widened from the identity-start run)",
+     "training/levers/jpeg-condition-quality.log.json", 200_000,
+     "lr 1e-4, batch 16 of 64², quality 10-90 told, one CPU thread; 256 px validation crops at the true quality"),
+    ("JPEG, `medium`, told the quality, third schedule (from the one above)", "training/levers/jpeg-lr3e-4.log.json",
+     344_688, "lr 3e-4, batch 16 of 64², quality 10-90 told, one CPU thread; 256 px validation crops; "
+     "shipped as `irae-jpeg-medium`"),
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "training/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
      "shipped as `irae-inpaint-small`"),
