@@ -32,8 +32,8 @@
 #
 # Knobs (environment): TRAIN_MIN (9), CMP_STEPS (4000), JOB_LIMIT_S (600), DEADLINE (JOB_LIMIT_S - 25), DEVICE
 # (cuda), PACK, VAL, DENOISE_INIT (weights/irae-denoise-medium.safetensors), JPEG_INIT
-# (weights/irae-jpeg-medium.safetensors), JPEG_CONDITION (quality; none = blind), INPAINT_INIT (empty: a fresh identity start), SMOKE_S
-# (150), FOLDER_COPIES (25), OUT (out/job), WORK (/tmp/irae-job), PY. CPU rehearsal at tiny scale:
+# (weights/irae-jpeg-medium.safetensors), JPEG_CONDITION (quality; none = blind), INPAINT_INIT (empty: a fresh
+# identity start), SMOKE_S (150), FOLDER_COPIES (25), OUT (out/job), WORK (/tmp/irae-job), PY. CPU rehearsal at tiny scale:
 #   DEVICE=cpu TRAIN_MIN=1 CMP_STEPS=40 DEADLINE=420 FOLDER_COPIES=1 SPEED_SIZE=128 SMALL=1 SMOKE_S=60 \
 #     DENOISE_INIT=TINY JPEG_INIT=TINY INPAINT_INIT= OUT=/tmp/job-rehearsal scripts/gpu_job.sh
 #   (TINY: any `irae train --arch tiny` output)

@@ -221,7 +221,7 @@ def quality_to_tell(given: int | None, header: int | None,
                     from_pixels: Callable[[], int | None]) -> tuple[int | None, str]:
     """The JPEG quality a model conditioned on it is told about one file, and where it came from: the
     user's (``given``), else the file's quantisation tables (``header``), else its pixels (``from_pixels``,
-    called only then: the estimate costs a DCT of the whole image).  ``(None, "estimated")`` when none shows."""
+    called only then: the estimate costs DCTs of up to 4,096 blocks).  ``(None, "estimated")`` when none shows."""
     if given is not None:
         return given, "given"
     if header is not None:
