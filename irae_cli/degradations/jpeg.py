@@ -161,6 +161,18 @@ def find_jpeg_grid(x: torch.Tensor) -> tuple[int | None, tuple[int, int]]:
     return best
 
 
+def pad_to_blocks(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(padded, (rows, columns) put before it): ``x`` (..., H, W), whose 8x8 blocks start at ``grid`` (top,
+    left), padded at the top and left by repeating its edge so that they start at its corner."""
+    pad = ((8 - grid[0]) % 8, (8 - grid[1]) % 8)
+    if pad == (0, 0):
+        return x, pad
+    lead = x.shape[:-2]
+    flat = x.reshape(1, -1, *x.shape[-2:])  # replicate padding wants a batch of planes
+    padded = torch.nn.functional.pad(flat, (pad[1], 0, pad[0], 0), mode="replicate")
+    return padded.reshape(*lead, *padded.shape[-2:]), pad
+
+
 def _central_window(x: torch.Tensor, side: int = _WINDOW) -> torch.Tensor:
     """At most ``side`` x ``side`` pixels from the middle of the image, cut at multiples of 8 from its
     corner, so that the blocks lie where they lie in the whole image: 4,096 blocks, as many as the 640x400

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import torch
 
-from ..degradations import find_jpeg_grid, quality_to_tell
+from ..degradations import find_jpeg_grid, pad_to_blocks, quality_to_tell
 from ..errors import IraeError, one_line, set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
@@ -193,12 +193,10 @@ class _BatchRunner:
         columns put before it are cut off the result."""
         if restorer.task.grid == 1:
             return
-        top, left = item.meta.jpeg_grid if item.meta.jpeg_quality is not None else _pixel_grid(item)[1]
-        if (top, left) == (0, 0):
-            return
-        item.pad = ((8 - top) % 8, (8 - left) % 8)
-        item.x = torch.nn.functional.pad(item.x[None], (item.pad[1], 0, item.pad[0], 0), mode="replicate")[0]
-        item.extra["jpeg_grid"] = [top, left]
+        grid = item.meta.jpeg_grid if item.meta.jpeg_quality is not None else _pixel_grid(item)[1]
+        item.x, item.pad = pad_to_blocks(item.x, grid)
+        if item.pad != (0, 0):
+            item.extra["jpeg_grid"] = list(grid)
 
     def _levels(self, restorer, x: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
         """A conditioned model's level for each image: the JPEG quality decided as the file arrived, or

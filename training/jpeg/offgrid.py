@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from irae_cli.degradations import decode_file, find_jpeg_grid, jpeg_bytes
+from irae_cli.degradations import decode_file, find_jpeg_grid, jpeg_bytes, pad_to_blocks
 from irae_cli.inference import Restorer
 from irae_cli.pixels import from_pil
 from irae_cli.tasks import get_task
@@ -43,12 +43,11 @@ def main() -> None:
             dy, dx = 1 + i % 7, 1 + (3 * i + 2) % 7
             x, ref = decoded[:, dy:, dx:], clean[:, dy:, dx:]
             as_is = run(x[None], levels=torch.tensor([float(q)]))[0]
-            quality, (top, left) = find_jpeg_grid(x)
-            found += quality is not None and (top, left) == ((8 - dy) % 8, (8 - dx) % 8)
-            pt, pl = (8 - top) % 8, (8 - left) % 8
-            padded = torch.nn.functional.pad(x[None], (pl, 0, pt, 0), mode="replicate")
+            quality, grid = find_jpeg_grid(x)
+            found += quality is not None and grid == ((8 - dy) % 8, (8 - dx) % 8)
+            padded, (pt, pl) = pad_to_blocks(x, grid)  # as irae restore aligns it
             told = float(quality if quality is not None else q)
-            aligned = run(padded, levels=torch.tensor([told]))[0][:, pt:, pl:]
+            aligned = run(padded[None], levels=torch.tensor([told]))[0][:, pt:, pl:]
             for k, y in enumerate((x, as_is, aligned)):
                 sums[k] += psnr(y, ref)
         n = len(files)
