@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..degradations import estimate_quality_from_pixels, quality_to_tell
+from ..degradations import find_jpeg_grid, pad_to_blocks, quality_to_tell
 from ..degradations.estimate import estimate_sigma
 from ..environment import versions
 from ..errors import ImageError, IraeError
@@ -79,13 +79,13 @@ def _restorers(device, dtype, tile, batch_size) -> tuple[dict, dict]:
 def _score(entry: dict, root: Path, restorers: dict, max_quality: int | None) -> dict:
     """One file: its route (measured as a run does) and the right one, and each row's metrics."""
     file = root / entry["degraded"]
-    x, _ = read_image(file)
+    x, meta = read_image(file)
     clean, _ = read_image(root / entry["clean"])
     quality = header_quality(file)
     sigma = estimate_sigma(x)
     got = route(quality, max_quality, sigma)
     outputs = {"input": x, "denoise": restorers["denoise"](x[None])[0]}
-    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality)
+    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality, meta.jpeg_grid)
     outputs["auto"] = x if got.task is None else outputs[got.task]
     metrics = {row: compute_all(outputs[row], clean, task="denoise") for row in ROWS}
     return {"id": entry["id"], "level": entry["level"], "task": entry["task"], "params": entry["params"],
@@ -94,18 +94,33 @@ def _score(entry: dict, root: Path, restorers: dict, max_quality: int | None) ->
             "sigma_estimate": round(sigma, 3), "jpeg_quality": quality, **jpeg_told, "metrics": metrics}
 
 
-def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None) -> tuple[torch.Tensor, dict]:
+def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None,
+              header_grid: tuple[int, int]) -> tuple[torch.Tensor, dict]:
     """What ``--task jpeg`` gives the file: above ``max_quality`` the file as it is; a quality-conditioned
     model told the header's quality, else the pixels' (as a run tells it); a file that shows none, which
-    such a run fails, scores as it is (``jpeg_model_quality`` null)."""
+    such a run fails, scores as it is (``jpeg_model_quality`` null).  As in a run, the image is padded so
+    that its 8x8 blocks start at its corner (the header's grid, else the one its pixels show) and the
+    result cut back."""
     if jpeg.task.passes_through(jpeg.task_params, quality):
         return x, {}
-    if not jpeg.needs_given_level:
-        return jpeg(x[None])[0], {}
-    told, _ = quality_to_tell(None, quality, lambda: estimate_quality_from_pixels(x))
-    if told is None:
-        return x, {"jpeg_model_quality": None}
-    return jpeg(x[None], levels=torch.tensor([float(told)]))[0], {"jpeg_model_quality": int(told)}
+    pixels: list = []
+
+    def found() -> tuple:  # read once, only when the header cannot answer
+        if not pixels:
+            pixels.append(find_jpeg_grid(x))
+        return pixels[0]
+
+    told, levels = None, None
+    if jpeg.needs_given_level:
+        told, _ = quality_to_tell(None, quality, lambda: found()[0])
+        if told is None:
+            return x, {"jpeg_model_quality": None}
+        levels = torch.tensor([float(told)])
+    grid = header_grid if quality is not None else found()[1]
+    padded, pad = pad_to_blocks(x, grid)
+    restored = jpeg(padded[None], levels=levels)[0][..., pad[0]:, pad[1]:]
+    told_row = {"jpeg_model_quality": int(told)} if told is not None else {}
+    return restored, {**told_row, **({"jpeg_grid": list(grid)} if pad != (0, 0) else {})}
 
 
 def _levels(per_image: list[dict]) -> list[str]:

@@ -146,19 +146,15 @@ def find_jpeg_grid(x: torch.Tensor) -> tuple[int | None, tuple[int, int]]:
     """(quality, (top, left)): the IJG quality an image was last JPEG-compressed at, and where its 8x8
     blocks start (0-7 each), read from its 8-bit pixels; ``(None, (0, 0))`` when they do not show it.
 
-    The grid is tried where an uncropped JPEG has it, at the origin, and at the offset where the luma
-    steps most across rows and columns (``_block_edges``): a crop of a decoded JPEG keeps the encoder's
-    grid, shifted.  The one whose coefficients lie closer to a quality's multiples wins (a grid one
-    pixel off can still show the quality, less clearly); an offset that shows none is not reported.
+    A crop of a decoded JPEG keeps the encoder's grid, shifted: the grid is found first, on each axis on
+    its own (``_block_grid``), and the quality read on it alone.  Reading it on a second grid as well (the
+    origin, say) only adds chances of a wrong quality: a grid one pixel off can still look like a finer
+    table.  An image that shows no quality reports the origin.
     """
     x = _central_window(x)
-    best: tuple[int | None, tuple[int, int]] = (None, (0, 0))
-    best_score = _MIN_SCORE
-    for top, left in dict.fromkeys([(0, 0), _block_edges(x)]):
-        quality, score = _quality_on_grid(x[..., top:, left:])
-        if quality is not None and score > best_score:
-            best, best_score = (quality, (top, left)), score
-    return best
+    top, left = _block_grid(x)
+    quality, _ = _quality_on_grid(x[..., top:, left:])
+    return (quality, (top, left)) if quality is not None else (None, (0, 0))
 
 
 def pad_to_blocks(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -182,20 +178,37 @@ def _central_window(x: torch.Tensor, side: int = _WINDOW) -> torch.Tensor:
     return x[..., top:top + side, left:left + side]
 
 
-def _block_edges(x: torch.Tensor) -> tuple[int, int]:
-    """The row and column offsets (0-7) where the luma's mean absolute step between neighbours is largest:
-    where blocks start, in an image that JPEG's 8x8 blocks left steps in."""
+def _block_grid(x: torch.Tensor) -> tuple[int, int]:
+    """The row and column offsets (0-7) where the 8x8 blocks of a decoded JPEG start: the offset at which
+    8-pixel segments down the columns (then along the rows) have the most high frequencies near zero.
+
+    Quantisation zeroes most of a block's high-frequency coefficients, and a column's 1-D DCT over the 8
+    rows of a block is a sum of the block's 2-D coefficients of the same vertical frequency, wherever the
+    columns are cut, so each axis is found on its own; segments that straddle two blocks carry the step
+    between them into every frequency.  Unlike the steps between neighbouring pixels, this still tells
+    the grid of quality 90, whose block edges are faint (all 100 of 20 photos cut at 5 offsets, where the
+    largest step found 55)."""
     u8 = (x.detach().double().clamp(0, 1) * 255).round()
     y = u8[0] if u8.shape[0] == 1 else 0.299 * u8[0] + 0.587 * u8[1] + 0.114 * u8[2]
+    high_frequencies = _dct_basis()[4:].float().T  # the upper half, where quantisation zeroes most
     offsets = []
-    for steps in ((y[1:, :] - y[:-1, :]).abs(), (y[:, 1:] - y[:, :-1]).abs().T):
-        if steps.shape[0] < 16:
+    for dim in (0, 1):
+        if y.shape[dim] < 16:
             offsets.append(0)
             continue
-        # steps[i] lies between rows i and i + 1: an edge before row p is steps[p - 1], p = 1..8
-        means = torch.stack([steps[p - 1::8].mean() for p in range(1, 9)])
-        offsets.append((int(means.argmax()) + 1) % 8)
+        # the high frequencies of every 8-pixel segment along this axis, wherever it starts
+        high = (y.float().unfold(dim, 8, 1) @ high_frequencies).movedim(dim, 0)
+        near_zero = [float((high[p::8].abs() < 1.0).float().mean()) for p in range(8)]
+        offsets.append(max(range(8), key=near_zero.__getitem__))
     return offsets[0], offsets[1]
+
+
+def _dct_basis() -> torch.Tensor:
+    """(8, 8) float64: the orthonormal DCT-II, JPEG's (frequency, sample)."""
+    n = torch.arange(8, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / 16) * math.sqrt(2 / 8)
+    basis[0] /= math.sqrt(2)
+    return basis
 
 
 def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
@@ -213,7 +226,7 @@ def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
     if coeffs is None:
         return None, 0.0
     seen: dict[tuple[int, int], tuple[float, int]] = {}  # (frequency, step) -> (sum of cosines, values)
-    best_q, best_score = None, _MIN_SCORE
+    scores: dict[int, tuple[float, int]] = {}  # quality -> (mean cosine, values)
     for q in range(1, 101):
         total, count = 0.0, 0
         for i, k in enumerate(_ZIGZAG_AC):
@@ -224,8 +237,17 @@ def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
                 seen[(i, step)] = _on_multiples(coeffs[:, i], step)
             s, n = seen[(i, step)]
             total, count = total + s, count + n
-        if count >= _MIN_VALUES and total / count > best_score:
-            best_q, best_score = q, total / count
+        scores[q] = (total / count if count else 0.0, count)
+    best_q, best_score = None, _MIN_SCORE
+    for q, (score, count) in scores.items():
+        if count >= _MIN_VALUES and score > best_score:
+            best_q, best_score = q, score
+    # A coarse table's multiples are multiples of a finer table's steps that divide them, so a fine quality
+    # fits a coarse JPEG well too, on more values (its steps keep more); the coarse one, fitting better on
+    # fewer, is the one the encoder used.
+    for q, (score, count) in scores.items():
+        if best_q is not None and q < best_q and count >= _MIN_VALUES // 4 and score > best_score:
+            best_q, best_score = q, score
     return best_q, best_score
 
 
@@ -250,9 +272,7 @@ def _luma_block_ac(x: torch.Tensor) -> torch.Tensor | None:
     if h == 0 or w == 0:
         return None
     blocks = (y[:h, :w] - 128.0).reshape(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3).reshape(-1, 8, 8)
-    n = torch.arange(8, dtype=torch.float64)
-    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / 16) * math.sqrt(2 / 8)
-    basis[0] /= math.sqrt(2)  # the orthonormal DCT-II, which is JPEG's
+    basis = _dct_basis()
     return (basis @ blocks @ basis.T).reshape(-1, 64)[:, list(_ZIGZAG_AC)]
 
 
