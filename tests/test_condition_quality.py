@@ -341,14 +341,15 @@ def test_the_mixed_set_benchmark_aligns_a_crop_of_a_decoded_jpeg_as_restore_does
     jpeg = _restorers("cpu", "fp32", "auto", 4)[0]["jpeg"]
     whole = from_pil(_decoded("coffee_128.png", 20).convert("RGB"))
     crop = whole[:, 5:, 3:]
-    out_whole, told_whole = _jpeg_row(jpeg, whole, None, (0, 0))
-    out_crop, told_crop = _jpeg_row(jpeg, crop, None, (0, 0))
+    out_whole, told_whole = _jpeg_row(jpeg, whole, None, None)
+    out_crop, told_crop = _jpeg_row(jpeg, crop, None, None)
     assert told_whole == {"jpeg_model_quality": 20}
     assert told_crop == {"jpeg_model_quality": 20, "jpeg_grid": [3, 5]} and out_crop.shape == crop.shape
     u8 = lambda t: (t.clamp(0, 1) * 255).round()  # noqa: E731
     inner = (u8(out_crop) - u8(out_whole[:, 5:, 3:])).abs()[:, 24:-24, 24:-24]
     unaligned = (u8(jpeg(crop[None], levels=torch.tensor([20.0]))[0]) - u8(out_whole[:, 5:, 3:])).abs()
     assert inner.max() <= 1 and unaligned[:, 24:-24, 24:-24].max() > 1
-    # a JPEG file's own header grid is used as it is (an EXIF-turned file's, say)
-    _, told = _jpeg_row(jpeg, crop, 20, (3, 5))
+    # a JPEG file's grid (from its header and EXIF orientation) is used as it is, not the pixels'
+    _, told = _jpeg_row(jpeg, whole, 20, (3, 5))
     assert told == {"jpeg_model_quality": 20, "jpeg_grid": [3, 5]}
+    assert _jpeg_row(jpeg, crop, 20, (0, 0))[1] == {"jpeg_model_quality": 20}

@@ -85,7 +85,8 @@ def _score(entry: dict, root: Path, restorers: dict, max_quality: int | None) ->
     sigma = estimate_sigma(x)
     got = route(quality, max_quality, sigma)
     outputs = {"input": x, "denoise": restorers["denoise"](x[None])[0]}
-    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality, meta.jpeg_grid)
+    header_grid = meta.jpeg_grid if meta.jpeg_quality is not None else None  # as a run decides it
+    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality, header_grid)
     outputs["auto"] = x if got.task is None else outputs[got.task]
     metrics = {row: compute_all(outputs[row], clean, task="denoise") for row in ROWS}
     return {"id": entry["id"], "level": entry["level"], "task": entry["task"], "params": entry["params"],
@@ -95,12 +96,12 @@ def _score(entry: dict, root: Path, restorers: dict, max_quality: int | None) ->
 
 
 def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None,
-              header_grid: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+              header_grid: tuple[int, int] | None) -> tuple[torch.Tensor, dict]:
     """What ``--task jpeg`` gives the file: above ``max_quality`` the file as it is; a quality-conditioned
     model told the header's quality, else the pixels' (as a run tells it); a file that shows none, which
     such a run fails, scores as it is (``jpeg_model_quality`` null).  As in a run, the image is padded so
-    that its 8x8 blocks start at its corner (the header's grid, else the one its pixels show) and the
-    result cut back."""
+    that its 8x8 blocks start at its corner (``header_grid``, a JPEG file's, else the one its pixels show)
+    and the result cut back."""
     if jpeg.task.passes_through(jpeg.task_params, quality):
         return x, {}
     pixels: list = []
@@ -116,7 +117,7 @@ def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None,
         if told is None:
             return x, {"jpeg_model_quality": None}
         levels = torch.tensor([float(told)])
-    grid = header_grid if quality is not None else found()[1]
+    grid = header_grid if header_grid is not None else found()[1]
     padded, pad = pad_to_blocks(x, grid)
     restored = jpeg(padded[None], levels=levels)[0][..., pad[0]:, pad[1]:]
     told_row = {"jpeg_model_quality": int(told)} if told is not None else {}

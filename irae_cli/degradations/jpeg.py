@@ -217,8 +217,9 @@ def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
     Quantisation leaves each DCT coefficient of the luma's 8x8 blocks on a multiple of its table's step,
     give or take the rounding of the decoded pixels to 8 bits.  For each quality the mean of
     cos(2 pi c / step), over the coefficients that quantisation did not zero (|c| > step / 2), is near 1
-    for the quality's own table and near 0 for others; the best one is taken when its mean is at least
-    ``_MIN_SCORE``.  A constant value lies on a multiple of many steps, so a frequency counts only when
+    for the quality's own table and near 0 for others; the best one is taken when its mean is above
+    ``_MIN_SCORE`` on at least ``_MIN_VALUES`` values, or a coarser one that scores higher still on a
+    quarter of that.  A constant value lies on a multiple of many steps, so a frequency counts only when
     its kept values lie on several different multiples.  Very flat or very fine (quality above ~90)
     images are often None.
     """
@@ -242,12 +243,13 @@ def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
     for q, (score, count) in scores.items():
         if count >= _MIN_VALUES and score > best_score:
             best_q, best_score = q, score
-    # A coarse table's multiples are multiples of a finer table's steps that divide them, so a fine quality
-    # fits a coarse JPEG well too, on more values (its steps keep more); the coarse one, fitting better on
-    # fewer, is the one the encoder used.
-    for q, (score, count) in scores.items():
-        if best_q is not None and q < best_q and count >= _MIN_VALUES // 4 and score > best_score:
-            best_q, best_score = q, score
+    # Where a finer table's steps divide a coarse table's, the coarse JPEG's values lie on its multiples
+    # too, and its smaller steps keep more of them: on few blocks only the finer quality has enough.
+    # A coarser quality that fits better on fewer values is the one the encoder used.
+    coarser = [(score, q) for q, (score, count) in scores.items()
+               if best_q is not None and q < best_q and count >= _MIN_VALUES // 4 and score > best_score]
+    if coarser:
+        best_score, best_q = max(coarser)
     return best_q, best_score
 
 
