@@ -9,6 +9,7 @@ routed result.  Each file goes through each model once; ``auto`` reuses those ou
 
 from __future__ import annotations
 
+import functools
 import statistics
 from pathlib import Path
 
@@ -104,13 +105,7 @@ def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None,
     and the result cut back."""
     if jpeg.task.passes_through(jpeg.task_params, quality):
         return x, {}
-    pixels: list = []
-
-    def found() -> tuple:  # read once, only when the header cannot answer
-        if not pixels:
-            pixels.append(find_jpeg_grid(x))
-        return pixels[0]
-
+    found = functools.cache(lambda: find_jpeg_grid(x))  # read once, only when the header cannot answer
     told, levels = None, None
     if jpeg.needs_given_level:
         told, _ = quality_to_tell(None, quality, lambda: found()[0])
