@@ -151,9 +151,9 @@ def find_jpeg_grid(x: torch.Tensor) -> tuple[int | None, tuple[int, int]]:
     origin, say) only adds chances of a wrong quality: a grid one pixel off can still look like a finer
     table.  An image that shows no quality reports the origin.
     """
-    x = _central_window(x)
-    top, left = _block_grid(x)
-    quality, _ = _quality_on_grid(x[..., top:, left:])
+    y = _luma(_central_window(x))
+    top, left = _block_grid(y)
+    quality, _ = _quality_on_grid(y[top:, left:])
     return (quality, (top, left)) if quality is not None else (None, (0, 0))
 
 
@@ -178,7 +178,13 @@ def _central_window(x: torch.Tensor, side: int = _WINDOW) -> torch.Tensor:
     return x[..., top:top + side, left:left + side]
 
 
-def _block_grid(x: torch.Tensor) -> tuple[int, int]:
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(H, W) float64: the luma of ``x`` (C, H, W) in [0, 1] on the 0-255 scale of its 8-bit pixels."""
+    u8 = (x.detach().double().clamp(0, 1) * 255).round()
+    return u8[0] if u8.shape[0] == 1 else 0.299 * u8[0] + 0.587 * u8[1] + 0.114 * u8[2]
+
+
+def _block_grid(y: torch.Tensor) -> tuple[int, int]:
     """The row and column offsets (0-7) where the 8x8 blocks of a decoded JPEG start: the offset at which
     8-pixel segments down the columns (then along the rows) have the most high frequencies near zero.
 
@@ -187,9 +193,7 @@ def _block_grid(x: torch.Tensor) -> tuple[int, int]:
     columns are cut, so each axis is found on its own; segments that straddle two blocks carry the step
     between them into every frequency.  Unlike the steps between neighbouring pixels, this still tells
     the grid of quality 90, whose block edges are faint (all 100 of 20 photos cut at 5 offsets, where the
-    largest step found 55)."""
-    u8 = (x.detach().double().clamp(0, 1) * 255).round()
-    y = u8[0] if u8.shape[0] == 1 else 0.299 * u8[0] + 0.587 * u8[1] + 0.114 * u8[2]
+    largest step found 55).  ``y``: the luma (``_luma``)."""
     high_frequencies = _dct_basis()[4:].float().T  # the upper half, where quantisation zeroes most
     offsets = []
     for dim in (0, 1):
@@ -211,8 +215,8 @@ def _dct_basis() -> torch.Tensor:
     return basis
 
 
-def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
-    """(quality, its score) read with the 8x8 blocks taken from the image's origin.
+def _quality_on_grid(y: torch.Tensor) -> tuple[int | None, float]:
+    """(quality, its score) read from the luma ``y`` (``_luma``) with the 8x8 blocks taken from its origin.
 
     Quantisation leaves each DCT coefficient of the luma's 8x8 blocks on a multiple of its table's step,
     give or take the rounding of the decoded pixels to 8 bits.  For each quality the mean of
@@ -223,7 +227,7 @@ def _quality_on_grid(x: torch.Tensor) -> tuple[int | None, float]:
     its kept values lie on several different multiples.  Very flat or very fine (quality above ~90)
     images are often None.
     """
-    coeffs = _luma_block_ac(x)
+    coeffs = _luma_block_ac(y)
     if coeffs is None:
         return None, 0.0
     seen: dict[tuple[int, int], tuple[float, int]] = {}  # (frequency, step) -> (sum of cosines, values)
@@ -265,11 +269,9 @@ def quality_to_tell(given: int | None, header: int | None,
     return from_pixels(), "estimated"
 
 
-def _luma_block_ac(x: torch.Tensor) -> torch.Tensor | None:
+def _luma_block_ac(y: torch.Tensor) -> torch.Tensor | None:
     """(blocks, 15) float64: the ``_ZIGZAG_AC`` coefficients of the JPEG DCT of each whole 8x8 block of
-    the image's luma (0-255, level-shifted as JPEG does); None when the image has no whole block."""
-    u8 = (x.detach().double().clamp(0, 1) * 255).round()
-    y = u8[0] if u8.shape[0] == 1 else 0.299 * u8[0] + 0.587 * u8[1] + 0.114 * u8[2]
+    the luma ``y`` (0-255, level-shifted as JPEG does); None when it has no whole block."""
     h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
     if h == 0 or w == 0:
         return None
