@@ -219,25 +219,43 @@ def test_speed_times_both_backends_in_one_run(ort, tmp_path):
     assert s["settings"]["backend"] == "torch, onnxruntime" and "x first row" in r.stdout
 
 
-def test_auto_takes_onnxruntime_only_for_fp32_on_a_cpu_without_native_bf16(ort, monkeypatch):
+def test_auto_takes_onnxruntime_on_any_cpu_unless_torch_precision_or_compiling_is_asked_for(ort, monkeypatch):
+    import irae_cli.backends as backends
     import irae_cli.environment as environment
     from irae_cli.backends import resolve_backend
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv("IRAE_BACKEND", raising=False)
-    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
-    assert resolve_backend("auto", cpu) == "onnxruntime" == resolve_backend("auto", cpu, "fp32")
-    assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("auto", cpu, "auto", "on")
-    assert resolve_backend("auto", gpu) == "torch" == resolve_backend("torch", cpu)
-    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
-    assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
-    # IRAE_BACKEND sets what auto picks: ONNX Runtime on a bf16 CPU too, torch where ONNX Runtime cannot run
+    for native_bf16 in (False, True):  # ONNX Runtime fp32 beat torch's bf16 path on bf16 CPUs too
+        monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: native_bf16)
+        assert resolve_backend("auto", cpu) == "onnxruntime" == resolve_backend("auto", cpu, "fp32")
+        assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("auto", cpu, "auto", "on")
+        assert resolve_backend("auto", gpu) == "torch" == resolve_backend("torch", cpu)
+    # IRAE_BACKEND sets what auto picks: torch on a CPU too, ONNX Runtime only where it can run the model
     monkeypatch.setenv("IRAE_BACKEND", "onnxruntime")
     assert resolve_backend("auto", cpu) == "onnxruntime" and resolve_backend("auto", gpu) == "torch"
     assert resolve_backend("auto", cpu, "bf16") == "torch" == resolve_backend("torch", cpu)
     monkeypatch.setenv("IRAE_BACKEND", "torch")
-    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
     assert resolve_backend("auto", cpu) == "torch" and resolve_backend("onnxruntime", cpu) == "onnxruntime"
+    # without the extra, plain auto is torch (an explicit IRAE_BACKEND=onnxruntime is refused, as --backend is)
+    monkeypatch.delenv("IRAE_BACKEND")
+    monkeypatch.setattr(backends, "onnx_installed", lambda: False)
+    assert resolve_backend("auto", cpu) == "torch"
+    monkeypatch.setenv("IRAE_BACKEND", "onnxruntime")
+    with pytest.raises(IraeError, match="onnx extra"):
+        resolve_backend("auto", cpu)
     monkeypatch.setenv("IRAE_BACKEND", "tensorrt")
     with pytest.raises(IraeError, match="IRAE_BACKEND"):
         resolve_backend("auto", cpu)
+
+
+def test_the_speed_benchmark_times_torch_when_asked_to_compile_and_onnxruntime_otherwise(ort, monkeypatch):
+    from irae_cli.benchmark.models import preset_model
+    from irae_cli.benchmark.speed import ModelTimer
+
+    monkeypatch.delenv("IRAE_BACKEND", raising=False)
+    cpu = torch.device("cpu")
+    timer = ModelTimer(preset_model("tiny"), "denoise", cpu, "auto", True, True, False, [], "auto")
+    assert (timer.backend, timer.compiled) == ("torch", True)  # as restore --compile on would run it
+    timer = ModelTimer(preset_model("tiny"), "denoise", cpu, "auto", False, True, False, [], "auto")
+    assert (timer.backend, timer.compiled, timer.resolved) == ("onnxruntime", False, "float32")

@@ -261,8 +261,10 @@ class ModelTimer:
 
     def __init__(self, lm: LoadedModel, task: str, dev: torch.device, dtype: str, compile: bool, folded: bool,
                  channels_last: bool, notes: list[str], backend: str = "torch"):
+        # The compile setting goes in only so the backend resolves as restore's would (--compile on means torch);
+        # the timer compiles the runner itself, below.
         self.restorer = Restorer(lm.model, get_task(task), device=dev, dtype=dtype, tile=0, folded=folded,
-                                 backend=backend, source=export_source(lm.sha256),
+                                 backend=backend, source=export_source(lm.sha256), compile="on" if compile else "off",
                                  task_params=get_task(task).params_for_weights(lm.task_params,
                                                                                lm.model.config.channels))
         self.backend = self.restorer.backend

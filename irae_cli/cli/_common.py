@@ -30,8 +30,8 @@ DtypeList = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp1
                                         f"times each. {DTYPE_POLICY}")]
 TrainDtype = Annotated[str, typer.Option("--dtype", help=f"auto, fp32 or bf16. {DTYPE_POLICY}")]
 
-_BACKEND = ("auto, torch or onnxruntime (CPU, fp32; needs pip install 'irae\\[onnx]'). auto: onnxruntime on a CPU "
-            "without native bf16 when it is installed, the model runs fp32 and --compile is not on, else torch; "
+_BACKEND = ("auto, torch or onnxruntime (CPU, fp32; needs pip install 'irae\\[onnx]'). auto: onnxruntime on the CPU "
+            "when it is installed, --dtype is auto or fp32 and --compile is not on, else torch; "
             "IRAE_BACKEND=torch|onnxruntime sets what auto picks.")
 Backend = Annotated[str, typer.Option("--backend", help=_BACKEND)]
 BackendList = Annotated[str, typer.Option("--backend", help=f"{_BACKEND} A comma list, e.g. torch,onnxruntime, "
