@@ -83,25 +83,28 @@ def test_the_guard_reads_a_compiled_interval():
 
 @pytest.mark.slow
 def test_compiled_training_follows_the_eager_losses(tmp_path, photo_folder):
-    """--compile on, 23 steps: eager for the 3 timed ones, then 20 compiled (inductor on the CPU), the
-    probe every other step; the losses and the saved weights match an eager run to float tolerance, and
-    the run records 0 graph breaks."""
-    given = {**FAST, "steps": 23, "inverse_gain": 50.0, "inverse_gain_every": 2}
+    """--compile on, 8 steps: eager for the 3 timed ones, then 5 compiled (inductor on the CPU); the losses
+    and the saved weights match an eager run to float tolerance, the run says it compiles and records 0
+    graph breaks.  The probe runs every step, so one graph compiles (inductor's C++ build of a step takes
+    minutes on a cold 2-core machine); the other kinds of step are traced whole in the tests above."""
+    given = {**FAST, "steps": 8, "inverse_gain": 50.0, "inverse_gain_every": 1}
 
-    def run(name, compile):
+    def run(name, compile, notes):
         s = tr.Session(data=photo_folder, out=tmp_path / f"{name}.safetensors", quiet=True, dtype="fp32",
-                       compile=compile, log_every=1)
+                       compile=compile, log_every=1, echo=notes.append)
         result = tr.train(s, given)
         log = json.loads((tmp_path / f"{name}.log.json").read_text())
         return result, log, [i["loss"] for i in log["intervals"]]
 
-    eager, _, eager_losses = run("eager", "off")
-    compiled, log, compiled_losses = run("compiled", "on")
+    eager, _, eager_losses = run("eager", "off", [])
+    notes = []
+    compiled, log, compiled_losses = run("compiled", "on", notes)
+    assert any("torch.compile" in n for n in notes) and not any("failed" in n for n in notes)
     assert log["sessions"][-1]["compiled_at_step"] == 3
     assert compiled.summary["compiled"]["graph_breaks"] == 0
     assert log["sessions"][-1]["compiled"]["graph_breaks"] == 0 and log["sessions"][-1]["compiled"]["compile_s"] > 0
     assert "compiled" not in eager.summary
-    assert len(eager_losses) == 23 and compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert len(eager_losses) == 8 and compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     from safetensors.torch import load_file
 
     a, b = load_file(eager.out), load_file(compiled.out)
@@ -135,8 +138,16 @@ def test_benchmark_train_is_for_presets_a_usage_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_times_eager_and_compiled_training_in_one_run():
+def test_benchmark_times_eager_and_compiled_training_in_one_run(monkeypatch):
+    """The benchmark's plumbing around the compiled step; inductor's code for it is checked against eager
+    above, so here the graph is traced (forward and backward, whole) but runs uncompiled (aot_eager)."""
+    import irae_cli.inference as inference
     from irae_cli.benchmark.speed import speed
+
+    def traced(fn, dynamic=None, fullgraph=False, **options):
+        return torch.compile(fn, dynamic=dynamic, fullgraph=fullgraph, backend="aot_eager")
+
+    monkeypatch.setattr(inference, "compiled", traced)
 
     s = speed(arch="tiny", train=True, compile=True, size=16, batch_size=2, repeats=3, warmup=1, device="cpu")
     eager, compiled = s["results"]
