@@ -16,3 +16,8 @@ for threads in 1 2; do
         --json "$D/$name-t$threads-compiled.json"
   done
 done
+# folder -> folder (16 PNG photos of 640x400), the restore pipeline beside the naive loop, both threads
+for b in auto torch; do
+  irae benchmark speed --weights irae-denoise-medium --folder data/photos/val --naive --device cpu --backend $b --repeats 3 \
+      --json "$D/folder-$b.json" --overwrite
+done
