@@ -93,8 +93,10 @@ RUNS = [
      "training/levers/jpeg-condition-quality.log.json", 200_000,
      "lr 1e-4, batch 16 of 64², quality 10-90 told, one CPU thread; 256 px validation crops at the true quality"),
     ("JPEG, `medium`, told the quality, third schedule (from the one above)", "training/levers/jpeg-lr3e-4.log.json",
-     344_688, "lr 3e-4, batch 16 of 64², quality 10-90 told, one CPU thread; 256 px validation crops; "
-     "shipped as `irae-jpeg-medium`"),
+     344_688, "lr 3e-4, batch 16 of 64², quality 10-90 told, one CPU thread; 256 px validation crops"),
+    ("JPEG, `medium`, told the quality, fourth schedule (from the one above)", "training/jpeg/medium-4.log.json",
+     424_688, "lr 3e-4, batch 16 of 64², quality 10-90 told, seed 1, one CPU thread, compiled; 256 px validation "
+     "crops; shipped as `irae-jpeg-medium`"),
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "training/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
      "shipped as `irae-inpaint-small`"),
