@@ -58,6 +58,11 @@ class ImageMeta:
     def gray(self) -> bool:
         return self.mode in _GRAY_MODES
 
+    @property
+    def header_grid(self) -> tuple[int, int] | None:
+        """``jpeg_grid`` where the file's header vouches for it (a JPEG source), else None: the pixels decide."""
+        return self.jpeg_grid if self.jpeg_quality is not None else None
+
 
 def _decode_failure(path: Path, e: Exception) -> ImageError:
     try:

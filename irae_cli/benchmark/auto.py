@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..degradations import find_jpeg_grid, pad_to_blocks, quality_to_tell
+from ..degradations import align_to_blocks, find_jpeg_grid, quality_to_tell
 from ..degradations.estimate import estimate_sigma
 from ..environment import versions
 from ..errors import ImageError, IraeError
@@ -86,8 +86,7 @@ def _score(entry: dict, root: Path, restorers: dict, max_quality: int | None) ->
     sigma = estimate_sigma(x)
     got = route(quality, max_quality, sigma)
     outputs = {"input": x, "denoise": restorers["denoise"](x[None])[0]}
-    header_grid = meta.jpeg_grid if meta.jpeg_quality is not None else None  # as a run decides it
-    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality, header_grid)
+    outputs["jpeg"], jpeg_told = _jpeg_row(restorers["jpeg"], x, quality, meta.header_grid)
     outputs["auto"] = x if got.task is None else outputs[got.task]
     metrics = {row: compute_all(outputs[row], clean, task="denoise") for row in ROWS}
     return {"id": entry["id"], "level": entry["level"], "task": entry["task"], "params": entry["params"],
@@ -112,8 +111,7 @@ def _jpeg_row(jpeg: Restorer, x: torch.Tensor, quality: int | None,
         if told is None:
             return x, {"jpeg_model_quality": None}
         levels = torch.tensor([float(told)])
-    grid = header_grid if header_grid is not None else found()[1]
-    padded, pad = pad_to_blocks(x, grid)
+    padded, pad, grid = align_to_blocks(x, header_grid, lambda: found()[1])
     restored = jpeg(padded[None], levels=levels)[0][..., pad[0]:, pad[1]:]
     told_row = {"jpeg_model_quality": int(told)} if told is not None else {}
     return restored, {**told_row, **({"jpeg_grid": list(grid)} if pad != (0, 0) else {})}

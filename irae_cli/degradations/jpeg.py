@@ -169,6 +169,16 @@ def pad_to_blocks(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor,
     return padded.reshape(*lead, *padded.shape[-2:]), pad
 
 
+def align_to_blocks(x: torch.Tensor, header_grid: tuple[int, int] | None,
+                    from_pixels: Callable[[], tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """(padded, pad, grid): ``x`` padded (``pad_to_blocks``) so that its 8x8 JPEG blocks start at its corner,
+    as in every JPEG a model learnt on.  The grid is a JPEG file's (``header_grid``: its decoder's, moved by
+    an EXIF turn), else the one its pixels show (``from_pixels``, called only then: it costs a search)."""
+    grid = header_grid if header_grid is not None else from_pixels()
+    padded, pad = pad_to_blocks(x, grid)
+    return padded, pad, grid
+
+
 def _central_window(x: torch.Tensor, side: int = _WINDOW) -> torch.Tensor:
     """At most ``side`` x ``side`` pixels from the middle of the image, cut at multiples of 8 from its
     corner, so that the blocks lie where they lie in the whole image: 4,096 blocks, as many as the 640x400

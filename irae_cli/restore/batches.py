@@ -18,7 +18,7 @@ from typing import TextIO
 
 import torch
 
-from ..degradations import find_jpeg_grid, pad_to_blocks, quality_to_tell
+from ..degradations import align_to_blocks, find_jpeg_grid, quality_to_tell
 from ..errors import IraeError, one_line, set_warning_handler
 from ..files import remove_stale_temp_files
 from ..interrupts import catch_sigterm, release_sigterm
@@ -193,8 +193,7 @@ class _BatchRunner:
         columns put before it are cut off the result."""
         if restorer.task.grid == 1:
             return
-        grid = item.meta.jpeg_grid if item.meta.jpeg_quality is not None else _pixel_grid(item)[1]
-        item.x, item.pad = pad_to_blocks(item.x, grid)
+        item.x, item.pad, grid = align_to_blocks(item.x, item.meta.header_grid, lambda: _pixel_grid(item)[1])
         if item.pad != (0, 0):
             item.extra["jpeg_grid"] = list(grid)
 
