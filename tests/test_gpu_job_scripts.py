@@ -149,7 +149,7 @@ def test_the_limits_are_the_environment_s(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("script", ["gpu_task_job.sh", "gpu_job.sh", "gpu_job_lib.sh"])
-def test_scripts_parse_and_document_their_carry(script):
+def test_scripts_parse_and_list_their_inputs(script):
     r = subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     if script != "gpu_job_lib.sh":
@@ -161,7 +161,7 @@ def test_scripts_parse_and_document_their_carry(script):
 @pytest.mark.parametrize("task", ["denoise", "jpeg"])
 def test_the_job_s_training_starts_from_the_shipped_weights_it_names(tmp_path, task):
     # The job's training flags with its default start: shipped weights change (the JPEG default became
-    # conditioned on the quality), and a run that stops at its first line costs a whole GPU lease.
+    # conditioned on the quality), and a run that stops at its first line wastes a whole GPU job.
     text = (SCRIPTS / "gpu_job.sh").read_text()
     init = re.search(rf"^{task.upper()}_INIT=\$\{{{task.upper()}_INIT-(\S+)\}}$", text, re.M).group(1)
     line = re.search(rf"train_bg {task} (.*?)--out", text, re.S).group(1)

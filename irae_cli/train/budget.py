@@ -10,7 +10,7 @@ CALIBRATION_STEPS = (2, 12)  # with --minutes alone: the steps whose speed sets 
 # can be far slower than the rest (autotuning, other runs starting beside this one on a shared GPU),
 # and a schedule that ends at half the budget wastes the other half.  Late points too: a job beside
 # this one that ends after half the budget speeds it up, and the schedule would end with a third of
-# the budget left (a CPU run in this project's campaign ended at 64 of its 110 minutes).  A late
+# the budget left (one CPU training run ended at 64 of its 110 minutes).  A late
 # re-estimate moves the cosine's end, a small step in the learning rate where it is already low.
 RECALIBRATE_AT = (0.1, 0.25, 0.5, 0.75, 0.9)
 
