@@ -298,6 +298,23 @@ def test_the_quality_told_is_the_given_else_the_header_else_the_pixels():
     assert quality_to_tell(None, None, lambda: None) == (None, "estimated")
 
 
+def test_blocks_are_aligned_on_the_header_s_grid_else_the_pixels():
+    from irae_cli.degradations import align_to_blocks
+
+    x = torch.arange(2 * 10 * 12, dtype=torch.float32).reshape(2, 10, 12)
+
+    def pixels_must_not_be_read():
+        raise AssertionError("the header's grid decides")
+
+    padded, pad, grid = align_to_blocks(x, (5, 3), pixels_must_not_be_read)
+    assert (pad, grid, tuple(padded.shape)) == ((3, 5), (5, 3), (2, 13, 17))
+    assert torch.equal(padded[:, 3:, 5:], x) and torch.equal(padded[:, 0, 5:], x[:, 0])  # edge repeated
+    same, pad, grid = align_to_blocks(x, None, lambda: (0, 0))
+    assert same is x and pad == (0, 0) and grid == (0, 0)
+    _, pad, grid = align_to_blocks(x, None, lambda: (7, 1))
+    assert (pad, grid) == ((1, 7), (7, 1))
+
+
 def test_a_large_image_is_read_in_its_middle_on_its_own_grid():
     from irae_cli.degradations import find_jpeg_grid
     from irae_cli.pixels import from_pil
