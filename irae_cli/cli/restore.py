@@ -37,8 +37,8 @@ _SIGMA = typer.Option(None, "--sigma", help="denoise, weights trained with --con
                       show_default=False)
 _INPUT_QUALITY = typer.Option(None, "--input-quality", help="jpeg, weights trained with --condition quality: "
                               "the JPEG quality (1-100) every input was saved at (default: each JPEG file's "
-                              "own, read from its quantisation tables, else estimated from its pixels; a file that shows "
-                              "neither needs this).",
+                              "own, read from its quantisation tables, else estimated from its pixels; a file "
+                              "that shows neither needs this).",
                               show_default=False)
 _MASKS = typer.Option(None, "--masks", help="inpaint: folder of masks at the same "
                       "relative paths, any image extension; 255 = missing.")

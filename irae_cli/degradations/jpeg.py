@@ -169,8 +169,11 @@ def pad_to_blocks(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor,
     return padded.reshape(*lead, *padded.shape[-2:]), pad
 
 
-def align_to_blocks(x: torch.Tensor, header_grid: tuple[int, int] | None,
-                    from_pixels: Callable[[], tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+Grid = tuple[int, int]  # (top, left): where an image's 8x8 JPEG blocks start, 0-7 each
+
+
+def align_to_blocks(x: torch.Tensor, header_grid: Grid | None,
+                    from_pixels: Callable[[], Grid]) -> tuple[torch.Tensor, Grid, Grid]:
     """(padded, pad, grid): ``x`` padded (``pad_to_blocks``) so that its 8x8 JPEG blocks start at its corner,
     as in every JPEG a model learnt on.  The grid is a JPEG file's (``header_grid``: its decoder's, moved by
     an EXIF turn), else the one its pixels show (``from_pixels``, called only then: it costs a search)."""
