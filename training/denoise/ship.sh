@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ship a CPU denoise run as irae-denoise-medium: the quality benchmark (CBM3D and NLM rows, the weights
 # it replaces, the CNN comparator and the small model, all in the same run), then the round trip at
-# 1 MP (the 16 validation crops) and 4 MP (one sigma-25 crop of each held-out photo). CPU, fp32.
+# 1 MP (the 16 validation crops) and 4 MP (one sigma-25 crop of each held-out photo). CPU, fp32;
+# the quality runs on ONNX Runtime (pinned, so a missing extra fails loudly instead of changing the figures).
 #   W=training/denoise/medium-cpu2.safetensors PREVIOUS=training/denoise/previous.safetensors \
 #     bash training/denoise/ship.sh
 # PREVIOUS: a copy of the weights being replaced. CBM3D takes ~30 CPU-minutes of the run.
@@ -12,7 +13,7 @@ PREVIOUS=${PREVIOUS:?PREVIOUS=a copy of the weights it replaces}
 irae benchmark quality --task denoise data/photos/val --compare "irae-denoise-medium=$W" \
   --compare "previous-irae-denoise-medium=$PREVIOUS" --compare cnn-denoise-medium=cnn-denoise-medium \
   --compare irae-denoise-small=irae-denoise-small --classical cbm3d,nlm --dtype fp32 --device cpu \
-  --json training/denoise/quality-ship.json --overwrite
+  --backend onnxruntime --json training/denoise/quality-ship.json --overwrite
 cp "$W" weights/irae-denoise-medium.safetensors
 # the new file's sha256 into the registry before anything loads it by path (training/cards.sh rewrites the card)
 python -c "from pathlib import Path; from irae_cli.weights import register
