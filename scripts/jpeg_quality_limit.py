@@ -4,10 +4,12 @@
 
 QUALITY.json is `irae benchmark quality --task jpeg --json` of these weights *without* a limit,
 over a ladder of qualities (e.g. 10,15,...,95).  The limit is the highest measured quality q such
-that the model's mean `psnr_rgb_u8` is at least the input's at q and at every lower measured
-quality; it is stored as `task_params["max_quality"]`, and `irae restore` (and the benchmark) keep
-JPEG files above it as they are.  The weights are written to --out (default: in place); their
-training summary is kept.
+that the model's mean `psnr_rgb_u8` and `psnr_y601_u8` are both at least the input's at q and at
+every lower measured quality; it is stored as `task_params["max_quality"]`, and `irae restore` (and
+the benchmark) keep JPEG files above it as they are.  Both conventions, because near the top of the
+ladder a model can gain a little colour while losing luma detail (the channel JPEG tables and eyes
+weigh most), and such a file is better left alone.  The weights are written to --out (default: in
+place); their training summary is kept.
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ sys.path.insert(0, str(ROOT))
 
 from irae_cli.weights import load_weights, save_weights  # noqa: E402
 
+METRICS = ("psnr_rgb_u8", "psnr_y601_u8")
 
-def quality_limit(result: dict, model: str) -> tuple[int | None, list[tuple[int, float]]]:
-    """(limit or None when the model is below its input even at the lowest quality, per-quality margins)."""
-    by = {(e["model"], e["level"]): e["metrics"]["psnr_rgb_u8"] for e in result["results"]}
+
+def quality_limit(result: dict, model: str) -> tuple[int | None, list[tuple[int, tuple[float, ...]]]]:
+    """(limit or None when the model is below its input even at the lowest quality, per-quality margins
+    in dB, one per METRICS entry)."""
+    by = {(e["model"], e["level"]): e["metrics"] for e in result["results"]}
     levels = sorted((int(p["quality"]), name) for name, p in result["settings"]["levels"].items())
-    margins = [(q, by[(model, name)] - by[("input", name)]) for q, name in levels]
+    margins = [(q, tuple(by[(model, name)][k] - by[("input", name)][k] for k in METRICS)) for q, name in levels]
     limit = None
     for q, margin in margins:
-        if margin < 0:
+        if min(margin) < 0:
             break
         limit = q
     return limit, margins
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
     name = args.name or Path(args.weights).stem
     limit, margins = quality_limit(result, name)
     for q, margin in margins:
-        print(f"q{q}: {margin:+.3f} dB over the input")
+        print(f"q{q}: " + ", ".join(f"{k} {m:+.3f}" for k, m in zip(METRICS, margin)) + " dB over the input")
     if limit is None:
         print("below the input at the lowest measured quality: no limit written", file=sys.stderr)
         return 1

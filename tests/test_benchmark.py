@@ -6,6 +6,8 @@ import importlib.util
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -532,3 +534,25 @@ def test_jpeg_scores_what_restore_writes_above_the_weights_quality_limit(work, t
         by = {(e["model"], e["level"]): e["metrics"]["psnr_rgb_u8"] for e in r["results"]}
         assert by[("J", "q90")] == by[("input", "q90")]
         assert by[("J", "q20")] != by[("input", "q20")]
+
+
+def test_quality_limit_stops_where_either_psnr_falls_below_the_input(tmp_path):
+    """scripts/jpeg_quality_limit.py: a model that gains colour but loses luma at quality 90 stops at 85, and
+    the limit lands in the weights it writes."""
+    from irae_cli.weights import load_weights, save_weights
+
+    gains = {20: (1.0, 0.8), 85: (0.5, 0.2), 90: (0.03, -0.4), 95: (0.5, 0.5)}  # (rgb, y) in dB over the input
+    results = []
+    for q, (rgb, y) in gains.items():
+        results.append({"model": "input", "level": f"q{q}", "metrics": {"psnr_rgb_u8": 30.0, "psnr_y601_u8": 32.0}})
+        results.append({"model": "J", "level": f"q{q}",
+                        "metrics": {"psnr_rgb_u8": 30.0 + rgb, "psnr_y601_u8": 32.0 + y}})
+    bench = {"settings": {"levels": {f"q{q}": {"quality": q} for q in gains}}, "results": results}
+    (tmp_path / "ladder.json").write_text(json.dumps(bench))
+    save_weights(create_model("cnn-tiny"), tmp_path / "J.safetensors", task="jpeg")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "jpeg_quality_limit.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "J.safetensors"), str(tmp_path / "ladder.json"),
+                        "--out", str(tmp_path / "out.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "max_quality 85" in r.stdout and "psnr_y601_u8 -0.400" in r.stdout
+    assert load_weights(tmp_path / "out.safetensors", device="cpu").task_params["max_quality"] == 85
