@@ -214,3 +214,37 @@ def test_a_wheel_carries_every_registered_weights_file(tmp_path):
     for entry in index.values():
         assert entry["file"] in names
         assert Path(entry.get("card", entry["file"])).name in names
+
+
+def test_average_weights_script_writes_the_mean_model_which_stays_invertible(tiny_file, photos, tmp_path):
+    """training/levers/average_weights.py: the element-wise mean of two runs from one start, still a bijection;
+    files that are not from one preset are refused, and an existing output is never replaced."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, path = tiny_file
+    other = tmp_path / "other.safetensors"
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_weights(model, other, task="denoise", training={"steps": 5})
+    script = Path(__file__).resolve().parent.parent / "training" / "levers" / "average_weights.py"
+    out = tmp_path / "soup.safetensors"
+    r = subprocess.run([sys.executable, str(script), str(out), str(path), str(other)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b, soup = (load_weights(p) for p in (path, other, out))
+    sa, sb, ss = (w.model.state_dict() for w in (a, b, soup))
+    moved = [k for k in sa if sa[k].is_floating_point() and not torch.equal(sa[k], sb[k])]
+    assert moved and all(torch.allclose(ss[k], (sa[k] + sb[k]) / 2, atol=1e-6) for k in moved)
+    assert [s["steps"] for s in soup.training["averaged"]] == [3, 5]
+    with torch.no_grad():
+        restored = soup.model(photos)
+        assert (soup.model.inverse(restored) - photos).abs().max() < 1e-4
+    r = subprocess.run([sys.executable, str(script), str(out), str(path), str(other)], capture_output=True, text=True)
+    assert r.returncode == 2 and "exists" in r.stderr
+    small = tmp_path / "cnn.safetensors"
+    save_weights(create_model("cnn-tiny"), small, task="denoise")
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "x.safetensors"), str(path), str(small)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "differ" in r.stderr and not (tmp_path / "x.safetensors").exists()
