@@ -105,7 +105,10 @@ RUNS = [
      "crops"),
     ("JPEG, `medium`, told the quality, seventh schedule (from the one above)", "training/jpeg/medium-7.log.json",
      680_768, "lr 3e-4, batch 16 of 64², quality 10-90 told, seed 4, one CPU thread, compiled; 256 px validation "
-     "crops; shipped as `irae-jpeg-medium`"),
+     "crops"),
+    ("JPEG, `medium`, told the quality, eighth schedule (from the one above)", "training/jpeg/medium-8.log.json",
+     747_280, "lr 3e-4, batch 16 of 64², quality 10-90 told, seed 5, one CPU thread, compiled, twice the steps; "
+     "256 px validation crops; shipped as `irae-jpeg-medium`"),
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "training/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
      "shipped as `irae-inpaint-small`"),
