@@ -24,8 +24,6 @@ irae benchmark quality --task jpeg --quality 10,20,30,40,50,60,70,80,90 data/pho
   --backend onnxruntime --json weights/jpeg-medium.quality.json --overwrite
 irae benchmark invertibility --weights weights/irae-jpeg-medium.safetensors data/photos/val --dtype fp32 --size 1024 \
   --device cpu --json weights/irae-jpeg-medium.invertibility.json --overwrite
-[ -d training/inv/four-q30 ] || bash -c 'mkdir -p training/inv/four && for p in coldripple eveningglow fallenleaf onestandsout; do
-  cp data/photos/val/p-${p}_r0c0.png training/inv/four/; done
-  irae degrade --task jpeg --quality 30 --seed 0 training/inv/four training/inv/four-q30 > /dev/null'
+bash training/inv/four-q30.sh
 irae benchmark invertibility --weights weights/irae-jpeg-medium.safetensors training/inv/four-q30/q30 --dtype fp32 \
   --size 2048 --device cpu --json weights/irae-jpeg-medium-4mp.invertibility.json --overwrite

@@ -18,8 +18,6 @@ irae benchmark quality --task jpeg --quality 10,20,30,40,50,60,70,80,90 data/pho
   --dtype fp32 --device cpu --backend onnxruntime --json weights/irae-jpeg-small.quality.json --overwrite
 irae benchmark invertibility --weights "$W" data/photos/val --dtype fp32 --size 1024 --device cpu \
   --json weights/irae-jpeg-small.invertibility.json --overwrite
-[ -d training/inv/four-q30 ] || bash -c 'mkdir -p training/inv/four && for p in coldripple eveningglow fallenleaf onestandsout; do
-  cp data/photos/val/p-${p}_r0c0.png training/inv/four/; done
-  irae degrade --task jpeg --quality 30 --seed 0 training/inv/four training/inv/four-q30 > /dev/null'
+bash training/inv/four-q30.sh
 irae benchmark invertibility --weights "$W" training/inv/four-q30/q30 --dtype fp32 --size 2048 --device cpu \
   --json training/inv/irae-jpeg-small-4mp.json --overwrite
