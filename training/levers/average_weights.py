@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from irae_cli.errors import WeightsError  # noqa: E402
 from irae_cli.weights import load_weights, save_weights  # noqa: E402
 
 
@@ -45,14 +46,20 @@ def main(argv=None) -> int:
         ap.error("give at least two weights files to average")
     if Path(args.out).exists():
         ap.error(f"{args.out}: exists; remove it first (weights are never overwritten here)")
-    loaded = [load_weights(p, device="cpu") for p in args.weights]
+    try:
+        loaded = [load_weights(p, device="cpu") for p in args.weights]
+    except WeightsError as e:  # a missing, damaged or foreign file: its one-line reason
+        ap.error(str(e))
     first = loaded[0]
     for other in loaded[1:]:
         same = (other.model.config == first.model.config, other.task == first.task,
                 other.task_params == first.task_params)
         if not all(same):
             ap.error(f"{other.path}: preset, task or task parameters differ from {first.path}")
-    first.model.load_state_dict(average_states([w.model.state_dict() for w in loaded]))
+    try:
+        first.model.load_state_dict(average_states([w.model.state_dict() for w in loaded]))
+    except ValueError as e:
+        ap.error(str(e))
     sources = [{"file": w.path.name, "sha256": w.sha256, "steps": w.training.get("steps")} for w in loaded]
     sha = save_weights(first.model, args.out, task=first.task, task_params=first.task_params,
                        training={**first.training, "averaged": sources})
