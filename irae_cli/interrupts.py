@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -32,3 +34,30 @@ def catch_sigterm():
 def release_sigterm(previous) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM over a few lines that must not be cut in two, and raise after them.
+
+    A KeyboardInterrupt lands between any two bytecodes: between marking a file reported and writing its
+    line (the line is lost), or between handing a write to a thread and queueing its future (the file is
+    written but never reported). Off the main thread signals never arrive, and nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum, frame) -> None:
+        caught.append(signum)
+
+    before = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        # a signal the process ignored before (a job started in the background ignores SIGINT) stays ignored
+        if any(before[s] is not signal.SIG_IGN for s in caught):
+            raise KeyboardInterrupt

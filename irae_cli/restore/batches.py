@@ -21,7 +21,7 @@ import torch
 from ..degradations import align_to_blocks, find_jpeg_grid, quality_to_tell
 from ..errors import IraeError, one_line, set_warning_handler
 from ..files import remove_stale_temp_files
-from ..interrupts import catch_sigterm, release_sigterm
+from ..interrupts import catch_sigterm, held_interrupts, release_sigterm
 from .auto import AutoModels
 from .items import Item, _copy, _decode_gpu_jpegs, _read, _write
 from .options import RestoreOptions, io_threads
@@ -165,7 +165,7 @@ class _BatchRunner:
             return False
         item.notes.append(f"kept as it is: JPEG quality {quality} is above {self.max_quality}, "
                           f"the highest these weights improve")
-        self.writes.append(self.writers.submit(_write, item, item.x, self.opts))
+        self._hand_to_writers(_write, item, item.x, self.opts)
         return True
 
     def _lacks_quality(self, item: Item, restorer) -> bool:
@@ -221,7 +221,7 @@ class _BatchRunner:
         if item.route.task is None:
             item.x = None
             item.extra.update(self.router.fields(None))
-            self.writes.append(self.writers.submit(_copy, item, self.opts))
+            self._hand_to_writers(_copy, item, self.opts)
             return False
         try:
             self.router.restorer(item.route.task)
@@ -276,8 +276,13 @@ class _BatchRunner:
             it.notes = list(notes)
             it.x = it.mask = None  # release the input pixels; the batch tensor goes with this frame
             yi = yi[..., it.pad[0]:, it.pad[1]:]
-            self.writes.append(self.writers.submit(_write, it, yi, self.opts))
+            self._hand_to_writers(_write, it, yi, self.opts)
         self.drain_writes(2 * self.workers)
+
+    def _hand_to_writers(self, fn, *args) -> None:
+        # held: a Ctrl-C after submit but before the append would write a file that close() never reports
+        with held_interrupts():
+            self.writes.append(self.writers.submit(fn, *args))
 
     def drain_writes(self, limit: int) -> None:
         """Report finished writes, oldest first, until at most ``limit`` are in flight."""

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, IraeError, io_reason
 from ..files import locked
+from ..interrupts import held_interrupts
 from ..progress import Progress
 from .items import Item
 from .plan import Job
@@ -68,7 +69,11 @@ class Reporter:
     def done(self, item: Item) -> None:
         if item.reported:
             return
-        item.reported = True
+        with held_interrupts():  # Ctrl-C between the mark and the line would lose the line
+            item.reported = True
+            self._done(item)
+
+    def _done(self, item: Item) -> None:
         if item.skipped:
             self.skipped(item.job, item.skipped)
             self.bar.update(advance=1)
