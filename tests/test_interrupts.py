@@ -9,13 +9,16 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from irae_cli.files import Source
 from irae_cli.interrupts import held_interrupts
 from irae_cli.restore.items import Item
 from irae_cli.restore.plan import Job
 from irae_cli.restore.report import Reporter
+from irae_cli.testset import make_test_set, read_manifest
 
 
 @pytest.fixture
@@ -85,3 +88,27 @@ def test_ctrl_c_while_a_line_is_written_keeps_the_line(tmp_path: Path, default_s
     lines = [json.loads(line) for line in report.read_text().splitlines()]
     assert [(r["output"], r["status"]) for r in lines] == [(str(tmp_path / "out" / "a.png"), "ok")]
     assert item.reported
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_while_an_image_is_described_lists_it_once(tmp_path: Path, default_sigint, workers):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(clean / f"{i}.png")
+    seen = []
+
+    def on_file(src, failures):  # Ctrl-C lands after the image's lines are added, inside the callback
+        seen.append(src)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "set"
+    with pytest.raises(KeyboardInterrupt):
+        make_test_set(clean, out, task="denoise", sigma=[(25.0, 25.0)], workers=workers, on_file=on_file)
+    ids = [r["id"] for r in read_manifest(out)]
+    assert len(ids) == len(set(ids)) >= 2
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    listed = {r[k] for r in read_manifest(out) for k in ("clean", "degraded") if k in r}
+    assert written == listed

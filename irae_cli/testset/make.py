@@ -14,6 +14,7 @@ from ..environment import codec_versions
 from ..errors import ImageError, IraeError
 from ..files import (Source, atomic_write_bytes, discover, folder_problem, folders_reaching, is_within,
                      no_images_message, remove_stale_temp_files)
+from ..interrupts import held_interrupts
 from .images import CLEAN_DIR, MASK_DIR, ImageOutcome, RunSetup, Writer, process_image
 from .manifest import MANIFEST_NAME, files_match, read_manifest
 
@@ -108,16 +109,20 @@ def _run_all(sources: list[Source], run: RunSetup, workers: int,
     """``process_image`` every source, calling ``done`` in this thread as each image finishes."""
     if workers == 1:
         for src in sources:
-            done(src, process_image(src, run))
+            outcome = process_image(src, run)
+            with held_interrupts():  # a Ctrl-C inside done would describe the image by halves
+                done(src, outcome)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irae-degrade")
     reported: set = set()
     futures: dict = {}
     try:
-        futures = {pool.submit(process_image, src, run): src for src in sources}
+        with held_interrupts():  # cut short, the images submitted so far would be written but never described
+            futures = {pool.submit(process_image, src, run): src for src in sources}
         for fut in as_completed(futures):
-            done(futures[fut], fut.result())
-            reported.add(fut)
+            with held_interrupts():  # between the two, Ctrl-C would describe the image twice
+                done(futures[fut], fut.result())
+                reported.add(fut)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # running images finish; their writes are atomic
         for fut, src in futures.items():  # ... and count as finished
