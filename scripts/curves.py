@@ -108,6 +108,9 @@ RUNS = [
      "crops"),
     ("JPEG, `medium`, told the quality, eighth schedule (from the one above)", "training/jpeg/medium-8.log.json",
      747_280, "lr 3e-4, batch 16 of 64², quality 10-90 told, seed 5, one CPU thread, compiled, twice the steps; "
+     "256 px validation crops"),
+    ("JPEG, `medium`, told the quality, ninth schedule (from the one above)", "training/jpeg/medium-9.log.json",
+     875_280, "lr 3e-4, batch 16 of 64², quality 10-90 told, seed 7, one CPU thread, compiled, 8,000 steps; "
      "256 px validation crops; shipped as `irae-jpeg-medium`"),
     ("Inpaint, `small-inpaint` from the harmonic fill, CPU", "training/inpaint/small-inpaint.log.json", 0,
      "lr 3e-4, batch 8 of 128², hole-only L1, one CPU thread; 256 px validation crops; "
