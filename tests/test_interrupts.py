@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from irae_cli.files import Source
-from irae_cli.interrupts import held_interrupts
+from irae_cli.interrupts import catch_sigterm, held_interrupts, release_sigterm
 from irae_cli.restore.items import Item
 from irae_cli.restore.plan import Job
 from irae_cli.restore.report import Reporter
@@ -39,13 +39,13 @@ def test_a_signal_inside_is_raised_after_the_block_and_not_in_it(default_sigint)
 
 
 def test_sigterm_is_held_too(default_sigint):
-    before = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    before = catch_sigterm()  # as every irae command does: SIGTERM stops it as Ctrl-C does
     try:
         with pytest.raises(KeyboardInterrupt):
             with held_interrupts():
                 os.kill(os.getpid(), signal.SIGTERM)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        release_sigterm(before)
 
 
 def test_a_signal_the_process_ignores_stays_ignored():
